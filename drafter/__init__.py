@@ -1,0 +1,1 @@
+"""Drafter: proposes draft tokens and the distribution q each was sampled from."""

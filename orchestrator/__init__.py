@@ -1,0 +1,1 @@
+"""Orchestrator: the session loop that alternates drafting and verification."""

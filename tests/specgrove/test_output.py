@@ -1,0 +1,73 @@
+from specgrove.output import GenerationOutput
+from specgrove.sampling import SamplingParams
+
+ALPHABET = {i: c for i, c in enumerate("xyzabcdefghijklmnop")}  # id 0..18 -> one character; id 2 is 'z'
+
+
+def decode(ids):
+    return "".join(ALPHABET[i] for i in ids if i != 1)  # id 1 plays a special token (skipped)
+
+
+def feed(output, ids):
+    streamed = ""
+    for token in ids:
+        done = output.add(token)
+        streamed += output.release()
+        if done:
+            break
+    return streamed
+
+
+def test_eos_finishes_and_stays_in_token_ids():
+    output = GenerationOutput(decode, frozenset({1}), SamplingParams(max_new_tokens=10))
+    streamed = feed(output, [3, 4, 1, 5])
+    assert output.finish_reason == "eos"
+    assert output.token_ids == [3, 4, 1]
+    assert streamed == output.text == "ab"
+
+
+def test_max_new_tokens_finishes_with_length():
+    output = GenerationOutput(decode, frozenset(), SamplingParams(max_new_tokens=3))
+    feed(output, [3, 4, 5, 6, 7])
+    assert output.finish_reason == "length" and output.token_ids == [3, 4, 5]
+
+
+def test_stop_token_id_finishes_with_stop():
+    output = GenerationOutput(decode, frozenset(), SamplingParams(max_new_tokens=10, stop_token_ids=(5,)))
+    feed(output, [3, 4, 5, 6])
+    assert output.finish_reason == "stop" and output.token_ids == [3, 4, 5]
+
+
+def test_stop_string_is_cut_from_text_and_never_streamed():
+    output = GenerationOutput(decode, frozenset(), SamplingParams(max_new_tokens=20, stop=("cde",)))
+    streamed = feed(output, [3, 4, 5, 6, 7, 8, 9])  # "abcdefg"
+    assert output.finish_reason == "stop"
+    assert output.token_ids == [3, 4, 5, 6, 7]  # up to the token that completed "cde"
+    assert output.text == "ab"
+    assert streamed == "ab"
+
+
+def test_partial_stop_prefix_is_held_back_then_released():
+    output = GenerationOutput(decode, frozenset(), SamplingParams(max_new_tokens=4, stop=("cde",)))
+    output.add(3)
+    output.add(5)  # "ac": 'c' could start "cde"
+    assert output.release() == "a"
+    output.add(6)
+    output.add(8)  # "acdf" and max_new_tokens reached: all is final
+    assert output.release() == "cdf"
+    assert output.finish_reason == "length" and output.text == "acdf"
+
+
+def test_incomplete_utf8_is_held_back():
+    pieces = {0: "a", 1: "\ufffd", 2: "é"}
+
+    def byte_decode(ids):  # token 1 alone is half a character; followed by 2 it completes it
+        text = "".join(pieces[i] for i in ids)
+        return text.replace("\ufffdé", "é")
+
+    output = GenerationOutput(byte_decode, frozenset(), SamplingParams(max_new_tokens=5))
+    output.add(0)
+    output.add(1)
+    assert output.release() == "a"
+    output.add(2)
+    assert output.release() == "é"

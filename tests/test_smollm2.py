@@ -1,0 +1,71 @@
+"""The real default target, SmolLM2-135M-Instruct: loading, and greedy identity of speculation.
+
+Reference: the target's own greedy output from transformers' ``generate``. Drafts: the n-gram
+drafter (cheap, partial acceptance) and a noisy copy of the target (agrees often, rejects
+sometimes), so accepted, recovered and bonus tokens all occur over 64+ tokens per prompt.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from drafter.model_drafter import ModelDrafter
+from drafter.ngram import NgramDrafter
+from orchestrator.engine import SpeculativeEngine
+from specgrove.models import CausalLM
+from specgrove.sampling import SamplingParams
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "def is_palindrome(s: str) -> bool:\n    \"\"\"Return True if s reads the same backwards.\"\"\"\n",
+    "Explain in two sentences why the sky is blue.",
+    "Write a short story about a robot who learns to paint.",
+    "def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n",
+    "List three tips for writing clear Python code.",
+]
+NEW_TOKENS = 64
+
+
+def test_smollm2_loads_from_the_gguf_package(smollm2):
+    assert smollm2.vocab_size == 49152
+    assert smollm2.eos_token_ids == frozenset({2})
+    assert smollm2.model.config.num_hidden_layers == 30
+    assert smollm2.decode(smollm2.encode("Hello, world")) == "Hello, world"
+
+
+@pytest.fixture(scope="module")
+def noisy_draft(smollm2):
+    """The target with Gaussian noise on every weight: a draft that agrees often but not always."""
+    model = copy.deepcopy(smollm2.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.15 * param.std() * torch.randn(param.shape, generator=gen))
+    return CausalLM(model, smollm2.tokenizer, "smollm2-noisy")
+
+
+@pytest.fixture(scope="module")
+def references(smollm2):
+    out = {}
+    for prompt in PROMPTS:
+        ids = smollm2.chat_prompt(prompt) if not prompt.startswith("def") else smollm2.encode(prompt)
+        gen = smollm2.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=2)
+        out[prompt] = (ids, gen[0, len(ids):].tolist())
+    return out
+
+
+@pytest.mark.parametrize("drafter_name, draft_len", [("ar", 0), ("ngram", 4), ("noisy", 3)])
+def test_greedy_identity_with_the_real_target(smollm2, noisy_draft, references, drafter_name, draft_len):
+    drafter = {"ar": None, "ngram": NgramDrafter(smollm2.vocab_size), "noisy": ModelDrafter(noisy_draft)}[drafter_name]
+    engine = SpeculativeEngine(smollm2, drafter, draft_len)
+    accepted = rejected = 0
+    for prompt, (ids, reference) in references.items():
+        result = engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS))
+        assert len(reference) == NEW_TOKENS  # no early EOS: all 64 tokens are compared
+        assert result.token_ids == reference, prompt
+        accepted += sum(r.num_accepted for r in result.rounds)
+        rejected += sum(r.num_accepted < r.num_drafted for r in result.rounds)
+    if drafter is not None:
+        assert accepted > 0 and rejected > 0  # both paths were exercised

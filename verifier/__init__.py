@@ -1,0 +1,1 @@
+"""Verifier: the target model runner and rejection sampling (chain now; trees with Sequoia)."""

@@ -1,0 +1,29 @@
+"""The target side of a chain round: score K+1 positions in one forward pass, then verify."""
+
+from __future__ import annotations
+
+import torch
+
+from drafter.proposal import Proposal
+from specgrove.models import CachedSequence, CausalLM
+from specgrove.sampling import SamplingParams, warp
+from verifier.rejection import verify_chain
+
+
+class TargetSession:
+    """One generation's target KV cache; each call is one verify pass."""
+
+    def __init__(self, model: CausalLM):
+        self.sequence = CachedSequence(model)
+
+    def verify(
+        self, context: list[int], proposal: Proposal, params: SamplingParams, generator: torch.Generator
+    ) -> tuple[int, int]:
+        """Return (number of accepted draft tokens, the recovered or bonus token)."""
+        k = len(proposal.tokens)
+        logits = self.sequence.logits_for(context + proposal.tokens, num_logits=k + 1)  # [K+1, V]
+        p = warp(logits, params)  # [K+1, V]
+        verdict = verify_chain(
+            p.unsqueeze(0), proposal.q.unsqueeze(0), torch.tensor([proposal.tokens], dtype=torch.long), generator
+        )
+        return int(verdict.num_accepted[0]), int(verdict.next_token[0])
