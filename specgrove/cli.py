@@ -97,6 +97,36 @@ def cmd_demo(args) -> int:
     return 0 if same else 1
 
 
+def cmd_bench(args) -> int:
+    from specgrove.bench import BenchConfig, format_table, plot, run_bench
+
+    if args.quick:  # a smoke run: under 2 minutes on 2 cores
+        args.num_prompts, args.max_new_tokens, args.draft_lens = 2, 24, "4"
+    config = BenchConfig(
+        workload=args.workload,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        target=args.target,
+        draft=args.draft,
+        draft_lens=tuple(int(k) for k in args.draft_lens.split(",") if k),
+        modes=tuple(m for m in args.modes.split(",") if m),
+    )
+    SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
+    config.mode_names()  # rejects unknown modes before loading models
+    report = run_bench(config, args.cache_dir, progress=not args.no_progress)
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specgrove", description=__doc__)
     parser.add_argument("--cache-dir", type=os.path.expanduser, default=None,
@@ -128,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--target", default=DEFAULT_TARGET)
     demo.add_argument("--draft", default=None)
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
+    bench.add_argument("--workload", choices=["humaneval", "chat"], default="humaneval")
+    bench.add_argument("--num-prompts", type=int, default=8)
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--target", default=DEFAULT_TARGET)
+    bench.add_argument("--draft", default=DEFAULT_DRAFT)
+    bench.add_argument("--draft-lens", default="2,4,6", help="comma-separated K values for chain modes")
+    bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
+    bench.add_argument("--json", default=None, help="write the report as JSON to this path")
+    bench.add_argument("--plot", default=None, help="write a PNG plot to this path")
+    bench.add_argument("--quick", action="store_true", help="2 prompts, 24 tokens, K = 4: a smoke run")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

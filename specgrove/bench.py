@@ -1,0 +1,300 @@
+"""``specgrove bench``: decoding modes side by side on one workload, in the same run.
+
+Modes: ``ar`` (transformers ``generate`` of the target: the baseline), ``hf-assisted``
+(transformers assisted generation with the same draft: prompt lookup for the n-gram draft,
+``assistant_model`` for a model draft), ``specgrove-ar`` (our engine with K = 0) and
+``chain-kK`` (our chain speculative sampling with draft length K). Prompts are interleaved across
+modes (prompt by prompt) so machine drift hits every mode alike; a warm-up generation per mode
+is excluded. Metric names follow vLLM's benchmark output where one exists.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from specgrove.errors import InvalidArgument
+from specgrove.sampling import SamplingParams
+
+
+@dataclass
+class Sample:
+    """One timed generation of one mode on one prompt."""
+
+    prompt: str
+    token_ids: list[int]
+    elapsed_s: float  # request to last token
+    ttft_s: float  # request to first token
+    drafted: list[int] = field(default_factory=list)  # per verify round; empty for non-speculative modes
+    accepted: list[int] = field(default_factory=list)  # per verify round
+
+    @property
+    def tpot_s(self) -> float:
+        """Time per output token after the first (vLLM's TPOT)."""
+        n = len(self.token_ids)
+        return (self.elapsed_s - self.ttft_s) / (n - 1) if n > 1 else 0.0
+
+
+def per_position_acceptance(drafted: list[int], accepted: list[int]) -> list[float]:
+    """vLLM's per-position rates: rounds that accepted at least i+1 tokens / rounds with a draft."""
+    drafts = sum(1 for d in drafted if d > 0)
+    longest = max(drafted, default=0)
+    if drafts == 0:
+        return []
+    return [sum(1 for a in accepted if a > i) / drafts for i in range(longest)]
+
+
+def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
+    """One result record (without the ratios, which need the baseline)."""
+    tokens = sum(len(s.token_ids) for s in samples)
+    duration = sum(s.elapsed_s for s in samples)
+    record = {
+        "mode": mode,
+        "completed": len(samples),
+        "total_output_tokens": tokens,
+        "duration_s": round(duration, 4),
+        "output_throughput": round(tokens / duration, 3) if duration > 0 else 0.0,
+        "mean_tpot_ms": round(1000 * statistics.fmean(s.tpot_s for s in samples), 3),
+        "median_tpot_ms": round(1000 * statistics.median(s.tpot_s for s in samples), 3),
+        "mean_ttft_ms": round(1000 * statistics.fmean(s.ttft_s for s in samples), 3),
+        "median_ttft_ms": round(1000 * statistics.median(s.ttft_s for s in samples), 3),
+    }
+    if speculative:
+        drafted = [d for s in samples for d in s.drafted]
+        accepted = [a for s in samples for a in s.accepted]
+        rounds = len(drafted)
+        record.update(
+            spec_decode_num_drafts=sum(1 for d in drafted if d > 0),
+            spec_decode_num_draft_tokens=sum(drafted),
+            spec_decode_num_accepted_tokens=sum(accepted),
+            spec_decode_acceptance_length=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,
+            spec_decode_acceptance_rate=round(sum(accepted) / sum(drafted), 4) if sum(drafted) else None,
+            spec_decode_per_position_acceptance_rates=[round(r, 4) for r in per_position_acceptance(drafted, accepted)],
+        )
+    else:
+        record.update(
+            spec_decode_num_drafts=None,
+            spec_decode_num_draft_tokens=None,
+            spec_decode_num_accepted_tokens=None,
+            spec_decode_acceptance_length=None,
+            spec_decode_acceptance_rate=None,
+            spec_decode_per_position_acceptance_rates=None,
+        )
+    return record
+
+
+def add_ratios(records: list[dict], baseline: str = "ar") -> list[dict]:
+    """speedup_vs_ar = output_throughput / the baseline's (None when there is no baseline)."""
+    base = next((r for r in records if r["mode"] == baseline), None)
+    for record in records:
+        ok = base is not None and base["output_throughput"] > 0
+        record["speedup_vs_ar"] = round(record["output_throughput"] / base["output_throughput"], 4) if ok else None
+    return records
+
+
+def greedy_agreement(samples: dict[str, list[Sample]], baseline: str = "ar") -> dict[str, float]:
+    """Per mode, the fraction of prompts whose tokens equal the baseline's (meaningful at T = 0)."""
+    base = samples.get(baseline)
+    if not base:
+        return {}
+    return {
+        mode: sum(a.token_ids == b.token_ids for a, b in zip(runs, base)) / len(base) for mode, runs in samples.items()
+    }
+
+
+# --- mode runners ------------------------------------------------------------------------------
+
+Runner = Callable[[list[int], SamplingParams], Sample]
+
+
+def engine_runner(engine) -> Runner:
+    def run(prompt_ids: list[int], params: SamplingParams) -> Sample:
+        result = engine.generate(prompt_ids, params)
+        return Sample(
+            "", result.token_ids, result.elapsed_s, result.ttft_s,
+            [r.num_drafted for r in result.rounds], [r.num_accepted for r in result.rounds],
+        )
+
+    return run
+
+
+def hf_runner(model, **assist) -> Runner:
+    """transformers generate on the target; assist = prompt_lookup_num_tokens=K or assistant_model=M."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstTokenClock(BaseStreamer):
+        def __init__(self):
+            self.calls = 0
+            self.first: float | None = None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # call 1 is the prompt
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    def run(prompt_ids: list[int], params: SamplingParams) -> Sample:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)  # transformers samples from the global generator
+        sampling = (
+            dict(do_sample=True, temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p)
+            if not params.greedy else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        )
+        clock = FirstTokenClock()
+        eos = sorted(model.eos_token_ids)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.model.generate(
+                torch.tensor([prompt_ids]), max_new_tokens=params.max_new_tokens, eos_token_id=eos,
+                pad_token_id=eos[0], streamer=clock, **sampling, **assist,
+            )
+        elapsed = time.perf_counter() - start
+        return Sample("", out[0, len(prompt_ids):].tolist(), elapsed, (clock.first or start + elapsed) - start)
+
+    return run
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    workload: str = "humaneval"  # humaneval | chat
+    num_prompts: int = 8
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0  # prompt i is generated with seed + i in every sampled mode
+    target: str = "smollm2"
+    draft: str = "ngram"  # 'ngram' or a model directory
+    draft_lens: tuple[int, ...] = (2, 4, 6)
+    hf_assisted_len: int = 4  # tokens per assisted step for hf-assisted
+    modes: tuple[str, ...] = ()  # empty = every mode
+
+    def mode_names(self) -> list[str]:
+        every = ["ar", "hf-assisted", "specgrove-ar"] + [f"chain-k{k}" for k in self.draft_lens]
+        unknown = set(self.modes) - set(every)
+        if unknown:
+            raise InvalidArgument("modes", f"unknown modes {sorted(unknown)}; available: {', '.join(every)}")
+        return [m for m in every if not self.modes or m in self.modes]
+
+
+def build_runners(config: BenchConfig, cache_dir) -> tuple[object, dict[str, tuple[Runner, bool]]]:
+    """Load the models once and make one runner per mode: name -> (runner, is speculative)."""
+    from drafter.model_drafter import ModelDrafter
+    from drafter.ngram import NgramDrafter
+    from orchestrator.engine import SpeculativeEngine
+    from specgrove.models import check_same_vocabulary, load_model
+
+    target = load_model(config.target, cache_dir)
+    if config.draft == "ngram":
+        drafter = NgramDrafter(target.vocab_size)
+        assist = dict(prompt_lookup_num_tokens=config.hf_assisted_len)
+    else:
+        draft = load_model(config.draft, cache_dir)
+        check_same_vocabulary(target, draft)
+        drafter = ModelDrafter(draft)
+        assist = dict(assistant_model=draft.model)
+    runners: dict[str, tuple[Runner, bool]] = {
+        "ar": (hf_runner(target), False),
+        "hf-assisted": (hf_runner(target, **assist), False),
+        "specgrove-ar": (engine_runner(SpeculativeEngine(target)), True),
+    }
+    for k in config.draft_lens:
+        runners[f"chain-k{k}"] = (engine_runner(SpeculativeEngine(target, drafter, k)), True)
+    return target, {name: runners[name] for name in config.mode_names()}
+
+
+def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from specgrove.workloads import load_workload
+
+    target, runners = build_runners(config, cache_dir)
+    prompts = load_workload(config.workload, config.num_prompts)
+    encoded = [target.chat_prompt(p.text) if p.chat else target.encode(p.text) for p in prompts]
+
+    def params_for(i: int, max_new_tokens: int) -> SamplingParams:
+        return SamplingParams(temperature=config.temperature, seed=config.seed + i, max_new_tokens=max_new_tokens)
+
+    for runner, _ in runners.values():  # warm-up, excluded from timing
+        runner(encoded[0], params_for(0, 8))
+    samples: dict[str, list[Sample]] = {name: [] for name in runners}
+    bar = tqdm(total=len(prompts) * len(runners), desc="bench", unit="gen", disable=not progress)
+    for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        for name, (runner, _) in runners.items():
+            sample = runner(ids, params_for(i, config.max_new_tokens))
+            sample.prompt = prompt.name
+            samples[name].append(sample)
+            bar.set_postfix_str(f"{name} {len(sample.token_ids) / sample.elapsed_s:.1f} tok/s")
+            bar.update()
+    bar.close()
+    records = add_ratios([summarise(name, samples[name], spec) for name, (_, spec) in runners.items()])
+    agreement = greedy_agreement(samples)
+    for record in records:
+        record["greedy_matches_ar"] = agreement.get(record["mode"]) if config.temperature == 0 else None
+    return {"config": _config_record(config, target), "results": records}
+
+
+def _config_record(config: BenchConfig, target) -> dict:
+    import os
+    import platform
+
+    from specgrove import __version__
+
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}
+    record.update(
+        target_name=target.name,
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        specgrove_version=__version__,
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+    )
+    return record
+
+
+def format_table(report: dict) -> str:
+    head = f"{'mode':14s} {'tok/s':>8s} {'vs ar':>6s} {'TPOT ms':>8s} {'TTFT ms':>8s} {'acc.len':>7s} {'acc.rate':>8s} {'=ar':>5s}"
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        def fmt(value, spec):
+            return format(value, spec) if value is not None else format("-", ">" + spec.split(".")[0])
+        lines.append(
+            f"{r['mode']:14s} {r['output_throughput']:8.2f} {fmt(r['speedup_vs_ar'], '6.2f')} "
+            f"{r['median_tpot_ms']:8.1f} {r['median_ttft_ms']:8.1f} {fmt(r['spec_decode_acceptance_length'], '7.2f')} "
+            f"{fmt(r['spec_decode_acceptance_rate'], '8.2f')} {fmt(r['greedy_matches_ar'], '5.2f')}"
+        )
+    return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    """PNG: output throughput per mode, and per-position acceptance of the speculative modes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.bar([r["mode"] for r in results], [r["output_throughput"] for r in results], color="tab:green")
+    left.set_ylabel("output tokens / s")
+    left.set_title(f"{report['config']['workload']}, T = {report['config']['temperature']}")
+    left.tick_params(axis="x", rotation=30)
+    for r in results:
+        rates = r.get("spec_decode_per_position_acceptance_rates")
+        if rates:
+            right.plot(range(1, len(rates) + 1), rates, marker="o", label=r["mode"])
+    right.set_xlabel("draft position")
+    right.set_ylabel("acceptance rate (per draft)")
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,107 @@
+"""Benchmark arithmetic, the JSON report schema, and a --quick run end to end."""
+
+import json
+import subprocess
+import sys
+from importlib.resources import files
+
+import jsonschema
+import pytest
+
+from specgrove.bench import (
+    BenchConfig,
+    Sample,
+    add_ratios,
+    greedy_agreement,
+    per_position_acceptance,
+    summarise,
+)
+from specgrove.errors import InvalidArgument
+from specgrove.workloads import chat_prompts, humaneval_prompts
+
+SCHEMA = json.loads(files("specgrove.data").joinpath("bench.schema.json").read_text())
+
+
+def test_per_position_acceptance_follows_vllm_definition():
+    # 4 rounds drafting 3 tokens; accepted 3, 1, 0, 2 -> positions reached: >=1: 3 rounds, >=2: 2, >=3: 1
+    assert per_position_acceptance([3, 3, 3, 3], [3, 1, 0, 2]) == [0.75, 0.5, 0.25]
+    assert per_position_acceptance([0, 0], [0, 0]) == []  # no drafts, no rates
+
+
+def test_summarise_and_ratios():
+    ar = [Sample("a", [1] * 10, elapsed_s=2.0, ttft_s=0.2), Sample("b", [1] * 30, elapsed_s=2.0, ttft_s=0.2)]
+    chain = [
+        Sample("a", [1] * 10, elapsed_s=1.0, ttft_s=0.1, drafted=[4, 4, 4], accepted=[4, 2, 1]),
+        Sample("b", [1] * 30, elapsed_s=1.0, ttft_s=0.1, drafted=[4, 0], accepted=[3, 0]),
+    ]
+    records = add_ratios([summarise("ar", ar, False), summarise("chain-k4", chain, True)])
+    base, spec = records
+    assert base["output_throughput"] == 10.0  # 40 tokens / 4 s
+    assert spec["output_throughput"] == 20.0
+    assert spec["speedup_vs_ar"] == 2.0 and base["speedup_vs_ar"] == 1.0
+    assert spec["spec_decode_num_drafts"] == 4  # the round with 0 drafted tokens is no draft
+    assert spec["spec_decode_num_draft_tokens"] == 16 and spec["spec_decode_num_accepted_tokens"] == 10
+    assert spec["spec_decode_acceptance_length"] == pytest.approx((10 + 5) / 5)  # 5 verify passes
+    assert spec["spec_decode_acceptance_rate"] == pytest.approx(10 / 16)
+    assert spec["median_tpot_ms"] == pytest.approx(1000 * statistics_median([0.9 / 9, 0.9 / 29]), abs=1e-3)
+    assert base["spec_decode_acceptance_length"] is None
+
+
+def statistics_median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def test_ratios_without_baseline_are_none():
+    records = add_ratios([summarise("chain-k4", [Sample("a", [1, 2], 1.0, 0.5, [1], [1])], True)])
+    assert records[0]["speedup_vs_ar"] is None
+
+
+def test_greedy_agreement_counts_identical_prompts():
+    base = [Sample("a", [1, 2], 1, 0), Sample("b", [3], 1, 0)]
+    other = [Sample("a", [1, 2], 1, 0), Sample("b", [4], 1, 0)]
+    assert greedy_agreement({"ar": base, "chain-k2": other}) == {"ar": 1.0, "chain-k2": 0.5}
+
+
+def test_schema_accepts_a_report_and_rejects_a_broken_one():
+    record = add_ratios([summarise("ar", [Sample("a", [1, 2, 3], 1.0, 0.1)], False)])[0]
+    record["greedy_matches_ar"] = 1.0
+    config = {"workload": "humaneval", "num_prompts": 1, "max_new_tokens": 3, "temperature": 0.0, "seed": 0,
+              "target": "smollm2", "draft": "ngram", "date": "today", "torch_version": "2.13.0"}
+    report = {"config": config, "results": [record]}
+    jsonschema.validate(report, SCHEMA)
+    del record["output_throughput"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, SCHEMA)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(InvalidArgument, match="modes: unknown modes"):
+        BenchConfig(modes=("warp-speed",)).mode_names()
+
+
+def test_workloads_load():
+    humaneval = humaneval_prompts(3)
+    assert [p.name for p in humaneval] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all(p.text.lstrip().startswith(("from", "def", "import")) and not p.chat for p in humaneval)
+    assert len(chat_prompts(100)) == 12 and all(p.chat for p in chat_prompts(2))
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_end_to_end(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    subprocess.run(
+        [sys.executable, "-m", "specgrove.cli", "bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(png)],
+        check=True, timeout=300,
+    )
+    report = json.loads(out.read_text())
+    jsonschema.validate(report, SCHEMA)
+    modes = [r["mode"] for r in report["results"]]
+    assert modes == ["ar", "hf-assisted", "specgrove-ar", "chain-k4"]
+    by_mode = {r["mode"]: r for r in report["results"]}
+    assert by_mode["ar"]["speedup_vs_ar"] == 1.0
+    # greedy: every mode emits exactly the target's own greedy tokens
+    assert all(r["greedy_matches_ar"] == 1.0 for r in report["results"])
+    assert by_mode["chain-k4"]["spec_decode_acceptance_length"] >= 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
