@@ -1,4 +1,5 @@
-"""A draft model proposing a chain: K single-token steps on its own KV cache, q warped like p."""
+"""A draft model proposing a chain (K single-token steps) or a token tree (one batched pass per
+level, tree attention), on its own KV cache, with q warped exactly like p."""
 
 from __future__ import annotations
 
@@ -6,22 +7,27 @@ import torch
 
 from drafter.proposal import Proposal
 from specgrove.models import CachedSequence, CausalLM
-from specgrove.sampling import SamplingParams, sample, warp
+from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
+from specgrove.tree import TokenTree, VerifyResult
+
+DEFAULT_TOP_N = 64  # the proposal q is truncated to its top-N tokens (exactness holds regardless)
 
 
 class ModelDrafter:
-    def __init__(self, model: CausalLM):
+    def __init__(self, model: CausalLM, top_n: int = DEFAULT_TOP_N):
         self.model = model
         self.name = model.name
         self.vocab_size = model.vocab_size
+        self.top_n = top_n
 
     def open(self) -> "ModelDraftSession":
-        return ModelDraftSession(CachedSequence(self.model))
+        return ModelDraftSession(CachedSequence(self.model), self.top_n)
 
 
 class ModelDraftSession:
-    def __init__(self, sequence: CachedSequence):
+    def __init__(self, sequence: CachedSequence, top_n: int):
         self.sequence = sequence
+        self.top_n = top_n
 
     def propose(
         self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator
@@ -34,5 +40,60 @@ class ModelDraftSession:
             tokens.append(int(sample(q, generator)[0]))
             rows.append(q[0])
         if not tokens:
-            return Proposal.empty(self.model.vocab_size)
+            return Proposal.empty(self.sequence.model.vocab_size)
         return Proposal(tokens, torch.stack(rows))
+
+    def propose_tree(
+        self, context: list[int], shape_children: list[int], shape_parents: list[int],
+        params: SamplingParams, generator: torch.Generator,
+    ) -> TokenTree:
+        """Grow a tree shaped like the planner's (node i of the shape has shape_children[i + 1]
+        children; entry 0 is the root). Nodes whose q has too small a support get fewer children."""
+        tokens: list[int] = []
+        parents: list[int] = []
+        shape_of: list[int] = []  # realised node -> shape node
+        q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row (node + 1) -> (ids, probs)
+        next_shape_child = {node: [c for c, p in enumerate(shape_parents) if p == node] for node in range(-1, len(shape_parents))}
+        logits = self.sequence.logits_for(context, num_logits=1)  # [1, V]: the root
+        frontier = [-1]
+        while True:
+            start = len(tokens)
+            for row_logits, node in zip(logits, frontier):
+                snode = -1 if node < 0 else shape_of[node]
+                want = shape_children[snode + 1]
+                if want == 0:
+                    continue
+                ids, probs, picked = self._children(row_logits, want, params, generator)
+                q_rows[node + 1] = (ids, probs)
+                for token, child_shape in zip(picked, next_shape_child[snode]):
+                    tokens.append(token)
+                    parents.append(node)
+                    shape_of.append(child_shape)
+            new = list(range(start, len(tokens)))
+            if not new or not any(shape_children[shape_of[n] + 1] for n in new):
+                break
+            logits = self.sequence.tree_logits(context, tokens, parents, start, len(tokens), with_root=False)
+            frontier = new
+        return _make_tree(tokens, parents, q_rows)
+
+    def accept(self, result: VerifyResult) -> None:
+        """Compact the draft cache to the accepted path (no recomputation next round)."""
+        self.sequence.keep_path(result.accepted_nodes)
+
+    def _children(self, logits: torch.Tensor, want: int, params: SamplingParams, generator: torch.Generator):
+        if params.greedy:  # verification follows argmax p; the draft's top-k are the best guesses
+            ids = torch.topk(logits, want).indices
+            return ids, torch.zeros(len(ids)), ids.tolist()
+        ids, probs = truncate_top_n(warp(logits, params), self.top_n)
+        dense = torch.zeros(logits.shape[-1]).index_put((ids,), probs)
+        picked = sample_without_replacement(dense, min(want, len(ids)), generator)
+        return ids, probs, picked.tolist()
+
+
+def _make_tree(tokens: list[int], parents: list[int], q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> TokenTree:
+    width = max((len(ids) for ids, _ in q_rows.values()), default=1)
+    q_ids = torch.full((len(tokens) + 1, width), -1, dtype=torch.long)
+    q_probs = torch.zeros(len(tokens) + 1, width)
+    for row, (ids, probs) in q_rows.items():
+        q_ids[row, : len(ids)], q_probs[row, : len(ids)] = ids, probs
+    return TokenTree(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long), q_ids, q_probs)

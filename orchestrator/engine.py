@@ -1,9 +1,10 @@
 """The in-process speculative decoding loop: draft, verify, emit, until a stop rule fires.
 
-One round = the drafter proposes up to K tokens from its own KV cache, the target scores all
-K + 1 positions in one forward pass, and rejection sampling keeps the accepted prefix plus one
-recovered or bonus token. K = 0 (no drafter) is plain autoregressive decoding through the same
-path. Each generation owns one seeded ``torch.Generator``, so a seeded request is reproducible.
+One round = the drafter proposes up to K tokens (chain) or a token tree (tree mode) from its own
+KV cache, the target scores every proposed position in one forward pass, and rejection sampling
+keeps the accepted path plus one recovered or bonus token. K = 0 (no drafter) is plain
+autoregressive decoding through the chain path. Each generation owns one seeded
+``torch.Generator``, so a seeded request is reproducible.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from drafter.proposal import Drafter, Proposal
+from orchestrator.tree_plan import TreePlan
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.models import CausalLM
 from specgrove.output import GenerationOutput
@@ -87,7 +89,13 @@ class Chunk:
 
 
 class SpeculativeEngine:
-    def __init__(self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4):
+    def __init__(
+        self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4, tree: TreePlan | None = None
+    ):
+        """Chain mode with draft_len K (0 = plain decoding); tree mode when a TreePlan is given."""
+        if tree is not None:
+            assert drafter is not None and hasattr(drafter.open(), "propose_tree"), "tree mode needs a model drafter"
+            draft_len = tree.max_depth
         if drafter is None:
             draft_len = 0
         if not 0 <= draft_len <= MAX_DRAFT_LEN:
@@ -99,6 +107,7 @@ class SpeculativeEngine:
         self.target = target
         self.drafter = drafter
         self.draft_len = draft_len
+        self.tree = tree
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Validate before any model work; raise InvalidArgument / OutOfRange."""
@@ -128,21 +137,19 @@ class SpeculativeEngine:
         draft = self.drafter.open() if self.drafter is not None else None
         context = list(prompt_ids)
         while output.finish_reason is None:
-            room = params.max_new_tokens - len(output.token_ids) - 1  # drafts beyond it are wasted
-            k = min(self.draft_len, room)
-            if draft is not None and k > 0:
-                proposal = draft.propose(context, k, params, generator)
+            if self.tree is not None:
+                new_tokens, num_drafted, num_accepted = self._tree_round(context, draft, target, params, generator)
             else:
-                proposal = Proposal.empty(self.target.vocab_size)
-            num_accepted, next_token = target.verify(context, proposal, params, generator)
-            new_tokens = proposal.tokens[:num_accepted] + [next_token]
+                new_tokens, num_drafted, num_accepted = self._chain_round(
+                    context, draft, target, params, generator, room=params.max_new_tokens - len(output.token_ids) - 1
+                )
             emitted = []
             for token in new_tokens:
                 emitted.append(token)
                 if output.add(token):
                     break
             context.extend(emitted)
-            stats = RoundStats(len(proposal.tokens), num_accepted, len(emitted))
+            stats = RoundStats(num_drafted, num_accepted, len(emitted))
             result.rounds.append(stats)
             delta = output.release()
             now = time.perf_counter()
@@ -152,6 +159,23 @@ class SpeculativeEngine:
             result.finish_reason = output.finish_reason or ""
             result.elapsed_s = now - start
             yield Chunk(emitted, delta, stats)
+
+    def _chain_round(self, context, draft, target, params, generator, room: int):
+        k = min(self.draft_len, room)  # drafts beyond the remaining budget would be wasted
+        if draft is not None and k > 0:
+            proposal = draft.propose(context, k, params, generator)
+        else:
+            proposal = Proposal.empty(self.target.vocab_size)
+        num_accepted, next_token = target.verify(context, proposal, params, generator)
+        return proposal.tokens[:num_accepted] + [next_token], len(proposal.tokens), num_accepted
+
+    def _tree_round(self, context, draft, target, params, generator):
+        shape = self.tree.shape()
+        tree = draft.propose_tree(context, shape.child_counts(), list(shape.parents), params, generator)
+        result = target.verify_tree(context, tree, params, generator)
+        draft.accept(result)
+        self.tree.observe(result)
+        return result.accepted_tokens + [result.next_token], tree.size, len(result.accepted_tokens)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
         result = GenerationResult([], "", "", 0, len(prompt_ids))

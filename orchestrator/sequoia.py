@@ -52,6 +52,13 @@ class TreeShape:
         """Children of node (−1 = root), in sampling order."""
         return [i for i, parent in enumerate(self.parents) if parent == node]
 
+    def child_counts(self) -> list[int]:
+        """Entry 0: children of the root; entry i + 1: children of node i."""
+        counts = [0] * (len(self.parents) + 1)
+        for parent in self.parents:
+            counts[parent + 1] += 1
+        return counts
+
     def to_json(self) -> str:
         return json.dumps({"parents": list(self.parents), "expected_tokens": self.expected_tokens})
 
@@ -90,7 +97,8 @@ class SequoiaTable:
             pack[:, 0] = 0.0
             choice = np.zeros((branch + 2, n_max + 1), dtype=np.int64)
             for k in range(branch, 0, -1):
-                gain = a[k - 1] * child_value  # [n_max]
+                feasible = np.isfinite(child_value)
+                gain = np.where(feasible, a[k - 1] * np.where(feasible, child_value, 0.0), NEG)  # [n_max]
                 for m in range(1, n_max):
                     options = gain[:m] + pack[k + 1, m - 1 :: -1][:m]  # s = 1..m, rest m − s to later children
                     s = int(np.argmax(options))

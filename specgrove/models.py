@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from specgrove.errors import ModelLoadError, VocabularyMismatch
+from specgrove.tree_mask import node_positions, tree_attention_mask
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +84,74 @@ class CachedSequence:
 
     ``logits_for(context, n)`` keeps the longest cached prefix of ``context``, crops what
     differs (a rejected draft), and feeds only the tokens after it: after a rejection the cache
-    is trimmed, never rebuilt from the start.
+    is trimmed, never rebuilt from the start. ``tree_logits`` feeds token-tree nodes with a tree
+    attention mask after the context; ``keep_path`` then compacts the cache to the context plus
+    the accepted root-to-node path (``index_select`` on the sequence dimension).
     """
 
     def __init__(self, model: CausalLM):
         self.model = model
         self.cache = model.new_cache()
-        self.tokens: list[int] = []
+        self.tokens: list[int] = []  # context tokens whose keys/values are cached, in order
+        self.node_tokens: list[int] = []  # tree nodes cached after them (node order)
 
     def logits_for(self, context: list[int], num_logits: int) -> torch.Tensor:  # [num_logits, V]
         assert 1 <= num_logits <= len(context), (num_logits, len(context))
-        keep = min(common_prefix_length(self.tokens, context), len(context) - num_logits)
-        if keep < len(self.tokens):
-            self.cache.crop(keep - len(self.tokens))  # negative: drop that many trailing positions
+        keep = self._sync(context, min_fed=num_logits)
         new = torch.tensor(context[keep:], dtype=torch.long)
         positions = torch.arange(keep, len(context), dtype=torch.long)
         logits = self.model.forward(new, positions, self.cache, num_logits=num_logits)
         self.tokens = list(context)
         return logits
+
+    def tree_logits(
+        self, context: list[int], node_tokens: list[int], parents: list[int], first: int, last: int,
+        with_root: bool,
+    ) -> torch.Tensor:  # [with_root + last − first, V]: the root's row (if asked), then nodes first..last−1
+        """Feed tree nodes first..last−1 in one pass with a tree mask.
+
+        with_root: also (re)feed the uncached context, and return the root's logits first (the
+        verifier's single pass). Without it the context and nodes 0..first−1 must be cached
+        already (the drafter growing a tree level by level).
+        """
+        if with_root:
+            assert first == 0, "the root row comes with the first nodes"
+            keep = self._sync(context, min_fed=1)
+        else:
+            assert self.tokens == context and len(self.node_tokens) == first, "feed tree levels in order"
+            keep = len(context)
+        feed = context[keep:] + node_tokens[first:last]
+        positions = list(range(keep, len(context))) + node_positions(len(context), parents)[first:last]
+        mask = tree_attention_mask(len(context), len(context) - keep, parents, first, last)
+        logits = self.model.forward(
+            torch.tensor(feed, dtype=torch.long), torch.tensor(positions, dtype=torch.long), self.cache,
+            mask=mask, num_logits=int(with_root) + last - first,
+        )
+        self.tokens = list(context)
+        self.node_tokens = node_tokens[:last]
+        return logits
+
+    def keep_path(self, path: list[int]) -> None:
+        """Keep the context and the cached nodes of an accepted root-to-node path, drop other nodes."""
+        cached = [n for n in path if n < len(self.node_tokens)]
+        assert cached == path[: len(cached)], "a cached path is a prefix of the path"
+        base = len(self.tokens)
+        index = torch.tensor(list(range(base)) + [base + n for n in cached], dtype=torch.long)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(-2, index)
+            layer.values = layer.values.index_select(-2, index)
+        self.tokens = self.tokens + [self.node_tokens[n] for n in cached]
+        self.node_tokens = []
+
+    def _sync(self, context: list[int], min_fed: int) -> int:
+        """Crop the cache to its longest prefix shared with context (feeding ≥ min_fed tokens)."""
+        keep = min(common_prefix_length(self.tokens, context), len(context) - min_fed)
+        drop = len(self.tokens) + len(self.node_tokens) - keep
+        if drop > 0:
+            self.cache.crop(-drop)  # negative: drop that many trailing positions
+        self.tokens = self.tokens[:keep]
+        self.node_tokens = []
+        return keep
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:

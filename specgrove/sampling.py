@@ -114,3 +114,22 @@ def make_generator(seed: int | None) -> tuple[torch.Generator, int]:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
     return generator, seed
+
+
+def sample_without_replacement(probs: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k distinct tokens from probs [V], in sampling order (Gumbel top-k): [k] long.
+
+    k must not exceed the support (the number of tokens with probability > 0).
+    """
+    assert probs.ndim == 1, probs.shape
+    u = torch.rand(probs.shape, generator=generator).clamp_min(torch.finfo(torch.float32).tiny)
+    keys = probs.log() - (-u.log()).log()  # log q + Gumbel noise; −inf where q = 0
+    return torch.topk(keys, k).indices
+
+
+def truncate_top_n(probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-n support of probs [V], renormalised: (ids [n'] long, probs [n'] fp32), n' ≤ n, no zeros."""
+    values, ids = torch.topk(probs, min(n, probs.shape[-1]))
+    keep = values > 0
+    values, ids = values[keep], ids[keep]
+    return ids, values / values.sum()

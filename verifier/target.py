@@ -1,4 +1,4 @@
-"""The target side of a chain round: score K+1 positions in one forward pass, then verify."""
+"""The target side of a round: score every draft position in one forward pass, then verify."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import torch
 from drafter.proposal import Proposal
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, warp
+from specgrove.tree import TokenTree, VerifyResult
 from verifier.rejection import verify_chain
+from verifier.tree_verify import verify_tree
 
 
 class TargetSession:
@@ -19,7 +21,7 @@ class TargetSession:
     def verify(
         self, context: list[int], proposal: Proposal, params: SamplingParams, generator: torch.Generator
     ) -> tuple[int, int]:
-        """Return (number of accepted draft tokens, the recovered or bonus token)."""
+        """Chain: return (number of accepted draft tokens, the recovered or bonus token)."""
         k = len(proposal.tokens)
         logits = self.sequence.logits_for(context + proposal.tokens, num_logits=k + 1)  # [K+1, V]
         p = warp(logits, params)  # [K+1, V]
@@ -27,3 +29,14 @@ class TargetSession:
             p.unsqueeze(0), proposal.q.unsqueeze(0), torch.tensor([proposal.tokens], dtype=torch.long), generator
         )
         return int(verdict.num_accepted[0]), int(verdict.next_token[0])
+
+    def verify_tree(
+        self, context: list[int], tree: TokenTree, params: SamplingParams, generator: torch.Generator
+    ) -> VerifyResult:
+        """Tree: one pass over the root and all nodes, verify, compact the cache to the accepted path."""
+        logits = self.sequence.tree_logits(
+            context, tree.tokens.tolist(), tree.parents.tolist(), 0, tree.size, with_root=True
+        )  # [N + 1, V]
+        result = verify_tree(tree, warp(logits, params), params.greedy, generator)
+        self.sequence.keep_path(result.accepted_nodes)
+        return result
