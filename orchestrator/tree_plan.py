@@ -19,15 +19,19 @@ class TreePlan(Protocol):
 
 
 class FixedTree:
-    def __init__(self, shape: TreeShape):
+    """The same shape every round; verify results are recorded into `stats` when given."""
+
+    def __init__(self, shape: TreeShape, stats: AcceptanceStats | None = None):
         self._shape = shape
         self.max_depth = shape.depth
+        self.stats = stats
 
     def shape(self) -> TreeShape:
         return self._shape
 
     def observe(self, result: VerifyResult) -> None:
-        pass
+        if self.stats is not None:
+            self.stats.observe(result)
 
 
 class AdaptiveTree:

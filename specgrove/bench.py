@@ -173,11 +173,14 @@ class BenchConfig:
     target: str = "smollm2"
     draft: str = "ngram"  # 'ngram' or a model directory
     draft_lens: tuple[int, ...] = (2, 4, 6)
+    tree_budgets: tuple[int, ...] = ()  # tree modes with a pinned size (model drafts only)
+    tree_auto: bool = False  # a tree mode sized by the planner from the calibration profile
     hf_assisted_len: int = 4  # tokens per assisted step for hf-assisted
     modes: tuple[str, ...] = ()  # empty = every mode
 
     def mode_names(self) -> list[str]:
         every = ["ar", "hf-assisted", "specgrove-ar"] + [f"chain-k{k}" for k in self.draft_lens]
+        every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
         unknown = set(self.modes) - set(every)
         if unknown:
             raise InvalidArgument("modes", f"unknown modes {sorted(unknown)}; available: {', '.join(every)}")
@@ -186,27 +189,28 @@ class BenchConfig:
 
 def build_runners(config: BenchConfig, cache_dir) -> tuple[object, dict[str, tuple[Runner, bool]]]:
     """Load the models once and make one runner per mode: name -> (runner, is speculative)."""
-    from drafter.model_drafter import ModelDrafter
-    from drafter.ngram import NgramDrafter
-    from orchestrator.engine import SpeculativeEngine
-    from specgrove.models import check_same_vocabulary, load_model
+    from specgrove.assemble import EngineSpec, assemble
 
-    target = load_model(config.target, cache_dir)
+    loaded: dict = {}
+    target = assemble(EngineSpec(mode="ar", target=config.target), cache_dir, loaded).target
     if config.draft == "ngram":
-        drafter = NgramDrafter(target.vocab_size)
         assist = dict(prompt_lookup_num_tokens=config.hf_assisted_len)
     else:
-        draft = load_model(config.draft, cache_dir)
-        check_same_vocabulary(target, draft)
-        drafter = ModelDrafter(draft)
-        assist = dict(assistant_model=draft.model)
-    runners: dict[str, tuple[Runner, bool]] = {
-        "ar": (hf_runner(target), False),
-        "hf-assisted": (hf_runner(target, **assist), False),
-        "specgrove-ar": (engine_runner(SpeculativeEngine(target)), True),
-    }
+        assist = dict(assistant_model=assemble(EngineSpec(mode="ar", target=config.draft), cache_dir, loaded).target.model)
+    specs = {"specgrove-ar": EngineSpec(mode="ar", target=config.target)}
     for k in config.draft_lens:
-        runners[f"chain-k{k}"] = (engine_runner(SpeculativeEngine(target, drafter, k)), True)
+        specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k)
+    for m in config.tree_budgets:
+        specs[f"tree-m{m}"] = EngineSpec(mode="tree", target=config.target, draft=config.draft, tree_budget=m,
+                                         greedy=config.temperature == 0)
+    if config.tree_auto:
+        specs["tree-auto"] = EngineSpec(mode="tree", target=config.target, draft=config.draft,
+                                        greedy=config.temperature == 0)
+    runners: dict[str, tuple[Runner, bool]] = {"ar": (hf_runner(target), False), "hf-assisted": (hf_runner(target, **assist), False)}
+    for name in config.mode_names():
+        if name in specs:
+            built = assemble(specs[name], cache_dir, loaded)
+            runners[name] = (engine_runner(built.engine), True)
     return target, {name: runners[name] for name in config.mode_names()}
 
 

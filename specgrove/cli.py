@@ -11,29 +11,18 @@ import time
 
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, default_cache_dir
 from specgrove.errors import SpecGroveError
+from specgrove.assemble import EngineSpec, assemble
 from specgrove.sampling import SamplingParams
 
 DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number, with a docstring."
 
 
-def build_engine(target_spec: str, draft_spec: str | None, mode: str, draft_len: int, cache_dir):
-    """Load models and assemble the engine for a mode ('ar' ignores the draft)."""
-    from drafter.model_drafter import ModelDrafter
-    from drafter.ngram import NgramDrafter
-    from orchestrator.engine import SpeculativeEngine
-    from specgrove.models import check_same_vocabulary, load_model
-
-    target = load_model(target_spec, cache_dir)
-    if mode == "ar":
-        return target, SpeculativeEngine(target)
-    spec = draft_spec or DEFAULT_DRAFT
-    if spec == "ngram":
-        drafter = NgramDrafter(target.vocab_size)
-    else:
-        draft = load_model(spec, cache_dir)
-        check_same_vocabulary(target, draft)
-        drafter = ModelDrafter(draft)
-    return target, SpeculativeEngine(target, drafter, draft_len)
+def _engine_spec(args, mode: str | None = None) -> EngineSpec:
+    return EngineSpec(
+        mode=mode or args.mode, target=args.target, draft=args.draft, draft_len=args.draft_len,
+        tree_budget=getattr(args, "tree_budget", None), tree_depth=getattr(args, "tree_depth", None),
+        profile=getattr(args, "profile", None), greedy=getattr(args, "temperature", 0.0) == 0.0,
+    )
 
 
 def _params(args) -> SamplingParams:
@@ -50,7 +39,8 @@ def _params(args) -> SamplingParams:
 
 def cmd_generate(args) -> int:
     params = _params(args).validate()  # fail on bad parameters before loading any model
-    target, engine = build_engine(args.target, args.draft, args.mode, args.draft_len, args.cache_dir)
+    built = assemble(_engine_spec(args), args.cache_dir)
+    target, engine = built.target, built.engine
     prompt_ids = target.chat_prompt(args.prompt) if args.chat else target.encode(args.prompt)
     from orchestrator.engine import GenerationResult
 
@@ -60,8 +50,8 @@ def cmd_generate(args) -> int:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
     if args.json:
-        record = {"mode": args.mode, "draft": None if args.mode == "ar" else (args.draft or DEFAULT_DRAFT),
-                  "draft_len": engine.draft_len, **result.summary()}
+        record = {"mode": args.mode, "engine": built.description,
+                  "draft": None if args.mode == "ar" else (args.draft or DEFAULT_DRAFT), **result.summary()}
         print(json.dumps(record))
     else:
         sys.stdout.write("\n")
@@ -78,7 +68,8 @@ def cmd_demo(args) -> int:
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
     rows = []
     for mode in ("ar", "chain"):
-        target, engine = build_engine(args.target, args.draft, mode, args.draft_len, args.cache_dir)
+        built = assemble(_engine_spec(args, mode), args.cache_dir)
+        target, engine = built.target, built.engine
         prompt_ids = target.chat_prompt(args.prompt)
         engine.generate(prompt_ids, SamplingParams(max_new_tokens=8))  # warm-up, not timed
         start = time.perf_counter()
@@ -111,6 +102,8 @@ def cmd_bench(args) -> int:
         target=args.target,
         draft=args.draft,
         draft_lens=tuple(int(k) for k in args.draft_lens.split(",") if k),
+        tree_budgets=tuple(int(m) for m in args.tree_budgets.split(",") if m),
+        tree_auto=args.tree_auto,
         modes=tuple(m for m in args.modes.split(",") if m),
     )
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
@@ -127,6 +120,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from drafter.model_drafter import ModelDrafter
+    from specgrove.calibrate import calibrate, profile_path
+    from specgrove.models import check_same_vocabulary, load_model
+
+    target = load_model(args.target, args.cache_dir)
+    draft = load_model(args.draft, args.cache_dir)
+    check_same_vocabulary(target, draft)
+    profile = calibrate(target, draft, ModelDrafter(draft), num_prompts=args.num_prompts, quick=args.quick)
+    out = args.out or profile_path(args.cache_dir, target.name, draft.name)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(profile.to_json())
+    print(profile.to_json())
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specgrove", description=__doc__)
     parser.add_argument("--cache-dir", type=os.path.expanduser, default=None,
@@ -136,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text from a prompt")
     gen.add_argument("prompt")
-    gen.add_argument("--mode", choices=["ar", "chain"], default="chain")
+    gen.add_argument("--mode", choices=["ar", "chain", "tree"], default="chain")
     gen.add_argument("--draft-len", type=int, default=4, help="K, draft tokens per round (chain)")
+    gen.add_argument("--tree-budget", type=int, default=None, help="tree: pin the number of draft nodes")
+    gen.add_argument("--tree-depth", type=int, default=None, help="tree: pin the depth")
+    gen.add_argument("--profile", default=None, help="tree: calibration profile (default: cached, measured if missing)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -146,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--stop-token-id", action="append", type=int, default=[], help="stop token id (repeatable)")
     gen.add_argument("--target", default=DEFAULT_TARGET, help="'smollm2' or a Hugging Face model directory")
-    gen.add_argument("--draft", default=None, help=f"'ngram' or a model directory (default {DEFAULT_DRAFT})")
+    gen.add_argument("--draft", default=None,
+                     help=f"'ngram', 'smollm2:layers=N' or a model directory (default {DEFAULT_DRAFT})")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     gen.set_defaults(func=cmd_generate)
@@ -159,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--draft", default=None)
     demo.set_defaults(func=cmd_demo)
 
+    cal = sub.add_parser("calibrate", help="measure verify/draft costs and acceptance into a profile")
+    cal.add_argument("--target", default=DEFAULT_TARGET)
+    cal.add_argument("--draft", required=True, help="a draft model: 'smollm2:layers=N' or a directory")
+    cal.add_argument("--num-prompts", type=int, default=4)
+    cal.add_argument("--quick", action="store_true", help="costs only; acceptance from a prior")
+    cal.add_argument("--out", default=None, help="profile path (default: the cache, where generate finds it)")
+    cal.set_defaults(func=cmd_calibrate)
+
     bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
     bench.add_argument("--workload", choices=["humaneval", "chat"], default="humaneval")
     bench.add_argument("--num-prompts", type=int, default=8)
@@ -168,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target", default=DEFAULT_TARGET)
     bench.add_argument("--draft", default=DEFAULT_DRAFT)
     bench.add_argument("--draft-lens", default="2,4,6", help="comma-separated K values for chain modes")
+    bench.add_argument("--tree-budgets", default="", help="comma-separated tree sizes (needs a model draft)")
+    bench.add_argument("--tree-auto", action="store_true", help="add a tree mode sized by the planner")
     bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
     bench.add_argument("--json", default=None, help="write the report as JSON to this path")
     bench.add_argument("--plot", default=None, help="write a PNG plot to this path")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from specgrove.errors import ModelLoadError, VocabularyMismatch
+from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class CausalLM:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def chat_prompt(self, text: str) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidArgument("chat", f"model {self.name!r} has no chat template; send a plain prompt")
         messages = [{"role": "user", "content": text}]
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.encode(rendered)
@@ -191,15 +193,39 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
 
 
 def load_model(spec: str, cache_dir: Path) -> CausalLM:
-    """Load 'smollm2' (the default target, cached from its GGUF) or a Hugging Face model directory."""
+    """Load 'smollm2' (the default target, cached from its GGUF), 'smollm2:layers=N' (its first N
+    layers with its final norm and head: a weak, training-free draft), or a model directory."""
     if spec == "smollm2":
         return _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
+    if spec.startswith("smollm2:layers="):
+        return truncated(load_model("smollm2", cache_dir), int(spec.split("=", 1)[1]))
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"{spec!r} is not a model: expected 'smollm2' or a Hugging Face model directory with config.json"
         )
     return _load_dir(path, name=path.name)
+
+
+def truncated(model: CausalLM, num_layers: int) -> CausalLM:
+    """The model's first num_layers decoder layers, final norm and LM head (shared weights)."""
+    total = model.model.config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise ModelLoadError(f"layers must be in [1, {total}], got {num_layers}")
+    import copy
+
+    config = copy.deepcopy(model.model.config)
+    config.num_hidden_layers = num_layers
+    def shallow(module):  # a new module object sharing parameters, with its own child table
+        other = copy.copy(module)
+        other._modules = dict(module._modules)
+        other.config = config
+        return other
+
+    clone = shallow(model.model)
+    clone.model = shallow(model.model.model)
+    clone.model.layers = model.model.model.layers[:num_layers]
+    return CausalLM(clone, model.tokenizer, f"{model.name}-layers{num_layers}")
 
 
 def _load_dir(path: Path, name: str) -> CausalLM:

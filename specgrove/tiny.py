@@ -14,6 +14,10 @@ import torch
 SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1 (bos), 2 (eos), as in SmolLM2
 LOWER = list(string.ascii_lowercase + " .,")  # 29 characters -> vocabulary of 32
 UPPER = list(string.ascii_uppercase + " .,")  # a different vocabulary of the same size
+CHAT_TEMPLATE = (  # ChatML, as SmolLM2 uses
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
 
 
 def build_tiny_llama(
@@ -36,6 +40,7 @@ def build_tiny_llama(
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=hidden_size,

@@ -1,0 +1,96 @@
+"""Assemble an engine from a few typed choices: models, mode, draft length or tree plan."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+from specgrove.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+MODES = ("ar", "chain", "tree")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    mode: str = "chain"  # ar | chain | tree
+    target: str = DEFAULT_TARGET  # 'smollm2' or a model directory
+    draft: str | None = None  # 'ngram', 'smollm2:layers=N' or a model directory; None = default
+    draft_len: int = 4  # chain: K draft tokens per round
+    tree_budget: int | None = None  # tree: pin the size (nodes); None = the planner's choice
+    tree_depth: int | None = None  # tree: pin the depth; None = the planner's choice
+    profile: str | None = None  # tree: calibration profile JSON; None = the cached one (made if missing)
+    greedy: bool = True  # which measured acceptance vector the planner uses
+
+
+@dataclass
+class Assembled:
+    target: object  # CausalLM
+    engine: object  # SpeculativeEngine
+    description: str  # what was built, e.g. "tree m=16 d=5 (planner)"
+
+
+def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> Assembled:
+    """Build the engine for spec; `loaded` (model spec -> CausalLM) shares models across calls."""
+    from drafter.model_drafter import ModelDrafter
+    from drafter.ngram import NgramDrafter
+    from orchestrator.engine import SpeculativeEngine
+    from specgrove.models import check_same_vocabulary
+    from specgrove.models import load_model as load_uncached
+
+    loaded = {} if loaded is None else loaded
+
+    def load_model(name: str, cache: Path):
+        if name not in loaded:
+            loaded[name] = load_uncached(name, cache)
+        return loaded[name]
+
+    if spec.mode not in MODES:
+        raise InvalidArgument("mode", f"must be one of {', '.join(MODES)}, got {spec.mode!r}")
+    target = load_model(spec.target, cache_dir)
+    if spec.mode == "ar":
+        return Assembled(target, SpeculativeEngine(target), "ar")
+    draft_spec = spec.draft or DEFAULT_DRAFT
+    if draft_spec == "ngram":
+        if spec.mode == "tree":
+            raise InvalidArgument("draft", "tree mode needs a draft model (--draft DIR or smollm2:layers=N); "
+                                  "the n-gram drafter proposes a single chain")
+        return Assembled(target, SpeculativeEngine(target, NgramDrafter(target.vocab_size), spec.draft_len),
+                         f"chain K={spec.draft_len} ngram")
+    draft = load_model(draft_spec, cache_dir)
+    check_same_vocabulary(target, draft)
+    drafter = ModelDrafter(draft)
+    if spec.mode == "chain":
+        return Assembled(target, SpeculativeEngine(target, drafter, spec.draft_len), f"chain K={spec.draft_len} {draft.name}")
+    return _assemble_tree(spec, cache_dir, target, draft, drafter)
+
+
+def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter) -> Assembled:
+    from orchestrator.engine import SpeculativeEngine
+    from orchestrator.planner import CostProfile, plan_tree
+    from orchestrator.tree_plan import AdaptiveTree
+    from specgrove.calibrate import calibrate, profile_path
+
+    path = Path(spec.profile) if spec.profile else profile_path(cache_dir, target.name, draft.name)
+    if path.is_file():
+        profile = CostProfile.from_json(path.read_text())
+    elif spec.profile:
+        raise InvalidArgument("profile", f"no calibration profile at {path}")
+    else:
+        log.warning("no calibration profile for %s + %s: measuring costs now (quick) into %s; "
+                    "run `specgrove calibrate` for measured acceptance", target.name, draft.name, path)
+        profile = calibrate(target, draft, drafter, quick=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(profile.to_json())
+    acceptance = profile.acceptance["greedy" if spec.greedy else "sampled"]
+    plan = plan_tree(profile, acceptance, fixed_size=spec.tree_budget, fixed_depth=spec.tree_depth)
+    if plan.size == 0:
+        log.warning("the planner predicts plain decoding is fastest here (%.1f tok/s); decoding with K = 0",
+                    plan.tokens_per_s)
+        return Assembled(target, SpeculativeEngine(target), "tree planner chose K=0 (plain decoding)")
+    how = "pinned" if spec.tree_budget or spec.tree_depth else "planner"
+    engine = SpeculativeEngine(target, drafter, tree=AdaptiveTree(plan.size, plan.depth, prior=acceptance))
+    return Assembled(target, engine, f"tree m={plan.size} d={plan.depth} ({how}, predicted {plan.tokens_per_s:.1f} tok/s)")
