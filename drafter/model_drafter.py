@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from drafter.budget import DraftBudget
 from drafter.proposal import Proposal
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
@@ -30,7 +31,8 @@ class ModelDraftSession:
         self.top_n = top_n
 
     def propose(
-        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator
+        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator,
+        budget: DraftBudget | None = None,
     ) -> Proposal:
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
@@ -39,19 +41,25 @@ class ModelDraftSession:
             q = warp(logits, params)  # [1, V]
             tokens.append(int(sample(q, generator)[0]))
             rows.append(q[0])
+            if budget is not None and budget.stops(logits[0], q[0], params.greedy):
+                break  # the token stays; the chain ends here
         if not tokens:
             return Proposal.empty(self.sequence.model.vocab_size)
         return Proposal(tokens, torch.stack(rows))
 
     def propose_tree(
         self, context: list[int], shape_children: list[int], shape_parents: list[int],
-        params: SamplingParams, generator: torch.Generator,
+        params: SamplingParams, generator: torch.Generator, budget: DraftBudget | None = None,
     ) -> TokenTree:
         """Grow a tree shaped like the planner's (node i of the shape has shape_children[i + 1]
-        children; entry 0 is the root). Nodes whose q has too small a support get fewer children."""
+        children; entry 0 is the root). Nodes whose q has too small a support get fewer children;
+        with a budget, nodes below its depth limit or drafted from a q that fails its stop test
+        get none (dynamic trees)."""
         tokens: list[int] = []
         parents: list[int] = []
         shape_of: list[int] = []  # realised node -> shape node
+        ended: list[bool] = []  # realised node -> its branch ends here (no children)
+        depth: list[int] = []
         q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row (node + 1) -> (ids, probs)
         next_shape_child = {node: [c for c, p in enumerate(shape_parents) if p == node] for node in range(-1, len(shape_parents))}
         logits = self.sequence.logits_for(context, num_logits=1)  # [1, V]: the root
@@ -61,16 +69,22 @@ class ModelDraftSession:
             for row_logits, node in zip(logits, frontier):
                 snode = -1 if node < 0 else shape_of[node]
                 want = shape_children[snode + 1]
-                if want == 0:
+                if want == 0 or (node >= 0 and ended[node]):
                     continue
-                ids, probs, picked = self._children(row_logits, want, params, generator)
+                ids, probs, picked, q = self._children(row_logits, want, params, generator)
                 q_rows[node + 1] = (ids, probs)
+                child_depth = 1 if node < 0 else depth[node] + 1
+                stop = budget is not None and (
+                    child_depth >= budget.max_len or budget.stops(row_logits, q, params.greedy)
+                )
                 for token, child_shape in zip(picked, next_shape_child[snode]):
                     tokens.append(token)
                     parents.append(node)
                     shape_of.append(child_shape)
+                    ended.append(stop)
+                    depth.append(child_depth)
             new = list(range(start, len(tokens)))
-            if not new or not any(shape_children[shape_of[n] + 1] for n in new):
+            if not new or not any(shape_children[shape_of[n] + 1] and not ended[n] for n in new):
                 break
             logits = self.sequence.tree_logits(context, tokens, parents, start, len(tokens), with_root=False)
             frontier = new
@@ -81,13 +95,14 @@ class ModelDraftSession:
         self.sequence.keep_path(result.accepted_nodes)
 
     def _children(self, logits: torch.Tensor, want: int, params: SamplingParams, generator: torch.Generator):
+        """(support ids, q on them, the picked children, dense q [V] or None when greedy)."""
         if params.greedy:  # verification follows argmax p; the draft's top-k are the best guesses
             ids = torch.topk(logits, want).indices
-            return ids, torch.zeros(len(ids)), ids.tolist()
+            return ids, torch.zeros(len(ids)), ids.tolist(), None
         ids, probs = truncate_top_n(warp(logits, params), self.top_n)
         dense = torch.zeros(logits.shape[-1]).index_put((ids,), probs)
         picked = sample_without_replacement(dense, min(want, len(ids)), generator)
-        return ids, probs, picked.tolist()
+        return ids, probs, picked.tolist(), dense
 
 
 def _make_tree(tokens: list[int], parents: list[int], q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> TokenTree:

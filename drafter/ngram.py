@@ -29,8 +29,10 @@ class NgramDraftSession:
         self.drafter = drafter
 
     def propose(
-        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator
+        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator,
+        budget: object = None,
     ) -> Proposal:
+        """The budget's stop rules never fire on a one-hot q (entropy 0, confidence 1)."""
         tokens = lookup(context, max_tokens, self.drafter.max_ngram, self.drafter.min_ngram)
         q = torch.zeros(len(tokens), self.drafter.vocab_size)
         q[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)] = 1.0

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import torch
 
+from drafter.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 
 
@@ -24,7 +25,8 @@ class DraftSession(Protocol):
     """Per-generation drafting state (a KV cache, an n-gram index...)."""
 
     def propose(
-        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator
+        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator,
+        budget: DraftBudget | None = None,
     ) -> Proposal: ...
 
 

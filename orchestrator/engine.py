@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from drafter.proposal import Drafter, Proposal
+from orchestrator.stop_policy import StaticPolicy
 from orchestrator.tree_plan import TreePlan
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.models import CausalLM
@@ -29,6 +30,8 @@ class RoundStats:
     num_drafted: int  # draft tokens proposed this round (K, or fewer when the drafter had less)
     num_accepted: int  # of those, accepted by the target
     num_emitted: int  # tokens that reached the output (accepted + 1, fewer if a stop rule cut it)
+    draft_limit: int = 0  # the policy's most draft tokens (chain) or levels (tree) for this round
+    lam: float | None = None  # AdaEDL's threshold λ used for this round
 
 
 @dataclass
@@ -76,7 +79,17 @@ class GenerationResult:
             "acceptance_rate": round(self.acceptance_rate, 4),
             "num_draft_tokens": sum(r.num_drafted for r in self.rounds),
             "num_accepted_tokens": sum(r.num_accepted for r in self.rounds),
+            "draft_len": _stats([r.num_drafted for r in self.rounds]),
+            "adaedl_lambda": _stats([r.lam for r in self.rounds if r.lam is not None]),
         }
+
+
+def _stats(values: list[float]) -> dict | None:
+    """Summary statistics of a per-round series (None when empty)."""
+    if not values:
+        return None
+    return {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values),
+            "first": values[0], "last": values[-1]}
 
 
 @dataclass
@@ -90,9 +103,14 @@ class Chunk:
 
 class SpeculativeEngine:
     def __init__(
-        self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4, tree: TreePlan | None = None
+        self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4, tree: TreePlan | None = None,
+        policy_factory=None,
     ):
-        """Chain mode with draft_len K (0 = plain decoding); tree mode when a TreePlan is given."""
+        """Chain mode with draft_len K (0 = plain decoding); tree mode when a TreePlan is given.
+
+        policy_factory(max_len) makes each generation's draft-length policy (stop_policy.py);
+        the default drafts exactly K tokens (or the tree's full depth).
+        """
         if tree is not None:
             assert drafter is not None and hasattr(drafter.open(), "propose_tree"), "tree mode needs a model drafter"
             draft_len = tree.max_depth
@@ -108,6 +126,7 @@ class SpeculativeEngine:
         self.drafter = drafter
         self.draft_len = draft_len
         self.tree = tree
+        self.policy_factory = policy_factory or StaticPolicy
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Validate before any model work; raise InvalidArgument / OutOfRange."""
@@ -135,21 +154,28 @@ class SpeculativeEngine:
         output = GenerationOutput(self.target.decode, self.target.eos_token_ids, params)
         target = TargetSession(self.target)
         draft = self.drafter.open() if self.drafter is not None else None
+        policy = self.policy_factory(self.draft_len)
         context = list(prompt_ids)
         while output.finish_reason is None:
+            budget = policy.budget()
             if self.tree is not None:
-                new_tokens, num_drafted, num_accepted = self._tree_round(context, draft, target, params, generator)
+                new_tokens, num_drafted, num_accepted, depth = self._tree_round(
+                    context, draft, target, params, generator, budget
+                )
+                policy.observe(depth, num_accepted)  # per level: the chain analogue of acceptance
             else:
                 new_tokens, num_drafted, num_accepted = self._chain_round(
-                    context, draft, target, params, generator, room=params.max_new_tokens - len(output.token_ids) - 1
+                    context, draft, target, params, generator, budget,
+                    room=params.max_new_tokens - len(output.token_ids) - 1,
                 )
+                policy.observe(num_drafted, num_accepted)
             emitted = []
             for token in new_tokens:
                 emitted.append(token)
                 if output.add(token):
                     break
             context.extend(emitted)
-            stats = RoundStats(num_drafted, num_accepted, len(emitted))
+            stats = RoundStats(num_drafted, num_accepted, len(emitted), budget.max_len, budget.lam)
             result.rounds.append(stats)
             delta = output.release()
             now = time.perf_counter()
@@ -160,22 +186,23 @@ class SpeculativeEngine:
             result.elapsed_s = now - start
             yield Chunk(emitted, delta, stats)
 
-    def _chain_round(self, context, draft, target, params, generator, room: int):
-        k = min(self.draft_len, room)  # drafts beyond the remaining budget would be wasted
+    def _chain_round(self, context, draft, target, params, generator, budget, room: int):
+        k = min(budget.max_len, room)  # drafts beyond the remaining token budget would be wasted
         if draft is not None and k > 0:
-            proposal = draft.propose(context, k, params, generator)
+            proposal = draft.propose(context, k, params, generator, budget)
         else:
             proposal = Proposal.empty(self.target.vocab_size)
         num_accepted, next_token = target.verify(context, proposal, params, generator)
         return proposal.tokens[:num_accepted] + [next_token], len(proposal.tokens), num_accepted
 
-    def _tree_round(self, context, draft, target, params, generator):
+    def _tree_round(self, context, draft, target, params, generator, budget):
         shape = self.tree.shape()
-        tree = draft.propose_tree(context, shape.child_counts(), list(shape.parents), params, generator)
+        tree = draft.propose_tree(context, shape.child_counts(), list(shape.parents), params, generator, budget)
         result = target.verify_tree(context, tree, params, generator)
         draft.accept(result)
         self.tree.observe(result)
-        return result.accepted_tokens + [result.next_token], tree.size, len(result.accepted_tokens)
+        depth = max(tree.depths(), default=0)
+        return result.accepted_tokens + [result.next_token], tree.size, len(result.accepted_tokens), depth
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
         result = GenerationResult([], "", "", 0, len(prompt_ids))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+from orchestrator.stop_policy import make_policy
 from specgrove.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ class EngineSpec:
     tree_depth: int | None = None  # tree: pin the depth; None = the planner's choice
     profile: str | None = None  # tree: calibration profile JSON; None = the cached one (made if missing)
     greedy: bool = True  # which measured acceptance vector the planner uses
+    stop_policy: str = "adaedl"  # chain/tree draft length: adaedl | static | max-confidence | heuristic
+    adaedl_gamma: float = 0.2  # AdaEDL entropy scale γ
+    adaedl_lambda: float = 0.5  # AdaEDL initial threshold λ
 
 
 @dataclass
@@ -50,6 +54,11 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
 
     if spec.mode not in MODES:
         raise InvalidArgument("mode", f"must be one of {', '.join(MODES)}, got {spec.mode!r}")
+    make_policy(spec.stop_policy, 1, spec.adaedl_gamma, spec.adaedl_lambda)  # validate before loading
+
+    def policies(max_len: int):
+        return make_policy(spec.stop_policy, max_len, spec.adaedl_gamma, spec.adaedl_lambda)
+
     target = load_model(spec.target, cache_dir)
     if spec.mode == "ar":
         return Assembled(target, SpeculativeEngine(target), "ar")
@@ -59,16 +68,17 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
             raise InvalidArgument("draft", "tree mode needs a draft model (--draft DIR or smollm2:layers=N); "
                                   "the n-gram drafter proposes a single chain")
         return Assembled(target, SpeculativeEngine(target, NgramDrafter(target.vocab_size), spec.draft_len),
-                         f"chain K={spec.draft_len} ngram")
+                         f"chain K={spec.draft_len} ngram")  # stop rules never fire on its one-hot q
     draft = load_model(draft_spec, cache_dir)
     check_same_vocabulary(target, draft)
     drafter = ModelDrafter(draft)
     if spec.mode == "chain":
-        return Assembled(target, SpeculativeEngine(target, drafter, spec.draft_len), f"chain K={spec.draft_len} {draft.name}")
-    return _assemble_tree(spec, cache_dir, target, draft, drafter)
+        engine = SpeculativeEngine(target, drafter, spec.draft_len, policy_factory=policies)
+        return Assembled(target, engine, f"chain K<={spec.draft_len} {spec.stop_policy} {draft.name}")
+    return _assemble_tree(spec, cache_dir, target, draft, drafter, policies)
 
 
-def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter) -> Assembled:
+def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter, policies) -> Assembled:
     from orchestrator.engine import SpeculativeEngine
     from orchestrator.planner import CostProfile, plan_tree
     from orchestrator.tree_plan import AdaptiveTree
@@ -92,5 +102,7 @@ def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter) ->
                     plan.tokens_per_s)
         return Assembled(target, SpeculativeEngine(target), "tree planner chose K=0 (plain decoding)")
     how = "pinned" if spec.tree_budget or spec.tree_depth else "planner"
-    engine = SpeculativeEngine(target, drafter, tree=AdaptiveTree(plan.size, plan.depth, prior=acceptance))
-    return Assembled(target, engine, f"tree m={plan.size} d={plan.depth} ({how}, predicted {plan.tokens_per_s:.1f} tok/s)")
+    tree = AdaptiveTree(plan.size, plan.depth, prior=acceptance)
+    engine = SpeculativeEngine(target, drafter, tree=tree, policy_factory=policies)
+    return Assembled(target, engine, f"tree m={plan.size} d={plan.depth} ({how}, predicted {plan.tokens_per_s:.1f} tok/s)"
+                                     f" {spec.stop_policy}")

@@ -31,6 +31,7 @@ class Sample:
     ttft_s: float  # request to first token
     drafted: list[int] = field(default_factory=list)  # per verify round; empty for non-speculative modes
     accepted: list[int] = field(default_factory=list)  # per verify round
+    lambdas: list[float] = field(default_factory=list)  # AdaEDL λ per round (adaedl modes only)
 
     @property
     def tpot_s(self) -> float:
@@ -74,6 +75,8 @@ def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
             spec_decode_acceptance_length=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,
             spec_decode_acceptance_rate=round(sum(accepted) / sum(drafted), 4) if sum(drafted) else None,
             spec_decode_per_position_acceptance_rates=[round(r, 4) for r in per_position_acceptance(drafted, accepted)],
+            mean_draft_len=round(sum(drafted) / rounds, 4) if rounds else None,
+            mean_adaedl_lambda=_mean([lam for s in samples for lam in s.lambdas]),
         )
     else:
         record.update(
@@ -85,6 +88,10 @@ def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
             spec_decode_per_position_acceptance_rates=None,
         )
     return record
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def add_ratios(records: list[dict], baseline: str = "ar") -> list[dict]:
@@ -117,6 +124,7 @@ def engine_runner(engine) -> Runner:
         return Sample(
             "", result.token_ids, result.elapsed_s, result.ttft_s,
             [r.num_drafted for r in result.rounds], [r.num_accepted for r in result.rounds],
+            [r.lam for r in result.rounds if r.lam is not None],
         )
 
     return run
@@ -175,11 +183,14 @@ class BenchConfig:
     draft_lens: tuple[int, ...] = (2, 4, 6)
     tree_budgets: tuple[int, ...] = ()  # tree modes with a pinned size (model drafts only)
     tree_auto: bool = False  # a tree mode sized by the planner from the calibration profile
+    stop_policies: tuple[str, ...] = ()  # chain-<policy> modes with at most policy_max_len tokens
+    policy_max_len: int = 8
     hf_assisted_len: int = 4  # tokens per assisted step for hf-assisted
     modes: tuple[str, ...] = ()  # empty = every mode
 
     def mode_names(self) -> list[str]:
         every = ["ar", "hf-assisted", "specgrove-ar"] + [f"chain-k{k}" for k in self.draft_lens]
+        every += [f"chain-{p}" for p in self.stop_policies]
         every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
         unknown = set(self.modes) - set(every)
         if unknown:
@@ -199,13 +210,17 @@ def build_runners(config: BenchConfig, cache_dir) -> tuple[object, dict[str, tup
         assist = dict(assistant_model=assemble(EngineSpec(mode="ar", target=config.draft), cache_dir, loaded).target.model)
     specs = {"specgrove-ar": EngineSpec(mode="ar", target=config.target)}
     for k in config.draft_lens:
-        specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k)
+        specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k,
+                                          stop_policy="static")
+    for policy in config.stop_policies:
+        specs[f"chain-{policy}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft,
+                                              draft_len=config.policy_max_len, stop_policy=policy)
     for m in config.tree_budgets:
         specs[f"tree-m{m}"] = EngineSpec(mode="tree", target=config.target, draft=config.draft, tree_budget=m,
-                                         greedy=config.temperature == 0)
+                                         greedy=config.temperature == 0, stop_policy="static")
     if config.tree_auto:
         specs["tree-auto"] = EngineSpec(mode="tree", target=config.target, draft=config.draft,
-                                        greedy=config.temperature == 0)
+                                        greedy=config.temperature == 0, stop_policy="static")
     runners: dict[str, tuple[Runner, bool]] = {"ar": (hf_runner(target), False), "hf-assisted": (hf_runner(target, **assist), False)}
     for name in config.mode_names():
         if name in specs:

@@ -22,6 +22,8 @@ def _engine_spec(args, mode: str | None = None) -> EngineSpec:
         mode=mode or args.mode, target=args.target, draft=args.draft, draft_len=args.draft_len,
         tree_budget=getattr(args, "tree_budget", None), tree_depth=getattr(args, "tree_depth", None),
         profile=getattr(args, "profile", None), greedy=getattr(args, "temperature", 0.0) == 0.0,
+        stop_policy=getattr(args, "stop_policy", "adaedl"), adaedl_gamma=getattr(args, "adaedl_gamma", 0.2),
+        adaedl_lambda=getattr(args, "adaedl_lambda", 0.5),
     )
 
 
@@ -104,6 +106,7 @@ def cmd_bench(args) -> int:
         draft_lens=tuple(int(k) for k in args.draft_lens.split(",") if k),
         tree_budgets=tuple(int(m) for m in args.tree_budgets.split(",") if m),
         tree_auto=args.tree_auto,
+        stop_policies=tuple(p for p in args.stop_policies.split(",") if p),
         modes=tuple(m for m in args.modes.split(",") if m),
     )
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
@@ -152,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tree-budget", type=int, default=None, help="tree: pin the number of draft nodes")
     gen.add_argument("--tree-depth", type=int, default=None, help="tree: pin the depth")
     gen.add_argument("--profile", default=None, help="tree: calibration profile (default: cached, measured if missing)")
+    gen.add_argument("--stop-policy", choices=["adaedl", "static", "max-confidence", "heuristic"], default="adaedl",
+                     help="chain/tree draft length policy (default adaedl)")
+    gen.add_argument("--adaedl-gamma", type=float, default=0.2, help="AdaEDL entropy scale γ")
+    gen.add_argument("--adaedl-lambda", type=float, default=0.5, help="AdaEDL initial threshold λ")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -193,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--draft-lens", default="2,4,6", help="comma-separated K values for chain modes")
     bench.add_argument("--tree-budgets", default="", help="comma-separated tree sizes (needs a model draft)")
     bench.add_argument("--tree-auto", action="store_true", help="add a tree mode sized by the planner")
+    bench.add_argument("--stop-policies", default="",
+                       help="comma-separated chain-<policy> modes: adaedl,max-confidence,heuristic,static (K <= 8)")
     bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
     bench.add_argument("--json", default=None, help="write the report as JSON to this path")
     bench.add_argument("--plot", default=None, help="write a PNG plot to this path")

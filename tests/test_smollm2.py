@@ -14,6 +14,7 @@ from drafter.model_drafter import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable
+from orchestrator.stop_policy import AdaEDLPolicy
 from orchestrator.tree_plan import FixedTree
 from specgrove.models import CausalLM
 from specgrove.sampling import SamplingParams
@@ -58,11 +59,16 @@ def references(smollm2):
     return out
 
 
-@pytest.mark.parametrize("drafter_name, draft_len", [("ar", 0), ("ngram", 4), ("noisy", 3), ("noisy-tree", 0)])
+@pytest.mark.parametrize(
+    "drafter_name, draft_len", [("ar", 0), ("ngram", 4), ("noisy", 3), ("noisy-adaedl", 5), ("noisy-tree-adaedl", 0)]
+)
 def test_greedy_identity_with_the_real_target(smollm2, noisy_draft, references, drafter_name, draft_len):
+    """Drafts: none (plain), n-gram, a noisy target copy as chain (static K, AdaEDL) and as a
+    Sequoia tree with AdaEDL pruning branches."""
     drafter = {"ar": None, "ngram": NgramDrafter(smollm2.vocab_size)}.get(drafter_name, ModelDrafter(noisy_draft))
-    tree = FixedTree(SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4)) if drafter_name == "noisy-tree" else None
-    engine = SpeculativeEngine(smollm2, drafter, draft_len, tree=tree)
+    tree = FixedTree(SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4)) if "tree" in drafter_name else None
+    policy = AdaEDLPolicy if "adaedl" in drafter_name else None
+    engine = SpeculativeEngine(smollm2, drafter, draft_len, tree=tree, policy_factory=policy)
     accepted = rejected = 0
     for prompt, (ids, reference) in references.items():
         result = engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS))
