@@ -15,6 +15,8 @@ DEFAULT_TOP_N = 64  # the proposal q is truncated to its top-N tokens (exactness
 
 
 class ModelDrafter:
+    grows_trees = True
+
     def __init__(self, model: CausalLM, top_n: int = DEFAULT_TOP_N):
         self.model = model
         self.name = model.name

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import torch
+
 from drafter.proposal import Drafter, Proposal
 from orchestrator.stop_policy import StaticPolicy
 from orchestrator.tree_plan import TreePlan
@@ -112,7 +114,8 @@ class SpeculativeEngine:
         the default drafts exactly K tokens (or the tree's full depth).
         """
         if tree is not None:
-            assert drafter is not None and hasattr(drafter.open(), "propose_tree"), "tree mode needs a model drafter"
+            if not getattr(drafter, "grows_trees", False):
+                raise InvalidArgument("draft", "tree mode needs a draft model; this drafter proposes chains only")
             draft_len = tree.max_depth
         if drafter is None:
             draft_len = 0
@@ -143,14 +146,18 @@ class SpeculativeEngine:
                 f"{self.draft_len} = {needed} exceeds the target's context of {self.target.max_positions}",
             )
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams, result: GenerationResult | None = None) -> Iterator[Chunk]:
-        """Yield one Chunk per round; fill ``result`` (if given) as the generation proceeds."""
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
+        """Validate now (raising before any model work), then return the generation to iterate."""
         self.check_request(prompt_ids, params)
-        start = time.perf_counter()
         generator, seed = make_generator(params.seed)
-        result = result if result is not None else GenerationResult([], "", "", seed, len(prompt_ids))
-        result.seed = seed
-        result.prompt_tokens = len(prompt_ids)
+        result = GenerationResult([], "", "", seed, len(prompt_ids))
+        return Generation(result, self._rounds(prompt_ids, params, generator, result))
+
+    def _rounds(
+        self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator, result: GenerationResult
+    ) -> Iterator[Chunk]:
+        """Run rounds until a stop rule fires, yielding one Chunk per round and filling result."""
+        start = time.perf_counter()
         output = GenerationOutput(self.target.decode, self.target.eos_token_ids, params)
         target = TargetSession(self.target)
         draft = self.drafter.open() if self.drafter is not None else None
@@ -205,7 +212,18 @@ class SpeculativeEngine:
         return result.accepted_tokens + [result.next_token], tree.size, len(result.accepted_tokens), depth
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
-        result = GenerationResult([], "", "", 0, len(prompt_ids))
-        for _ in self.stream(prompt_ids, params, result):
+        generation = self.stream(prompt_ids, params)
+        for _ in generation:
             pass
-        return result
+        return generation.result
+
+
+class Generation:
+    """A request in progress: iterate it for one Chunk per round; ``result`` fills in as it runs."""
+
+    def __init__(self, result: GenerationResult, chunks: Iterator[Chunk]):
+        self.result = result
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self._chunks

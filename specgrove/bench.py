@@ -151,7 +151,8 @@ def hf_runner(model, **assist) -> Runner:
         if params.seed is not None:
             torch.manual_seed(params.seed)  # transformers samples from the global generator
         sampling = (
-            dict(do_sample=True, temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p)
+            # top_k=0 disables transformers' default top-k of 50, so both sample the same distribution
+            dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
             if not params.greedy else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
         )
         clock = FirstTokenClock()

@@ -118,13 +118,15 @@ def test_over_long_prompt_is_out_of_range_before_any_work(tiny_target):
 def test_bad_requests_raise_documented_errors(tiny_target):
     engine = SpeculativeEngine(tiny_target)
     with pytest.raises(InvalidArgument, match="prompt: must contain at least one token"):
-        engine.generate([], SamplingParams())
+        engine.stream([], SamplingParams())  # raised when the request is made, before iterating
     with pytest.raises(OutOfRange, match=r"prompt: token ids must be in \[0, 32\)"):
         engine.generate([99], SamplingParams())
     with pytest.raises(OutOfRange, match="top_p"):
         engine.generate([5], SamplingParams(temperature=1.0, top_p=2.0))
     with pytest.raises(OutOfRange, match="draft_len"):
         SpeculativeEngine(tiny_target, NgramDrafter(tiny_target.vocab_size), draft_len=-1)
+    with pytest.raises(InvalidArgument, match="draft: tree mode needs a draft model"):
+        SpeculativeEngine(tiny_target, NgramDrafter(tiny_target.vocab_size), tree=object())
 
 
 def test_vocabulary_mismatch_is_refused(tiny_target, tiny_upper_dir, tmp_path):
