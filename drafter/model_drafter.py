@@ -9,7 +9,7 @@ from drafter.budget import DraftBudget
 from drafter.proposal import Proposal
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
-from specgrove.tree import TokenTree, VerifyResult
+from specgrove.tree import TokenTree, VerifyResult, children_of
 
 DEFAULT_TOP_N = 64  # the proposal q is truncated to its top-N tokens (exactness holds regardless)
 
@@ -50,27 +50,26 @@ class ModelDraftSession:
         return Proposal(tokens, torch.stack(rows))
 
     def propose_tree(
-        self, context: list[int], shape_children: list[int], shape_parents: list[int],
-        params: SamplingParams, generator: torch.Generator, budget: DraftBudget | None = None,
+        self, context: list[int], shape_parents: list[int], params: SamplingParams, generator: torch.Generator,
+        budget: DraftBudget | None = None,
     ) -> TokenTree:
-        """Grow a tree shaped like the planner's (node i of the shape has shape_children[i + 1]
-        children; entry 0 is the root). Nodes whose q has too small a support get fewer children;
-        with a budget, nodes below its depth limit or drafted from a q that fails its stop test
-        get none (dynamic trees)."""
+        """Grow a tree shaped like the planner's (shape_parents: parent of each shape node, −1 =
+        the root). Nodes whose q has too small a support get fewer children; with a budget, nodes
+        at its depth limit or drafted from a q that fails its stop test get none (dynamic trees)."""
         tokens: list[int] = []
         parents: list[int] = []
         shape_of: list[int] = []  # realised node -> shape node
         ended: list[bool] = []  # realised node -> its branch ends here (no children)
         depth: list[int] = []
         q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row (node + 1) -> (ids, probs)
-        next_shape_child = {node: [c for c, p in enumerate(shape_parents) if p == node] for node in range(-1, len(shape_parents))}
+        shape_kids = children_of(shape_parents)  # shape node -> its children, in sampling order
         logits = self.sequence.logits_for(context, num_logits=1)  # [1, V]: the root
         frontier = [-1]
         while True:
             start = len(tokens)
             for row_logits, node in zip(logits, frontier):
                 snode = -1 if node < 0 else shape_of[node]
-                want = shape_children[snode + 1]
+                want = len(shape_kids.get(snode, []))
                 if want == 0 or (node >= 0 and ended[node]):
                     continue
                 ids, probs, picked, q = self._children(row_logits, want, params, generator)
@@ -79,14 +78,14 @@ class ModelDraftSession:
                 stop = budget is not None and (
                     child_depth >= budget.max_len or budget.stops(row_logits, q, params.greedy)
                 )
-                for token, child_shape in zip(picked, next_shape_child[snode]):
+                for token, child_shape in zip(picked, shape_kids[snode]):
                     tokens.append(token)
                     parents.append(node)
                     shape_of.append(child_shape)
                     ended.append(stop)
                     depth.append(child_depth)
             new = list(range(start, len(tokens)))
-            if not new or not any(shape_children[shape_of[n] + 1] and not ended[n] for n in new):
+            if not new or not any(shape_of[n] in shape_kids and not ended[n] for n in new):
                 break
             logits = self.sequence.tree_logits(context, tokens, parents, start, len(tokens), with_root=False)
             frontier = new

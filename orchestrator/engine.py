@@ -204,7 +204,7 @@ class SpeculativeEngine:
 
     def _tree_round(self, context, draft, target, params, generator, budget):
         shape = self.tree.shape()
-        tree = draft.propose_tree(context, shape.child_counts(), list(shape.parents), params, generator, budget)
+        tree = draft.propose_tree(context, list(shape.parents), params, generator, budget)
         result = target.verify_tree(context, tree, params, generator)
         draft.accept(result)
         self.tree.observe(result)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specgrove.tree import children_of, depths_of
+
 NEG = -np.inf
 
 
@@ -39,10 +41,7 @@ class TreeShape:
 
     @property
     def depths(self) -> list[int]:
-        depths: list[int] = []
-        for parent in self.parents:
-            depths.append(1 if parent < 0 else depths[parent] + 1)
-        return depths
+        return depths_of(self.parents)
 
     @property
     def depth(self) -> int:
@@ -50,14 +49,7 @@ class TreeShape:
 
     def children(self, node: int) -> list[int]:
         """Children of node (−1 = root), in sampling order."""
-        return [i for i, parent in enumerate(self.parents) if parent == node]
-
-    def child_counts(self) -> list[int]:
-        """Entry 0: children of the root; entry i + 1: children of node i."""
-        counts = [0] * (len(self.parents) + 1)
-        for parent in self.parents:
-            counts[parent + 1] += 1
-        return counts
+        return children_of(self.parents).get(node, [])
 
     def to_json(self) -> str:
         return json.dumps({"parents": list(self.parents), "expected_tokens": self.expected_tokens})

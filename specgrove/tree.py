@@ -14,6 +14,22 @@ from dataclasses import dataclass
 import torch
 
 
+def depths_of(parents: "list[int] | tuple[int, ...]") -> list[int]:
+    """Depth of each node (1 for children of the root), parents listed before children."""
+    depths: list[int] = []
+    for parent in parents:
+        depths.append(1 if parent < 0 else depths[parent] + 1)
+    return depths
+
+
+def children_of(parents: "list[int] | tuple[int, ...]") -> dict[int, list[int]]:
+    """node (−1 = root) -> its children in order; nodes without children are absent."""
+    table: dict[int, list[int]] = {}
+    for child, parent in enumerate(parents):
+        table.setdefault(parent, []).append(child)
+    return table
+
+
 @dataclass(frozen=True)
 class TokenTree:
     tokens: torch.Tensor  # [N] long, the draft token of each node
@@ -33,14 +49,11 @@ class TokenTree:
         return int(self.tokens.shape[0])
 
     def depths(self) -> list[int]:  # 1 for children of the root
-        depths: list[int] = []
-        for parent in self.parents.tolist():
-            depths.append(1 if parent < 0 else depths[parent] + 1)
-        return depths
+        return depths_of(self.parents.tolist())
 
     def children(self, node: int) -> list[int]:
         """Children of node (−1 = root), in sampling order."""
-        return [i for i, parent in enumerate(self.parents.tolist()) if parent == node]
+        return children_of(self.parents.tolist()).get(node, [])
 
     def dense_q(self, row: int, vocab_size: int) -> torch.Tensor:  # [V]
         q = torch.zeros(vocab_size)

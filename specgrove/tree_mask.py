@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from specgrove.tree import depths_of
+
 
 def ancestor_matrix(parents: list[int]) -> torch.Tensor:
     """[N, N] bool: [i, j] is True when node j is node i or one of its ancestors."""
@@ -48,7 +50,4 @@ def tree_attention_mask(
 
 def node_positions(context_len: int, parents: list[int]) -> list[int]:
     """Absolute position of each node: the root (last context token) sits at context_len − 1."""
-    depths: list[int] = []
-    for parent in parents:
-        depths.append(1 if parent < 0 else depths[parent] + 1)
-    return [context_len - 1 + d for d in depths]
+    return [context_len - 1 + d for d in depths_of(parents)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from specgrove.sampling import sample
-from specgrove.tree import TokenTree, VerifyResult
+from specgrove.tree import TokenTree, VerifyResult, children_of
 from verifier.rejection import residual
 
 
@@ -25,12 +25,10 @@ def verify_tree(
     assert p.ndim == 2 and p.shape[0] == tree.size + 1, (p.shape, tree.size)
     vocab = p.shape[1]
     tokens = tree.tokens.tolist()
-    children_of: dict[int, list[int]] = {}
-    for i, parent in enumerate(tree.parents.tolist()):
-        children_of.setdefault(parent, []).append(i)
+    kids = children_of(tree.parents.tolist())
     node, path, ranks, widths = -1, [], [], []
     while True:
-        children = children_of.get(node, [])
+        children = kids.get(node, [])
         widths.append(len(children))
         p_here = p[node + 1]
         if greedy:
