@@ -162,12 +162,13 @@ class SpeculativeEngine:
         target = TargetSession(self.target)
         draft = self.drafter.open() if self.drafter is not None else None
         policy = self.policy_factory(self.draft_len)
+        tree_plan = self.tree.for_session() if self.tree is not None else None
         context = list(prompt_ids)
         while output.finish_reason is None:
             budget = policy.budget()
-            if self.tree is not None:
+            if tree_plan is not None:
                 new_tokens, num_drafted, num_accepted, depth = self._tree_round(
-                    context, draft, target, params, generator, budget
+                    context, draft, target, params, generator, budget, tree_plan
                 )
                 policy.observe(depth, num_accepted)  # per level: the chain analogue of acceptance
             else:
@@ -202,12 +203,12 @@ class SpeculativeEngine:
         num_accepted, next_token = target.verify(context, proposal, params, generator)
         return proposal.tokens[:num_accepted] + [next_token], len(proposal.tokens), num_accepted
 
-    def _tree_round(self, context, draft, target, params, generator, budget):
-        shape = self.tree.shape()
+    def _tree_round(self, context, draft, target, params, generator, budget, tree_plan):
+        shape = tree_plan.shape()
         tree = draft.propose_tree(context, list(shape.parents), params, generator, budget)
         result = target.verify_tree(context, tree, params, generator)
         draft.accept(result)
-        self.tree.observe(result)
+        tree_plan.observe(result)
         depth = max(tree.depths(), default=0)
         return result.accepted_tokens + [result.next_token], tree.size, len(result.accepted_tokens), depth
 

@@ -8,6 +8,7 @@ from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable, TreeShape
 from orchestrator.tree_plan import AdaptiveTree, FixedTree
 from specgrove.sampling import SamplingParams
+from specgrove.tree import VerifyResult
 from tests.orchestrator.test_engine import exact_two_token_marginals, hf_greedy
 from tests.stats import ALPHA, chi_square_p_value
 
@@ -45,7 +46,20 @@ def test_adaptive_tree_replans_and_stays_exact(tiny_target, tiny_draft):
         prompt_ids, SamplingParams(max_new_tokens=60)
     )
     assert result.token_ids == hf_greedy(tiny_target, prompt_ids, 60)
-    assert sum(plan.stats.offered) > 0  # verify results were observed
+    assert sum(plan.stats.offered) > 0  # verify results reached the global estimate
+
+
+def test_sessions_start_from_the_global_estimate_and_feed_it():
+    plan = AdaptiveTree(size=8, depth=4, prior=[0.5, 0.2, 0.1], every=1)
+    first = plan.for_session()
+    miss = VerifyResult([], [], 7, accepted_rank=[0], num_children=[3])  # the root's 3 children all rejected
+    for _ in range(200):
+        first.observe(miss)
+    assert first.stats.vector()[0] < 0.1  # the session learned its draft misses
+    assert plan.stats.vector()[0] < 0.1  # and so did the global estimate
+    second = plan.for_session()
+    assert second.stats.vector() == pytest.approx(plan.stats.vector())  # a new session starts from it
+    assert second.shape() != plan.shape_for([0.5, 0.2, 0.1])  # so it plans a different tree than the prior did
 
 
 def test_tree_tokens_follow_target_distribution(tiny_target, tiny_draft):
