@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
 from orchestrator.stop_policy import make_policy
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
 from specgrove.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ MODES = ("ar", "chain", "tree")
 class EngineSpec:
     mode: str = "chain"  # ar | chain | tree
     target: str = DEFAULT_TARGET  # 'smollm2' or a model directory
-    draft: str | None = None  # 'ngram', 'smollm2:layers=N' or a model directory; None = default
+    draft: str | None = None  # 'ngram', 'SPEC:layers=N' or a model directory; None = default
     draft_len: int = 4  # chain: K draft tokens per round
     tree_budget: int | None = None  # tree: pin the size (nodes); None = the planner's choice
     tree_depth: int | None = None  # tree: pin the depth; None = the planner's choice
@@ -42,15 +42,7 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
     from drafter.model_drafter import ModelDrafter
     from drafter.ngram import NgramDrafter
     from orchestrator.engine import SpeculativeEngine
-    from specgrove.models import check_same_vocabulary
-    from specgrove.models import load_model as load_uncached
-
-    loaded = {} if loaded is None else loaded
-
-    def load_model(name: str, cache: Path):
-        if name not in loaded:
-            loaded[name] = load_uncached(name, cache)
-        return loaded[name]
+    from specgrove.models import check_same_vocabulary, load_model
 
     if spec.mode not in MODES:
         raise InvalidArgument("mode", f"must be one of {', '.join(MODES)}, got {spec.mode!r}")
@@ -59,7 +51,7 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
     def policies(max_len: int):
         return make_policy(spec.stop_policy, max_len, spec.adaedl_gamma, spec.adaedl_lambda)
 
-    target = load_model(spec.target, cache_dir)
+    target = load_model(spec.target, cache_dir, loaded)
     if spec.mode == "ar":
         return Assembled(target, SpeculativeEngine(target), "ar")
     draft_spec = spec.draft or DEFAULT_DRAFT
@@ -69,7 +61,7 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
                                   "the n-gram drafter proposes a single chain")
         return Assembled(target, SpeculativeEngine(target, NgramDrafter(target.vocab_size), spec.draft_len),
                          f"chain K={spec.draft_len} ngram")  # stop rules never fire on its one-hot q
-    draft = load_model(draft_spec, cache_dir)
+    draft = load_model(draft_spec, cache_dir, loaded)
     check_same_vocabulary(target, draft)
     drafter = ModelDrafter(draft)
     if spec.mode == "chain":

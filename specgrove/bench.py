@@ -202,13 +202,14 @@ class BenchConfig:
 def build_runners(config: BenchConfig, cache_dir) -> tuple[object, dict[str, tuple[Runner, bool]]]:
     """Load the models once and make one runner per mode: name -> (runner, is speculative)."""
     from specgrove.assemble import EngineSpec, assemble
+    from specgrove.models import load_model
 
-    loaded: dict = {}
-    target = assemble(EngineSpec(mode="ar", target=config.target), cache_dir, loaded).target
+    loaded: dict = {}  # every mode shares the loaded target (and draft)
+    target = load_model(config.target, cache_dir, loaded)
     if config.draft == "ngram":
         assist = dict(prompt_lookup_num_tokens=config.hf_assisted_len)
     else:
-        assist = dict(assistant_model=assemble(EngineSpec(mode="ar", target=config.draft), cache_dir, loaded).target.model)
+        assist = dict(assistant_model=load_model(config.draft, cache_dir, loaded).model)
     specs = {"specgrove-ar": EngineSpec(mode="ar", target=config.target)}
     for k in config.draft_lens:
         specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k,

@@ -124,8 +124,9 @@ def cmd_calibrate(args) -> int:
     from specgrove.calibrate import calibrate, profile_path
     from specgrove.models import check_same_vocabulary, load_model
 
-    target = load_model(args.target, args.cache_dir)
-    draft = load_model(args.draft, args.cache_dir)
+    loaded: dict = {}  # a layer-slice draft shares the target's weights
+    target = load_model(args.target, args.cache_dir, loaded)
+    draft = load_model(args.draft, args.cache_dir, loaded)
     check_same_vocabulary(target, draft)
     profile = calibrate(target, draft, ModelDrafter(draft), num_prompts=args.num_prompts, quick=args.quick)
     out = args.out or profile_path(args.cache_dir, target.name, draft.name)

@@ -8,6 +8,7 @@ target or draft. Nothing is downloaded from a hub.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -192,19 +193,31 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_model(spec: str, cache_dir: Path) -> CausalLM:
-    """Load 'smollm2' (the default target, cached from its GGUF), 'smollm2:layers=N' (its first N
-    layers with its final norm and head: a weak, training-free draft), or a model directory."""
-    if spec == "smollm2":
-        return _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
-    if spec.startswith("smollm2:layers="):
-        return truncated(load_model("smollm2", cache_dir), int(spec.split("=", 1)[1]))
-    path = Path(spec).expanduser()
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"{spec!r} is not a model: expected 'smollm2' or a Hugging Face model directory with config.json"
-        )
-    return _load_dir(path, name=path.name)
+def load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None = None) -> CausalLM:
+    """Load 'smollm2' (the default target, cached from its GGUF), a Hugging Face model
+    directory, or 'SPEC:layers=N' (SPEC's first N layers with its final norm and head: a weak,
+    training-free draft). `loaded` (spec -> model) shares models across calls, so a layer slice
+    of an already loaded target shares its weights instead of loading them again."""
+    if loaded is not None and spec in loaded:
+        return loaded[spec]
+    base, marker, layers = spec.rpartition(":layers=")
+    if marker:
+        if not layers.isdigit():
+            raise ModelLoadError(f"{spec!r}: the layer count after ':layers=' must be a positive integer")
+        model = truncated(load_model(base, cache_dir, loaded), int(layers))
+    elif spec == "smollm2":
+        model = _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
+    else:
+        path = Path(spec).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{spec!r} is not a model: expected 'smollm2', 'SPEC:layers=N' or a Hugging Face model "
+                "directory with config.json"
+            )
+        model = _load_dir(path, name=path.name)
+    if loaded is not None:
+        loaded[spec] = model
+    return model
 
 
 def truncated(model: CausalLM, num_layers: int) -> CausalLM:
@@ -212,10 +225,9 @@ def truncated(model: CausalLM, num_layers: int) -> CausalLM:
     total = model.model.config.num_hidden_layers
     if not 1 <= num_layers <= total:
         raise ModelLoadError(f"layers must be in [1, {total}], got {num_layers}")
-    import copy
-
     config = copy.deepcopy(model.model.config)
     config.num_hidden_layers = num_layers
+
     def shallow(module):  # a new module object sharing parameters, with its own child table
         other = copy.copy(module)
         other._modules = dict(module._modules)

@@ -9,7 +9,7 @@ from specgrove.assemble import EngineSpec, assemble
 from specgrove.calibrate import calibrate, measure_verify_ms
 from specgrove.cli import main
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
-from specgrove.models import CachedSequence, truncated
+from specgrove.models import CachedSequence, load_model, truncated
 
 
 def test_tree_mode_with_ngram_draft_is_refused(tiny_dir, tmp_path):
@@ -39,6 +39,16 @@ def test_truncated_draft_shares_weights_and_leaves_the_target_intact(tiny_target
     assert (CachedSequence(tiny_target).logits_for(context, 1) == before).all()
     with pytest.raises(ModelLoadError, match=r"layers must be in \[1, 2\]"):
         truncated(tiny_target, 3)
+
+
+def test_layer_slice_of_a_loaded_target_shares_its_weights(tiny_dir, tmp_path):
+    loaded: dict = {}
+    target = load_model(str(tiny_dir), tmp_path, loaded)
+    draft = load_model(f"{tiny_dir}:layers=1", tmp_path, loaded)
+    assert draft.model.lm_head.weight is target.model.lm_head.weight  # not loaded a second time
+    assert load_model(f"{tiny_dir}:layers=1", tmp_path, loaded) is draft
+    with pytest.raises(ModelLoadError, match="layer count after ':layers=' must be a positive integer"):
+        load_model(f"{tiny_dir}:layers=x", tmp_path)
 
 
 def test_verify_curve_and_quick_profile(tiny_target, tiny_draft):
