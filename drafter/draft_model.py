@@ -1,0 +1,109 @@
+"""The distilled draft for SmolLM2: a few llama layers plus an LM head over a frequency-ranked
+subset of the vocabulary (FR-Spec), reading the target's frozen token embeddings.
+
+A draft directory holds ``config.json`` (a transformers ``LlamaConfig`` for the body),
+``draft.json`` (which target it belongs to and the head's vocabulary subset) and
+``model.safetensors`` (the layers, final norm and reduced head, bf16). The embedding table is
+the target's own (49152 × 576, 113 MB in fp32): shipping a copy would break the 40 MB budget and
+it is frozen during training, so the draft borrows it at load time.
+
+Exactness: the head scores only the subset; every other token gets q = 0, so the draft never
+proposes it. The verifier uses exactly this q, so the output distribution is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+DRAFT_FILE = "draft.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class DraftInfo:
+    target: str  # the target model spec whose embeddings and tokenizer the draft uses
+    target_vocab_hash: str  # refuses to run against any other tokenizer
+    vocab_subset: list[int]  # token ids the head scores, most frequent first
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "target_vocab_hash": self.target_vocab_hash,
+                "vocab_subset": self.vocab_subset}
+
+
+class ReducedHeadLM(nn.Module):
+    """LlamaModel body + Linear(hidden, |subset|) head; returns logits over the full vocabulary
+    (−inf outside the subset) so it plugs into ``CausalLM`` like any Hugging Face model."""
+
+    def __init__(self, config, vocab_subset: list[int], embed_tokens: nn.Embedding):
+        super().__init__()
+        from transformers import LlamaModel
+
+        self.config = config
+        self.generation_config = None
+        self.model = LlamaModel(config)
+        self.model.embed_tokens = embed_tokens  # the target's, frozen
+        self.model.embed_tokens.weight.requires_grad_(False)
+        self.register_buffer("subset", torch.tensor(vocab_subset, dtype=torch.long), persistent=False)
+        self.lm_head = nn.Linear(config.hidden_size, len(vocab_subset), bias=False)
+
+    def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., S]
+        return self.lm_head(hidden)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, past_key_values=None,
+                use_cache=False, logits_to_keep: int = 0):
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                         past_key_values=past_key_values, use_cache=use_cache)
+        hidden = out.last_hidden_state  # [B, T, H]
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        small = self.subset_logits(hidden).float()  # [B, T', S]
+        full = small.new_full((*small.shape[:-1], self.config.vocab_size), float("-inf"))
+        full.index_copy_(-1, self.subset, small)
+        return SimpleNamespace(logits=full, past_key_values=out.past_key_values)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.embed_tokens.")}
+
+
+def is_draft_dir(path: Path) -> bool:
+    return (path / DRAFT_FILE).is_file()
+
+
+def read_info(path: Path) -> DraftInfo:
+    raw = json.loads((path / DRAFT_FILE).read_text())
+    return DraftInfo(raw["target"], raw["target_vocab_hash"], [int(t) for t in raw["vocab_subset"]])
+
+
+def build(config, info: DraftInfo, embed_tokens: nn.Embedding) -> ReducedHeadLM:
+    return ReducedHeadLM(config, info.vocab_subset, embed_tokens)
+
+
+def load(path: Path, target_model) -> ReducedHeadLM:
+    """Load a draft directory onto `target_model` (a transformers LlamaForCausalLM) embeddings."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig
+
+    config = LlamaConfig.from_pretrained(path)
+    model = build(config, read_info(path), target_model.get_input_embeddings())
+    state = {k: v.float() for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("model.embed_tokens.")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    return model.eval()
+
+
+def save(model: ReducedHeadLM, info: DraftInfo, path: Path, dtype=torch.bfloat16) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    (path / DRAFT_FILE).write_text(json.dumps(info.to_json()) + "\n")
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.trainable_state_dict().items()}
+    save_file(state, str(path / WEIGHTS_FILE))
