@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast protos clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+protos: install
+	$(PY) -m specgrove.protogen
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,6 +3,9 @@ level, tree attention), on its own KV cache, with q warped exactly like p."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import torch
 
 from drafter.budget import DraftBudget
@@ -56,17 +59,25 @@ class ModelDraftSession:
         """Grow a tree shaped like the planner's (shape_parents: parent of each shape node, −1 =
         the root). Nodes whose q has too small a support get fewer children; with a budget, nodes
         at its depth limit or drafted from a q that fails its stop test get none (dynamic trees)."""
+        return tree_from_levels(list(self.grow_levels(context, shape_parents, params, generator, budget)))
+
+    def grow_levels(
+        self, context: list[int], shape_parents: list[int], params: SamplingParams, generator: torch.Generator,
+        budget: DraftBudget | None = None,
+    ) -> Iterator[Level]:
+        """``propose_tree`` one level at a time, each yielded as soon as it is drawn (so a remote
+        drafter can stream a level while it computes the next)."""
         tokens: list[int] = []
         parents: list[int] = []
         shape_of: list[int] = []  # realised node -> shape node
         ended: list[bool] = []  # realised node -> its branch ends here (no children)
         depth: list[int] = []
-        q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row (node + 1) -> (ids, probs)
         shape_kids = children_of(shape_parents)  # shape node -> its children, in sampling order
         logits = self.sequence.logits_for(context, num_logits=1)  # [1, V]: the root
         frontier = [-1]
         while True:
             start = len(tokens)
+            q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row (node + 1) -> (ids, probs)
             for row_logits, node in zip(logits, frontier):
                 snode = -1 if node < 0 else shape_of[node]
                 want = len(shape_kids.get(snode, []))
@@ -85,11 +96,12 @@ class ModelDraftSession:
                     ended.append(stop)
                     depth.append(child_depth)
             new = list(range(start, len(tokens)))
+            if new:
+                yield Level(tokens[start:], parents[start:], q_rows)
             if not new or not any(shape_of[n] in shape_kids and not ended[n] for n in new):
                 break
             logits = self.sequence.tree_logits(context, tokens, parents, start, len(tokens), with_root=False)
             frontier = new
-        return _make_tree(tokens, parents, q_rows)
 
     def accept(self, result: VerifyResult) -> None:
         """Compact the draft cache to the accepted path (no recomputation next round)."""
@@ -106,7 +118,19 @@ class ModelDraftSession:
         return ids, probs, picked.tolist(), dense
 
 
-def _make_tree(tokens: list[int], parents: list[int], q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> TokenTree:
+@dataclass(frozen=True)
+class Level:
+    """One level of a growing tree: its new nodes and the q rows their children were drawn from."""
+
+    tokens: list[int]  # new nodes, breadth-first
+    parents: list[int]  # their parents (−1 = the root), all in earlier levels
+    q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]  # row (parent node + 1) -> (support ids, q)
+
+
+def tree_from_levels(levels: list[Level]) -> TokenTree:
+    tokens = [t for level in levels for t in level.tokens]
+    parents = [p for level in levels for p in level.parents]
+    q_rows = {row: q for level in levels for row, q in level.q_rows.items()}
     width = max((len(ids) for ids, _ in q_rows.values()), default=1)
     q_ids = torch.full((len(tokens) + 1, width), -1, dtype=torch.long)
     q_probs = torch.zeros(len(tokens) + 1, width)

@@ -63,13 +63,14 @@ class Plan:
 
 def plan_tree(
     profile: CostProfile, acceptance: list[float], max_size: int = 128, max_depth: int = 12,
-    fixed_size: int | None = None, fixed_depth: int | None = None,
+    fixed_size: int | None = None, fixed_depth: int | None = None, plain_ms: float | None = None,
 ) -> Plan:
-    """The (size, depth) with the most expected tokens per second; fixed_* pin either choice."""
+    """The (size, depth) with the most expected tokens per second; fixed_* pin either choice.
+    plain_ms: the measured time of a plain decoding step (default t_verify(1) + t_network)."""
     table = SequoiaTable(acceptance, max_size=max_size, max_depth=max_depth)
     sizes = [fixed_size] if fixed_size else range(1, max_size + 1)
     depths = [fixed_depth] if fixed_depth else range(1, max_depth + 1)
-    best = Plan(0, 0, 1.0, profile.verify_time(1) + profile.network_ms, None)
+    best = Plan(0, 0, 1.0, plain_ms if plain_ms is not None else profile.verify_time(1) + profile.network_ms, None)
     if fixed_size or fixed_depth:
         best = Plan(0, 0, 0.0, 1.0, None)  # a pinned choice must produce a tree
     for m in sizes:

@@ -9,7 +9,7 @@ import os
 import sys
 
 from specgrove.assemble import EngineSpec, assemble
-from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, default_cache_dir
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, DRAFT_TRAIN_CONFIG, SHIPPED_DRAFT, default_cache_dir
 from specgrove.errors import SpecGroveError
 from specgrove.sampling import SamplingParams
 
@@ -40,6 +40,8 @@ def _params(args) -> SamplingParams:
 
 def cmd_generate(args) -> int:
     params = _params(args).validate()  # fail on bad parameters before loading any model
+    if args.server:
+        return _generate_remote(args, params)
     built = assemble(_engine_spec(args), args.cache_dir)
     target, engine = built.target, built.engine
     prompt_ids = target.chat_prompt(args.prompt) if args.chat else target.encode(args.prompt)
@@ -60,6 +62,54 @@ def cmd_generate(args) -> int:
             f"mean accepted length {result.mean_accepted_length:.2f}, finish {result.finish_reason}]",
             file=sys.stderr,
         )
+    return 0
+
+
+def _generate_remote(args, params: SamplingParams) -> int:
+    import time
+
+    import grpc
+
+    from specgrove.client import Client
+
+    client = Client(args.server, auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None)
+    started = time.perf_counter()
+    spec = {"mode": args.mode, "draft_len": args.draft_len, "tree_budget": args.tree_budget,
+            "tree_depth": args.tree_depth}
+    sampling = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p, "seed": params.seed,
+                "max_new_tokens": params.max_new_tokens, "stop": list(params.stop),
+                "stop_token_ids": list(params.stop_token_ids)}
+    tokens: list[int] = []
+    try:
+        for response in client.stream(args.prompt, chat=args.chat, session_id=args.session or "",
+                                      resume_from=args.resume_from, **spec, **sampling):
+            if response.HasField("chunk"):
+                tokens += response.chunk.token_ids
+                if not args.json:
+                    sys.stdout.write(response.chunk.text)
+                    sys.stdout.flush()
+            else:
+                done = response.completion
+    except grpc.RpcError as err:
+        print(f"\nspecgrove: error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    from specgrove.codec import FINISH_NAMES
+
+    record = {"session_id": done.session_id, "text": done.text, "token_ids": tokens,
+              "finish_reason": FINISH_NAMES.get(done.finish_reason, "error"), "seed": done.seed,
+              "prompt_tokens": done.usage.prompt_tokens, "num_generated_tokens": done.usage.completion_tokens,
+              "num_rounds": done.usage.rounds, "num_draft_tokens": done.usage.num_draft_tokens,
+              "num_accepted_tokens": done.usage.num_accepted_tokens, "elapsed_s": round(elapsed, 4),
+              "tokens_per_s": round(len(tokens) / elapsed, 3) if elapsed else 0.0}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        rounds = max(1, done.usage.rounds)
+        sys.stdout.write("\n")
+        print(f"[{len(tokens)} tokens, {record['tokens_per_s']:.1f} tok/s over gRPC, mean accepted length "
+              f"{(done.usage.num_accepted_tokens + rounds) / rounds:.2f}, finish {record['finish_reason']}, "
+              f"session {done.session_id}]", file=sys.stderr)
     return 0
 
 
@@ -90,7 +140,7 @@ def cmd_bench(args) -> int:
     from specgrove.bench import BenchConfig, format_table, plot, run_bench
 
     if args.quick:  # a smoke run: under 2 minutes on 2 cores
-        args.num_prompts, args.max_new_tokens, args.draft_lens = 2, 24, "4"
+        args.num_prompts, args.max_new_tokens, args.draft_lens, args.grpc_chain_lens = 2, 24, "4", "4"
     config = BenchConfig(
         workload=args.workload,
         num_prompts=args.num_prompts,
@@ -104,7 +154,14 @@ def cmd_bench(args) -> int:
         tree_auto=args.tree_auto,
         stop_policies=tuple(p for p in args.stop_policies.split(",") if p),
         modes=tuple(m for m in args.modes.split(",") if m),
+        grpc_chain_lens=tuple(int(k) for k in args.grpc_chain_lens.split(",") if k),
+        grpc_tree=args.grpc_tree,
+        grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
+        link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
     )
+    if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets:
+        # the drafter and verifier processes take turns with this one: idle threads must sleep
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
     config.mode_names()  # rejects unknown modes before loading models
     report = run_bench(config, args.cache_dir, progress=not args.no_progress)
@@ -138,6 +195,94 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_eval_draft(args) -> int:
+    from drafter.eval_draft import evaluate
+    from drafter.model_drafter import ModelDrafter
+    from drafter.ngram import NgramDrafter
+    from specgrove.models import check_same_vocabulary, load_model
+    from specgrove.workloads import load_workload
+
+    loaded: dict = {}
+    target = load_model(args.target, args.cache_dir, loaded)
+    if args.draft == "ngram":
+        draft, drafter = None, NgramDrafter(target.vocab_size)
+    else:
+        draft = load_model(args.draft, args.cache_dir, loaded)
+        check_same_vocabulary(target, draft)
+        drafter = ModelDrafter(draft)
+    report = {"target": target.name, "draft": args.draft, "max_new_tokens": args.max_new_tokens, "workloads": {}}
+    for workload in args.workloads.split(","):
+        prompts = load_workload(workload, args.num_prompts)
+        ids = [target.chat_prompt(p.text) if p.chat else target.encode(p.text) for p in prompts]
+        report["workloads"][workload] = evaluate(target, draft, drafter, ids, args.max_new_tokens, args.draft_len)
+    print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=1)
+    return 0
+
+
+def cmd_train_draft(args) -> int:
+    from pathlib import Path
+
+    from drafter.train import TrainConfig, run
+
+    config = TrainConfig.from_file(Path(args.config))
+    out = run(config, Path(args.run_dir), Path(args.out), args.cache_dir, max_minutes=args.max_minutes)
+    print(f"{out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from services import roles
+    from specgrove import telemetry
+
+    from specgrove.config import SERVE_ENV
+
+    for option, (variable, _) in SERVE_ENV.items():  # a flag wins over its environment variable
+        if option != "cache_dir" and os.environ.get(variable) and getattr(args, option) in (None, []):
+            value = os.environ[variable]
+            setattr(args, option, value.split(",") if option in ("drafter", "verifier") else
+                    int(value) if option in ("port", "draft_len") else value)
+    for option, default in (("host", "127.0.0.1"), ("port", 50051), ("target", DEFAULT_TARGET),
+                            ("mode", "chain"), ("draft_len", 4)):
+        if getattr(args, option) is None:
+            setattr(args, option, default)
+    token = os.environ.get("SPECGROVE_AUTH_TOKEN") or None
+    telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
+    if args.role == "verifier":
+        roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms)
+    elif args.role == "drafter":
+        roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token)
+    else:
+        if not args.verifier:
+            raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
+        options = roles.OrchestratorOptions(
+            host=args.host, port=args.port, target=args.target, drafters=args.drafter, verifiers=args.verifier,
+            redis_url=args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            mode=args.mode, draft_len=args.draft_len, stop_policy=args.stop_policy,
+            draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s, profile=args.profile,
+            auth_token=token)
+        roles.serve_orchestrator(options, args.cache_dir)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from services import roles
+
+    stack = roles.start_stack(args.port, args.target, args.draft or DEFAULT_DRAFT, args.cache_dir,
+                              redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
+                              draft_len=args.draft_len, link_delay_ms=args.link_delay_ms)
+    print(f"specgrove up: orchestrator on {stack.address} (drafter :{stack.ports['drafter']}, verifier "
+          f":{stack.ports['verifier']}, redis {'REDIS_URL' if os.environ.get('REDIS_URL') else stack.redis.url}); "
+          "Ctrl-C stops everything", flush=True)
+    try:
+        roles._wait_for_signal()
+    finally:
+        stack.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specgrove", description=__doc__)
     parser.add_argument("--cache-dir", type=os.path.expanduser, default=None,
@@ -168,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"'ngram', 'smollm2:layers=N' or a model directory (default {DEFAULT_DRAFT})")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    gen.add_argument("--server", default=None, help="HOST:PORT of an orchestrator (specgrove up): generate over gRPC")
+    gen.add_argument("--session", default=None, help="with --server: resume this session id")
+    gen.add_argument("--resume-from", type=int, default=0, help="with --session: first token index to send again")
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="plain vs speculative decoding on one chat prompt, with speed")
@@ -186,6 +334,50 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", default=None, help="profile path (default: the cache, where generate finds it)")
     cal.set_defaults(func=cmd_calibrate)
 
+    train = sub.add_parser("train-draft", help="distil the target into the small draft (resumable)")
+    train.add_argument("--config", default=str(DRAFT_TRAIN_CONFIG), help="training config JSON")
+    train.add_argument("--run-dir", default="runs/draft", help="data, checkpoints and logs (resumes from here)")
+    train.add_argument("--out", default=str(SHIPPED_DRAFT), help="where the finished draft is written")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (resume later)")
+    train.set_defaults(func=cmd_train_draft)
+
+    serve = sub.add_parser("serve", help="run one role of the distributed pipeline (gRPC)")
+    serve.add_argument("role", choices=["orchestrator", "drafter", "verifier"])
+    serve.add_argument("--host", default=None, help="default $SPECGROVE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default $SPECGROVE_PORT or 50051")
+    serve.add_argument("--target", default=None, help="verifier: the model; orchestrator: its tokenizer")
+    serve.add_argument("--draft", default=None, help=f"drafter: the draft (default {DEFAULT_DRAFT})")
+    serve.add_argument("--drafter", action="append", default=[], help="orchestrator: a drafter HOST:PORT (repeatable)")
+    serve.add_argument("--verifier", action="append", default=[], help="orchestrator: a verifier HOST:PORT (repeatable)")
+    serve.add_argument("--redis-url", default=None, help="orchestrator: Redis URL (default $REDIS_URL)")
+    serve.add_argument("--mode", choices=["ar", "chain", "tree"], default=None, help="orchestrator: default mode")
+    serve.add_argument("--draft-len", type=int, default=None)
+    serve.add_argument("--stop-policy", choices=["adaedl", "static", "max-confidence", "heuristic"], default="adaedl")
+    serve.add_argument("--draft-timeout-ms", type=int, default=5000, help="slower drafts fall back to K = 0")
+    serve.add_argument("--session-ttl-s", type=int, default=3600)
+    serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
+    serve.add_argument("--link-delay-ms", type=float, default=0.0, help="verifier: delay every Verify (a slow link)")
+    serve.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="local Redis + verifier + drafter + orchestrator on loopback")
+    up.add_argument("--port", type=int, default=50051, help="the orchestrator's port")
+    up.add_argument("--target", default=DEFAULT_TARGET)
+    up.add_argument("--draft", default=None)
+    up.add_argument("--mode", choices=["ar", "chain", "tree"], default="chain")
+    up.add_argument("--draft-len", type=int, default=4)
+    up.add_argument("--link-delay-ms", type=float, default=0.0)
+    up.set_defaults(func=cmd_up)
+
+    ev = sub.add_parser("eval-draft", help="a draft's agreement, acceptance and cost against the target")
+    ev.add_argument("--target", default=DEFAULT_TARGET)
+    ev.add_argument("--draft", default=DEFAULT_DRAFT)
+    ev.add_argument("--workloads", default="humaneval,chat", help="comma-separated: humaneval, chat")
+    ev.add_argument("--num-prompts", type=int, default=8)
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--draft-len", type=int, default=4, help="K of the chain run (mean accepted length)")
+    ev.add_argument("--json", default=None, help="also write the report here")
+    ev.set_defaults(func=cmd_eval_draft)
+
     bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
     bench.add_argument("--workload", choices=["humaneval", "chat"], default="humaneval")
     bench.add_argument("--num-prompts", type=int, default=8)
@@ -199,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tree-auto", action="store_true", help="add a tree mode sized by the planner")
     bench.add_argument("--stop-policies", default="",
                        help="comma-separated chain-<policy> modes: adaedl,max-confidence,heuristic,static (K <= 8)")
+    bench.add_argument("--grpc-chain-lens", default="", help="comma-separated K: grpc-chain-kK modes over gRPC")
+    bench.add_argument("--grpc-tree", action="store_true", help="a grpc-tree mode (network-aware planner)")
+    bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
+    bench.add_argument("--link-delays", default="0", help="comma-separated injected link delays (ms) for gRPC modes")
     bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
     bench.add_argument("--json", default=None, help="write the report as JSON to this path")
     bench.add_argument("--plot", default=None, help="write a PNG plot to this path")
@@ -210,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    level = "INFO" if args.verbose else os.environ.get("SPECGROVE_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), format="%(message)s")
     if args.cache_dir is None:
         args.cache_dir = default_cache_dir()
     try:

@@ -16,3 +16,28 @@ def default_cache_dir(environ: "os._Environ[str] | dict[str, str] | None" = None
         return Path(env["SPECGROVE_CACHE_DIR"])
     base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
     return base / "specgrove"
+
+PACKAGE_DATA = Path(__file__).parent / "data"  # package data: schemas, prompts, the shipped draft
+SHIPPED_DRAFT = PACKAGE_DATA / "draft" / "smollm2-draft"  # the distilled draft (specgrove train-draft)
+DRAFT_TRAIN_CONFIG = PACKAGE_DATA / "draft" / "train-smollm2.json"
+
+# `specgrove serve ROLE` configuration by environment (containers): option -> (variable, meaning).
+# A command-line flag wins over its variable. The deployment guide and k8s/ use exactly these.
+SERVE_ENV = {
+    "host": ("SPECGROVE_HOST", "address to bind (0.0.0.0 in containers)"),
+    "port": ("SPECGROVE_PORT", "gRPC port of this role"),
+    "target": ("SPECGROVE_TARGET", "target model: 'smollm2' or a model directory (verifier; orchestrator's tokenizer)"),
+    "draft": ("SPECGROVE_DRAFT", "draft: 'smollm2-draft', 'ngram' or a model directory (drafter)"),
+    "drafter": ("SPECGROVE_DRAFTERS", "comma-separated drafter HOST:PORT list (orchestrator)"),
+    "verifier": ("SPECGROVE_VERIFIERS", "comma-separated verifier HOST:PORT list (orchestrator)"),
+    "redis_url": ("REDIS_URL", "Redis URL for sessions (orchestrator)"),
+    "mode": ("SPECGROVE_MODE", "default speculation mode: ar | chain | tree (orchestrator)"),
+    "draft_len": ("SPECGROVE_DRAFT_LEN", "default chain length K (orchestrator)"),
+    "cache_dir": ("SPECGROVE_CACHE_DIR", "model directory / cache (a mounted volume; nothing is downloaded)"),
+}
+SERVE_ENV_EXTRA = {  # read elsewhere at the edge, listed for the deployment table
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "OTLP collector endpoint; traces and metrics are exported when set",
+    "SPECGROVE_AUTH_TOKEN": "bearer token every gRPC call must carry (health and reflection excepted)",
+    "SPECGROVE_LOG_LEVEL": "log level: DEBUG, INFO, WARNING (default), ERROR",
+    "SPECGROVE_TRACE_FILE": "write spans as JSON lines to this file (benchmarks)",
+}

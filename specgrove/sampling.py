@@ -133,3 +133,16 @@ def truncate_top_n(probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
     keep = values > 0
     values, ids = values[keep], ids[keep]
     return ids, values / values.sum()
+
+
+DRAFT_STREAM, VERIFY_STREAM = 1, 2  # which worker draws from a round's generator
+
+
+def round_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A generator keyed by (session seed, round, stream). Distributed workers draw each round's
+    randomness from it, so a round replayed on another (or a restarted) worker draws the same
+    numbers and a seeded request stays reproducible whatever worker serves it."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) % (2**63 - 1)
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(mixed)
+    return generator

@@ -28,6 +28,7 @@ def build_tiny_llama(
     num_layers: int = 2,  # decoder layers
     characters: list[str] = LOWER,  # one token per character, after the special tokens
     logit_scale: float = 1.0,  # multiplies the LM head: larger = peakier distributions
+    suppress_eos: bool = False,  # zero the EOS row of the head: greedy runs to max_new_tokens
 ) -> Path:
     """Write a random LlamaForCausalLM and a character-level tokenizer to out_dir."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -57,6 +58,8 @@ def build_tiny_llama(
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
+        if suppress_eos:
+            model.lm_head.weight[config.eos_token_id] = 0.0
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,139 @@
+"""Network- and hardware-aware round planning for the distributed pipeline. Pure logic.
+
+``LinkStats`` keeps exponentially weighted averages per drafter–verifier pair, measured by the
+orchestrator every round: the time of one draft level, the target's verify time (normalised to a
+1-token pass with the verify-cost curve), the network time of a speculative round (its
+orchestrator-side round trip minus draft and verify compute, i.e. every hop of
+orchestrator → drafter → verifier → drafter → orchestrator), bytes per round, and the round
+trip of a plain decoding step (orchestrator → verifier → orchestrator).
+
+``RoundPlanner`` (one per session) turns them into each round's tree: in tree mode it picks the
+Sequoia (size, depth) maximising expected tokens per millisecond with the network time added to
+every speculative round, and K = 0 (plain decoding on the verifier) when speculation does not
+pay (with size and depth both pinned it always drafts that shape); a slow link makes each round dearer, so trees grow to amortise it, until K = 0 wins. While
+at K = 0 it probes a small tree every ``probe_every`` rounds so that estimates stay fresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.acceptance import AcceptanceStats
+from orchestrator.planner import CostProfile, Plan, plan_tree
+from orchestrator.sequoia import SequoiaTable, TreeShape
+from specgrove.tree import VerifyResult
+
+# Verify cost of n tokens relative to 1 token (MEASUREMENTS.md's curve, extended); replaced by a
+# calibration profile's own curve when the orchestrator has one.
+PRIOR_VERIFY_RATIO = {1: 1.0, 2: 1.15, 3: 1.25, 4: 1.65, 8: 1.9, 16: 2.3, 32: 3.0, 64: 4.6, 128: 8.0}
+DEFAULT_PRIOR_ACCEPTANCE = [0.5, 0.15, 0.05]
+PROBE_SIZE, PROBE_DEPTH = 4, 3
+
+
+def ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else (1 - alpha) * old + alpha * new
+
+
+@dataclass
+class LinkStats:
+    alpha: float = 0.3
+    verify_ratio: dict[int, float] = field(default_factory=lambda: dict(PRIOR_VERIFY_RATIO))
+    draft_level_ms: float | None = None
+    verify_1_ms: float | None = None
+    network_ms: float | None = None
+    plain_ms: float | None = None  # round trip of a K = 0 step
+    tree_bytes: float | None = None
+    rounds: int = 0
+
+    def ratio(self, tokens: int) -> float:
+        return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
+
+    def observe_tree(self, rtt_ms: float, draft_ms: float, verify_ms: float, size: int, depth: int,
+                     tree_bytes: int) -> None:
+        self.rounds += 1
+        self.draft_level_ms = ewma(self.draft_level_ms, draft_ms / max(1, depth), self.alpha)
+        self.verify_1_ms = ewma(self.verify_1_ms, verify_ms / self.ratio(size + 1), self.alpha)
+        self.network_ms = ewma(self.network_ms, max(0.0, rtt_ms - draft_ms - verify_ms), self.alpha)
+        self.tree_bytes = ewma(self.tree_bytes, float(tree_bytes), self.alpha)
+
+    def observe_plain(self, rtt_ms: float, verify_ms: float) -> None:
+        self.rounds += 1
+        self.plain_ms = ewma(self.plain_ms, rtt_ms, self.alpha)
+        self.verify_1_ms = ewma(self.verify_1_ms, verify_ms, self.alpha)
+
+    @property
+    def measured(self) -> bool:
+        return None not in (self.draft_level_ms, self.verify_1_ms, self.network_ms, self.plain_ms)
+
+    def profile(self) -> CostProfile:
+        assert self.measured
+        return CostProfile({n: self.verify_1_ms * r for n, r in self.verify_ratio.items()}, self.draft_level_ms,
+                           self.network_ms)
+
+    def summary(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {
+            "draft_level_ms": self.draft_level_ms, "verify_1_ms": self.verify_1_ms, "network_ms": self.network_ms,
+            "plain_ms": self.plain_ms, "tree_bytes": self.tree_bytes, "rounds": self.rounds}.items()}
+
+
+@dataclass(frozen=True)
+class RoundChoice:
+    shape: TreeShape | None  # None = plain decoding (K = 0)
+    reason: str  # "plan" | "probe" | "measure" | "fixed" | "ar"
+
+    @property
+    def size(self) -> int:
+        return self.shape.size if self.shape else 0
+
+    @property
+    def depth(self) -> int:
+        return self.shape.depth if self.shape else 0
+
+
+class RoundPlanner:
+    """Each round's tree for one session. mode: 'ar' (always K = 0), 'chain' (a chain of
+    draft_len; the stop policy may end it early), 'tree' (the network-aware planner; size and
+    depth may be pinned)."""
+
+    def __init__(self, mode: str, link: LinkStats, acceptance: AcceptanceStats, draft_len: int = 4,
+                 fixed_size: int | None = None, fixed_depth: int | None = None, max_size: int = 64,
+                 max_depth: int = 8, replan_every: int = 4, probe_every: int = 16):
+        self.mode, self.link, self.acceptance = mode, link, acceptance
+        self.draft_len, self.fixed_size, self.fixed_depth = draft_len, fixed_size, fixed_depth
+        self.max_size, self.max_depth = max_size, max_depth
+        self.replan_every, self.probe_every = replan_every, probe_every
+        self.plan: Plan | None = None
+        self._since_plan = 0
+        self._plain_rounds = 0
+
+    def next(self) -> RoundChoice:
+        if self.mode == "ar" or (self.mode == "chain" and self.draft_len == 0):
+            return RoundChoice(None, "ar")
+        if self.mode == "chain":
+            return RoundChoice(TreeShape.chain(self.draft_len), "fixed")
+        if self.fixed_size and self.fixed_depth:  # pinned: the same shape every round (reproducible)
+            return RoundChoice(self._shape(self.fixed_size, self.fixed_depth), "fixed")
+        if self.link.plain_ms is None:
+            return RoundChoice(None, "measure")  # one plain step measures the K = 0 alternative
+        if not self.link.measured:
+            return RoundChoice(self._shape(PROBE_SIZE, PROBE_DEPTH), "measure")
+        if self.plan is None or self._since_plan >= self.replan_every:
+            self.plan = plan_tree(self.link.profile(), self.acceptance.vector(), max_size=self.max_size,
+                                  max_depth=self.max_depth, fixed_size=self.fixed_size,
+                                  fixed_depth=self.fixed_depth, plain_ms=self.link.plain_ms)
+            self._since_plan = 0
+        self._since_plan += 1
+        if self.plan.size == 0:
+            self._plain_rounds += 1
+            if self._plain_rounds % self.probe_every == 0:
+                return RoundChoice(self._shape(PROBE_SIZE, PROBE_DEPTH), "probe")
+            return RoundChoice(None, "plan")
+        return RoundChoice(self.plan.shape, "plan")
+
+    def observe(self, result: VerifyResult) -> None:
+        self.acceptance.observe(result)
+
+    def _shape(self, size: int, depth: int) -> TreeShape:
+        size = self.fixed_size or size
+        depth = self.fixed_depth or depth
+        return SequoiaTable(self.acceptance.vector(), max_size=size, max_depth=depth).shape(size, depth)

@@ -1,0 +1,164 @@
+"""Sessions in Redis (redis-py asyncio): the truth of every generation.
+
+Keys, both expiring after ``ttl_s`` of inactivity:
+- ``sg:s:{id}`` (hash): prompt (packed int32), params / speculation / placement / controller
+  (JSON), seed, step (rounds committed), status (running | done), finish_reason, usage counters,
+  cancel flag;
+- ``sg:s:{id}:tok`` (string): confirmed token ids, packed int32, appended once per step.
+
+``append`` is a Lua script: it appends a round's tokens only when the stored step is exactly the
+previous one, so a replayed round (a retry, a second orchestrator) never duplicates tokens.
+A short lease key (``sg:s:{id}:owner``) says which orchestrator is generating the session.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from specgrove.codec import pack_ids, unpack_ids
+from specgrove.errors import NotFound, Unavailable
+from specgrove.sampling import SamplingParams
+
+APPEND_SCRIPT = """
+local step = redis.call('HGET', KEYS[1], 'step')
+if not step then return -2 end
+step = tonumber(step)
+if step ~= tonumber(ARGV[1]) - 1 then return step end
+redis.call('APPEND', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'step', ARGV[1], 'controller', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'drafted', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'accepted', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return tonumber(ARGV[1])
+"""
+
+
+@dataclass
+class Session:
+    id: str
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    speculation: dict
+    step: int
+    tokens: list[int]
+    status: str  # running | done
+    finish_reason: str
+    controller: dict
+    drafted: int
+    accepted: int
+    cancel: bool
+
+
+def _params_json(params: SamplingParams) -> str:
+    return json.dumps({"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                       "seed": params.seed, "max_new_tokens": params.max_new_tokens,
+                       "stop_token_ids": list(params.stop_token_ids), "stop": list(params.stop)})
+
+
+def _params_from_json(text: str) -> SamplingParams:
+    raw = json.loads(text)
+    return SamplingParams(raw["temperature"], raw["top_k"], raw["top_p"], raw["seed"], raw["max_new_tokens"],
+                          tuple(raw["stop_token_ids"]), tuple(raw["stop"]))
+
+
+class SessionStore:
+    def __init__(self, url: str, ttl_s: int = 3600, lease_ms: int = 5000):
+        import redis.asyncio as aioredis
+
+        self.url = url
+        self.ttl_s = ttl_s
+        self.lease_ms = lease_ms
+        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._append = self.redis.register_script(APPEND_SCRIPT)
+        self.owner = uuid.uuid4().hex  # this orchestrator's lease token
+
+    @staticmethod
+    def key(session_id: str) -> str:
+        return f"sg:s:{session_id}"
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except Exception as exc:  # noqa: BLE001 - any connection failure means the same to a client
+            raise Unavailable(f"session store (Redis at {self.url}) unreachable: {exc}") from exc
+
+    async def create(self, prompt: list[int], params: SamplingParams, seed: int, speculation: dict) -> str:
+        session_id = uuid.uuid4().hex
+        key = self.key(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={
+                "prompt": pack_ids(prompt), "params": _params_json(params), "seed": seed,
+                "speculation": json.dumps(speculation), "step": 0, "status": "running", "finish_reason": "",
+                "controller": "{}", "drafted": 0, "accepted": 0, "cancel": 0, "created": time.time(),
+            })
+            pipe.set(key + ":tok", b"")
+            pipe.expire(key, self.ttl_s)
+            pipe.expire(key + ":tok", self.ttl_s)
+            await pipe.execute()
+        return session_id
+
+    async def load(self, session_id: str) -> Session:
+        key = self.key(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.get(key + ":tok")
+            raw, tokens = await pipe.execute()
+        if not raw:
+            raise NotFound(f"session {session_id!r} does not exist or has expired")
+        g = {k.decode(): v for k, v in raw.items()}
+        return Session(
+            id=session_id, prompt=unpack_ids(g["prompt"]), params=_params_from_json(g["params"]),
+            seed=int(g["seed"]), speculation=json.loads(g["speculation"]), step=int(g["step"]),
+            tokens=unpack_ids(tokens or b""), status=g["status"].decode(), finish_reason=g["finish_reason"].decode(),
+            controller=json.loads(g["controller"]), drafted=int(g["drafted"]), accepted=int(g["accepted"]),
+            cancel=g["cancel"] == b"1",
+        )
+
+    async def append(self, session_id: str, step: int, tokens: list[int], controller: dict,
+                     drafted: int, accepted: int) -> int:
+        """Commit round `step` (1-based). Returns the stored step afterwards: `step` when this call
+        committed it, something else when it was already committed or another writer moved on."""
+        key = self.key(session_id)
+        result = await self._append(keys=[key, key + ":tok"], args=[
+            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted])
+        if result == -2:
+            raise NotFound(f"session {session_id!r} expired while generating")
+        return int(result)
+
+    async def finish(self, session_id: str, reason: str) -> None:
+        await self.redis.hset(self.key(session_id), mapping={"status": "done", "finish_reason": reason})
+
+    async def cancel(self, session_id: str) -> bool:
+        """Flag a session for cancellation; returns whether it was running."""
+        key = self.key(session_id)
+        status = await self.redis.hget(key, "status")
+        if status is None:
+            raise NotFound(f"session {session_id!r} does not exist or has expired")
+        await self.redis.hset(key, "cancel", 1)
+        return status == b"running"
+
+    async def cancelled(self, session_id: str) -> bool:
+        return await self.redis.hget(self.key(session_id), "cancel") == b"1"
+
+    async def acquire(self, session_id: str) -> bool:
+        """Take (or renew) the generation lease; False when another orchestrator holds it."""
+        key = self.key(session_id) + ":owner"
+        if await self.redis.set(key, self.owner, nx=True, px=self.lease_ms):
+            return True
+        if await self.redis.get(key) == self.owner.encode():
+            await self.redis.pexpire(key, self.lease_ms)
+            return True
+        return False
+
+    async def release(self, session_id: str) -> None:
+        key = self.key(session_id) + ":owner"
+        if await self.redis.get(key) == self.owner.encode():
+            await self.redis.delete(key)
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,213 @@
+"""Run one role until SIGINT/SIGTERM (``specgrove serve ROLE``), and ``specgrove up``: a local
+Redis plus the three roles as child processes on loopback, stopped together on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_token: str | None,
+                   link_delay_ms: float = 0.0) -> None:
+    from services.server import create_verifier_server
+    from specgrove.models import load_model
+    from verifier.worker import VerifierWorker
+
+    server, bound = create_verifier_server(f"{host}:{port}", VerifierWorker(load_model(target, cache_dir)),
+                                           auth_token, link_delay_ms)
+    server.start()
+    print(f"verifier serving {target} on {host}:{bound}", flush=True)
+    _wait_for_signal()
+    server.stop(grace=2).wait()
+
+
+def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None) -> None:
+    from drafter.model_drafter import ModelDrafter
+    from drafter.ngram import NgramDrafter
+    from drafter.worker import DrafterWorker
+    from services.server import create_drafter_server
+    from specgrove.models import load_text_codec, load_model
+
+    model = None
+    if draft == "ngram":
+        drafter = NgramDrafter(load_text_codec(target, cache_dir).vocab_size)
+    else:
+        model = load_model(draft, cache_dir)
+        drafter = ModelDrafter(model)
+    server, bound = create_drafter_server(f"{host}:{port}", DrafterWorker(drafter), model, auth_token)
+    server.start()
+    print(f"drafter serving {draft} on {host}:{bound}", flush=True)
+    _wait_for_signal()
+    server.stop(grace=2).wait()
+
+
+@dataclass
+class OrchestratorOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    target: str = "smollm2"
+    drafters: list[str] = field(default_factory=list)
+    verifiers: list[str] = field(default_factory=list)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mode: str = "chain"
+    draft_len: int = 4
+    stop_policy: str = "adaedl"
+    draft_timeout_ms: int = 5000
+    session_ttl_s: int = 3600
+    profile: str | None = None
+    auth_token: str | None = None
+
+
+async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: asyncio.Event | None = None):
+    from orchestrator.pipeline import Pipeline, PipelineConfig
+    from orchestrator.planner import CostProfile
+    from orchestrator.session_store import SessionStore
+    from services.server import create_orchestrator_server
+    from specgrove.models import load_text_codec
+
+    ratio = None
+    if options.profile:
+        profile = CostProfile.from_json(Path(options.profile).read_text())
+        ratio = {n: v / profile.verify_ms[1] for n, v in profile.verify_ms.items()}
+    config = PipelineConfig(tuple(options.drafters), tuple(options.verifiers), mode=options.mode,
+                            draft_len=options.draft_len, stop_policy=options.stop_policy,
+                            draft_timeout_ms=options.draft_timeout_ms, verify_ratio=ratio)
+    store = SessionStore(options.redis_url, ttl_s=options.session_ttl_s)
+    pipeline = Pipeline(load_text_codec(options.target, cache_dir), store, config)
+    server, bound = await create_orchestrator_server(f"{options.host}:{options.port}", pipeline,
+                                                     auth_token=options.auth_token)
+    await server.start()
+    print(f"orchestrator on {options.host}:{bound} (drafters {options.drafters}, verifiers {options.verifiers}, "
+          f"redis {options.redis_url})", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=2)
+    await pipeline.close()
+    await store.close()
+
+
+def serve_orchestrator(options: OrchestratorOptions, cache_dir: Path) -> None:
+    asyncio.run(_orchestrator(options, cache_dir))
+
+
+# ---------------------------------------------------------------------- specgrove up
+
+def wait_healthy(address: str, timeout: float = 300.0, process: subprocess.Popen | None = None) -> None:
+    """Block until address answers grpc.health.v1 with SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server for {address} exited with {process.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.2)
+    raise TimeoutError(f"{address} not healthy after {timeout:.0f}s")
+
+
+@dataclass
+class Stack:
+    """A running local deployment: Redis + verifier + drafter + orchestrator processes."""
+
+    address: str
+    redis: object
+    ports: dict[str, int]
+    commands: dict[str, list[str]]
+    env: dict[str, str]
+    log_dir: Path | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, role: str, wait: bool = True) -> None:
+        out = open(self.log_dir / f"{role}.log", "a") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
+        self.processes[role] = subprocess.Popen(self.commands[role], env=self.env, stdout=out,
+                                                stderr=subprocess.STDOUT)
+        if wait:
+            wait_healthy(f"127.0.0.1:{self.ports[role]}", process=self.processes[role])
+
+    def kill(self, role: str) -> None:
+        """SIGKILL: the role dies without any clean-up (a crash)."""
+        proc = self.processes[role]
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def role_command(role: str, port: int, cache_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "specgrove.cli", "--cache-dir", str(cache_dir), "serve", role, "--port", str(port),
+            *extra]
+
+
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Child environment: idle OpenMP threads sleep instead of spinning, so the drafter and the
+    verifier (which take turns) do not steal each other's cores."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
+                mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
+                extra_orchestrator: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Stack:
+    from specgrove.local_redis import LocalRedis, free_port
+
+    redis = None
+    if not redis_url:
+        redis = LocalRedis()
+        redis_url = redis.url
+    ports = {"orchestrator": port or free_port(), "drafter": free_port(), "verifier": free_port()}
+    commands = {
+        "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
+                                 "--link-delay-ms", str(link_delay_ms)),
+        "drafter": role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target),
+        "orchestrator": role_command(
+            "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
+            "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",
+            "--mode", mode, "--draft-len", str(draft_len), *extra_orchestrator),
+    }
+    stack = Stack(f"127.0.0.1:{ports['orchestrator']}", redis, ports, commands, worker_env(env), log_dir)
+    try:
+        for role in ("verifier", "drafter", "orchestrator"):
+            stack.start(role, wait=False)
+        for role in ("verifier", "drafter", "orchestrator"):
+            wait_healthy(f"127.0.0.1:{ports[role]}", process=stack.processes[role])
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

@@ -1,0 +1,82 @@
+"""Servers of the three roles: ``create_*_server(addr, ...) -> (server, port)`` (tests bind port 0),
+each with the error/tracing/auth interceptor, ``grpc.health.v1`` and server reflection."""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.interceptors import AioServerInterceptor, ServerInterceptor
+from specgrove.v1 import generate_pb2, generate_pb2_grpc, speculate_pb2, speculate_pb2_grpc
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class LinkDelay(grpc.ServerInterceptor):
+    """Delays every Verify call by a set time: an injected slow drafter→verifier link (tests,
+    benchmarks). Only Verify: a plain decoding step goes orchestrator→verifier directly."""
+
+    def __init__(self, delay_ms: float):
+        self.delay_s = delay_ms / 1000
+
+    def intercept_service(self, continuation, details):
+        if self.delay_s > 0 and details.method.endswith("/Verify"):
+            time.sleep(self.delay_s)
+        return continuation(details)
+
+
+def _health(server, names: list[str], aio: bool):
+    servicer = health.aio.HealthServicer() if aio else health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return servicer
+
+
+def _bind(server, addr: str) -> int:
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise RuntimeError(f"cannot bind {addr}")
+    return port
+
+
+def create_verifier_server(addr: str, worker, auth_token: str | None = None, link_delay_ms: float = 0.0,
+                           threads: int = 8):
+    from services.workers import VerifierServicer
+
+    interceptors = [LinkDelay(link_delay_ms), ServerInterceptor("verifier", auth_token)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), interceptors=interceptors,
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    speculate_pb2_grpc.add_VerifierServicer_to_server(VerifierServicer(worker), server)
+    name = speculate_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+    status = _health(server, [name], aio=False)
+    status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, _bind(server, addr)
+
+
+def create_drafter_server(addr: str, worker, model=None, auth_token: str | None = None, threads: int = 8):
+    from services.workers import DrafterServicer
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         interceptors=[ServerInterceptor("drafter", auth_token)],
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model), server)
+    name = speculate_pb2.DESCRIPTOR.services_by_name["Drafter"].full_name
+    status = _health(server, [name], aio=False)
+    status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, _bind(server, addr)
+
+
+async def create_orchestrator_server(addr: str, pipeline, draft_name: str = "", auth_token: str | None = None):
+    """An asyncio server; the caller awaits ``server.start()``."""
+    from services.orchestrator import OrchestratorServicer
+
+    server = grpc.aio.server(interceptors=[AioServerInterceptor("orchestrator", auth_token)])
+    generate_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(pipeline, draft_name), server)
+    name = generate_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+    status = _health(server, [name], aio=True)
+    await status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, _bind(server, addr)

@@ -1,0 +1,133 @@
+"""gRPC servicers of the drafter and verifier: thin (pb -> domain -> one worker call -> pb).
+
+The drafter streams each round's tree to the verifier level by level as it grows (a client-
+streaming ``Verify`` call), then trims its own cache to the accepted path."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+from opentelemetry import context as otel_context
+
+from drafter.model_drafter import Level, tree_from_levels
+from drafter.worker import DrafterWorker
+from specgrove import codec, telemetry
+from specgrove.errors import InvalidArgument
+from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
+from verifier.worker import VerifierWorker, empty_tree
+
+
+def worker_info(role: str, model) -> speculate_pb2.WorkerInfo:
+    return speculate_pb2.WorkerInfo(role=role, model=model.name, vocab_size=model.vocab_size,
+                                    vocab_hash=model.vocab_hash, max_context=model.max_positions)
+
+
+class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
+    def __init__(self, worker: VerifierWorker):
+        self.worker = worker
+
+    def Verify(self, request_iterator, context):
+        messages = iter(request_iterator)
+        first = next(messages, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("tree", "the stream must start with a header")
+        levels = []
+        for message in messages:
+            if not message.HasField("level"):
+                raise InvalidArgument("tree", "only one header per stream")
+            levels.append(Level(*codec.level_from_pb(message.level)))
+        try:
+            tree = tree_from_levels(levels)
+        except (AssertionError, RuntimeError) as exc:
+            raise InvalidArgument("tree", f"malformed tree: {exc}") from exc
+        return self._verify(first.header, tree)
+
+    def Decode(self, request, context):
+        return self._verify(request, empty_tree())
+
+    def _verify(self, header, tree):
+        result, verify_ms = self.worker.verify(
+            header.session_id, header.step, codec.unpack_ids(header.context), codec.params_from_pb(header.sampling),
+            header.seed, tree,
+        )
+        reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
+        reply.timing.verify_ms = verify_ms
+        return reply
+
+    def Release(self, request, context):
+        self.worker.release(request.session_id)
+        return speculate_pb2.ReleaseReply()
+
+    def Info(self, request, context):
+        return worker_info("verifier", self.worker.model)
+
+
+class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
+    def __init__(self, worker: DrafterWorker, model=None, channel_options=None):
+        self.worker = worker
+        self.model = model
+        self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
+        self._stubs_lock = threading.Lock()
+        from orchestrator.pipeline import CHANNEL_OPTIONS
+
+        self._channel_options = channel_options or CHANNEL_OPTIONS
+
+    def _verifier(self, address: str) -> speculate_pb2_grpc.VerifierStub:
+        with self._stubs_lock:
+            if address not in self._stubs:
+                self._stubs[address] = speculate_pb2_grpc.VerifierStub(
+                    grpc.insecure_channel(address, options=self._channel_options))
+            return self._stubs[address]
+
+    def Draft(self, request, context):
+        r = request.round
+        if not request.verifier:
+            raise InvalidArgument("verifier", "the address of the verifier to stream to is required")
+        params = codec.params_from_pb(r.sampling)
+        budget = codec.budget_from_pb(request.plan)
+        started = time.perf_counter()
+        timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0}
+        with self.worker.lock:
+            levels = self.worker.levels(r.session_id, r.step, codec.unpack_ids(r.context), params, r.seed,
+                                        list(request.plan.shape_parents), budget)
+            tracer = telemetry.tracer()
+            parent = otel_context.get_current()  # the messages are pulled on a gRPC thread
+
+            def messages():
+                header = speculate_pb2.TreeMessage(header=r)
+                timing["bytes"] += header.ByteSize()
+                yield header
+                while True:
+                    with tracer.start_as_current_span("draft level", context=parent):
+                        t0 = time.perf_counter()
+                        level = next(levels, None)
+                        timing["draft_ms"] += (time.perf_counter() - t0) * 1000
+                    if level is None:
+                        return
+                    timing["size"] += len(level.tokens)
+                    timing["depth"] += 1
+                    message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
+                    timing["bytes"] += message.ByteSize()
+                    yield message
+
+            timeout = request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None
+            reply = self._verifier(request.verifier).Verify(messages(), timeout=timeout,
+                                                            metadata=telemetry.inject_metadata())
+            self.worker.accept(r.session_id, codec.result_from_pb(reply))
+        telemetry.trace.get_current_span().set_attributes({
+            "specgrove.tree_bytes": timing["bytes"], "specgrove.tree_size": timing["size"]})
+        reply.timing.draft_ms = timing["draft_ms"]
+        reply.timing.tree_bytes = timing["bytes"]
+        reply.timing.round_ms = (time.perf_counter() - started) * 1000
+        return reply
+
+    def Release(self, request, context):
+        self.worker.release(request.session_id)
+        return speculate_pb2.ReleaseReply()
+
+    def Info(self, request, context):
+        if self.model is None:  # the n-gram drafter has no model: report what it can
+            return speculate_pb2.WorkerInfo(role="drafter", model=self.worker.name, vocab_size=self.worker.vocab_size)
+        return worker_info("drafter", self.model)

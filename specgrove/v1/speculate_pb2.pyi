@@ -1,0 +1,132 @@
+from specgrove.v1 import generate_pb2 as _generate_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RoundContext(_message.Message):
+    __slots__ = ("session_id", "step", "context", "sampling", "seed")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    step: int
+    context: bytes
+    sampling: _generate_pb2.SamplingParams
+    seed: int
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class DraftPlan(_message.Message):
+    __slots__ = ("shape_parents", "max_len", "gamma", "lam", "min_confidence")
+    SHAPE_PARENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    LAM_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    shape_parents: _containers.RepeatedScalarFieldContainer[int]
+    max_len: int
+    gamma: float
+    lam: float
+    min_confidence: float
+    def __init__(self, shape_parents: _Optional[_Iterable[int]] = ..., max_len: _Optional[int] = ..., gamma: _Optional[float] = ..., lam: _Optional[float] = ..., min_confidence: _Optional[float] = ...) -> None: ...
+
+class DraftRequest(_message.Message):
+    __slots__ = ("round", "plan", "verifier", "verify_timeout_ms")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    round: RoundContext
+    plan: DraftPlan
+    verifier: str
+    verify_timeout_ms: int
+    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., plan: _Optional[_Union[DraftPlan, _Mapping]] = ..., verifier: _Optional[str] = ..., verify_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class TreeLevel(_message.Message):
+    __slots__ = ("tokens", "parents", "q_rows", "q_width", "q_ids", "q_probs")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    Q_ROWS_FIELD_NUMBER: _ClassVar[int]
+    Q_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    Q_IDS_FIELD_NUMBER: _ClassVar[int]
+    Q_PROBS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    parents: _containers.RepeatedScalarFieldContainer[int]
+    q_rows: _containers.RepeatedScalarFieldContainer[int]
+    q_width: int
+    q_ids: _containers.RepeatedScalarFieldContainer[int]
+    q_probs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., parents: _Optional[_Iterable[int]] = ..., q_rows: _Optional[_Iterable[int]] = ..., q_width: _Optional[int] = ..., q_ids: _Optional[_Iterable[int]] = ..., q_probs: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class TreeMessage(_message.Message):
+    __slots__ = ("header", "level")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    header: RoundContext
+    level: TreeLevel
+    def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
+
+class Timing(_message.Message):
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes")
+    DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_MS_FIELD_NUMBER: _ClassVar[int]
+    TREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    draft_ms: float
+    verify_ms: float
+    round_ms: float
+    tree_bytes: int
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ...) -> None: ...
+
+class RoundReply(_message.Message):
+    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing")
+    ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_RANK_FIELD_NUMBER: _ClassVar[int]
+    NUM_CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TREE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
+    accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
+    next_token: int
+    accepted_rank: _containers.RepeatedScalarFieldContainer[int]
+    num_children: _containers.RepeatedScalarFieldContainer[int]
+    tree_size: int
+    tree_depth: int
+    timing: Timing
+    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("role", "model", "vocab_size", "vocab_hash", "max_context")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_HASH_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    model: str
+    vocab_size: int
+    vocab_hash: str
+    max_context: int
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., max_context: _Optional[int] = ...) -> None: ...

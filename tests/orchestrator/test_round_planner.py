@@ -1,0 +1,66 @@
+"""The network-aware round planner: measured link costs change the tree, down to K = 0."""
+
+from orchestrator.acceptance import AcceptanceStats
+from orchestrator.round_planner import PROBE_SIZE, LinkStats, RoundPlanner
+from specgrove.tree import VerifyResult
+
+# This machine's measured verify curve (ms per pass of n tokens, README) and a good draft.
+VERIFY_MS = {1: 78, 2: 120, 3: 155, 4: 110, 5: 106, 8: 112, 16: 139, 32: 179, 64: 260, 128: 473}
+ACCEPTANCE = [0.75, 0.1, 0.05]
+
+
+def measured_link(network_ms: float) -> LinkStats:
+    link = LinkStats(verify_ratio={n: v / VERIFY_MS[1] for n, v in VERIFY_MS.items()})
+    link.observe_plain(rtt_ms=80.0, verify_ms=78.0)
+    link.observe_tree(rtt_ms=4 * 9.0 + VERIFY_MS[8] + network_ms, draft_ms=4 * 9.0, verify_ms=VERIFY_MS[8],
+                      size=7, depth=4, tree_bytes=3000)
+    return link
+
+
+def planned(network_ms: float):
+    planner = RoundPlanner("tree", measured_link(network_ms), AcceptanceStats(ACCEPTANCE, prior_weight=1e9))
+    return planner.next()
+
+
+def test_a_slower_link_grows_the_tree_then_turns_speculation_off():
+    fast, slow, slower, hopeless = planned(2), planned(22), planned(82), planned(300)
+    assert fast.shape is not None and slow.shape is not None and slower.shape is not None
+    assert (fast.size, fast.depth) == (slow.size, slow.depth) or slow.size >= fast.size
+    assert slower.size > fast.size and slower.depth > fast.depth  # amortise the round trip
+    assert hopeless.shape is None and hopeless.reason == "plan"  # K = 0 beats any tree
+
+
+def test_link_stats_split_a_round_into_draft_verify_and_network():
+    link = measured_link(40.0)
+    assert abs(link.network_ms - 40.0) < 1e-9
+    assert abs(link.draft_level_ms - 9.0) < 1e-9
+    assert abs(link.profile().verify_time(8) - VERIFY_MS[8]) < 1e-6
+
+
+def test_planner_measures_plain_decoding_then_probes_a_tree_then_plans():
+    planner = RoundPlanner("tree", LinkStats(), AcceptanceStats(ACCEPTANCE))
+    first = planner.next()
+    assert first.shape is None and first.reason == "measure"
+    planner.link.observe_plain(80.0, 78.0)
+    second = planner.next()
+    assert second.reason == "measure" and second.size == PROBE_SIZE
+    planner.link.observe_tree(200.0, 30.0, 110.0, 4, 3, 2000)
+    assert planner.next().reason == "plan"
+
+
+def test_at_k0_the_planner_still_probes_a_tree_now_and_then():
+    planner = RoundPlanner("tree", measured_link(300.0), AcceptanceStats(ACCEPTANCE), probe_every=5)
+    reasons = [planner.next().reason for _ in range(10)]
+    assert reasons.count("probe") == 2 and reasons.count("plan") == 8
+
+
+def test_pinned_size_and_depth_and_other_modes():
+    link = measured_link(300.0)
+    pinned = RoundPlanner("tree", link, AcceptanceStats(ACCEPTANCE), fixed_size=6, fixed_depth=3).next()
+    assert (pinned.size, pinned.depth, pinned.reason) == (6, 3, "fixed")
+    chain = RoundPlanner("chain", link, AcceptanceStats(ACCEPTANCE), draft_len=5).next()
+    assert chain.shape.parents == (-1, 0, 1, 2, 3)
+    assert RoundPlanner("ar", link, AcceptanceStats(ACCEPTANCE)).next().shape is None
+    planner = RoundPlanner("tree", link, AcceptanceStats(ACCEPTANCE))
+    planner.observe(VerifyResult([0], [5], 6, [1, 0], [2, 0]))
+    assert planner.acceptance.accepted[0] == 1

@@ -1,0 +1,68 @@
+"""Sessions in a real redis-server: idempotent appends by step, leases, cancel, not-found."""
+
+import asyncio
+
+import pytest
+
+from orchestrator.session_store import SessionStore
+from specgrove.errors import NotFound, Unavailable
+from specgrove.local_redis import LocalRedis
+from specgrove.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    server = LocalRedis()
+    yield server.url
+    server.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_round_is_committed_once_whatever_the_retries(redis_url):
+    async def go():
+        store = SessionStore(redis_url)
+        sid = await store.create([1, 2, 3], SamplingParams(seed=5), 5, {"mode": "chain"})
+        assert await store.append(sid, 1, [10, 11], {"lambda": 0.5}, 3, 1) == 1
+        assert await store.append(sid, 1, [10, 11], {"lambda": 0.5}, 3, 1) == 1  # replay: a no-op
+        assert await store.append(sid, 3, [99], {}, 0, 0) == 1  # a gap: refused
+        assert await store.append(sid, 2, [12], {}, 0, 0) == 2
+        session = await store.load(sid)
+        await store.close()
+        return session
+
+    session = run(go())
+    assert session.tokens == [10, 11, 12] and session.step == 2 and session.prompt == [1, 2, 3]
+    assert session.params.seed == 5 and session.drafted == 3 and session.accepted == 1
+    assert session.controller == {}
+
+
+def test_leases_cancel_and_unknown_sessions(redis_url):
+    async def go():
+        a, b = SessionStore(redis_url, lease_ms=500), SessionStore(redis_url)
+        sid = await a.create([1], SamplingParams(), 1, {})
+        assert await a.acquire(sid) and await a.acquire(sid)
+        assert not await b.acquire(sid)
+        await asyncio.sleep(0.6)  # the lease expires: a crashed owner cannot block the session
+        assert await b.acquire(sid)
+        assert await a.cancel(sid) and await a.cancelled(sid)
+        with pytest.raises(NotFound):
+            await a.load("missing")
+        with pytest.raises(NotFound):
+            await a.cancel("missing")
+        await a.close()
+        await b.close()
+
+    run(go())
+
+
+def test_an_unreachable_redis_is_unavailable():
+    async def go():
+        store = SessionStore("redis://127.0.0.1:1/0")
+        with pytest.raises(Unavailable, match="Redis"):
+            await store.ping()
+        await store.close()
+
+    run(go())

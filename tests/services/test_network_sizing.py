@@ -1,0 +1,32 @@
+"""An injected delay on the drafter→verifier link changes what the planner drafts: trees on a
+fast link, plain decoding (K = 0, with occasional probes) on a link too slow to pay off."""
+
+from __future__ import annotations
+
+import pytest
+
+from drafter.model_drafter import ModelDrafter
+from specgrove.client import Client
+from tests.services.conftest import InProcessStack
+
+
+def tree_sizes(tiny_target, redis_url, delay_ms: float) -> tuple[list[int], dict]:
+    stack = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis_url, mode="tree", link_delay_ms=delay_ms)
+    try:
+        out = Client(stack.address).generate(prompt="my name is", max_new_tokens=56)
+        link = next(iter(stack.pipeline.links.values()))
+        return [c.stats.tree_size for c in out.chunks], link.summary()
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("delay_ms", [0.0, 150.0])
+def test_planner_follows_the_measured_link(delay_ms, tiny_target, redis_server):
+    sizes, link = tree_sizes(tiny_target, redis_server.url, delay_ms)
+    assert sizes[0] == 0  # the first round measures plain decoding
+    planned = sizes[2:]  # after the measuring rounds
+    assert link["network_ms"] >= 0.8 * delay_ms  # the delay is seen as network time
+    if delay_ms == 0:
+        assert sum(s > 0 for s in planned) >= len(planned) - 1, sizes  # speculation pays: trees
+    else:
+        assert sum(s == 0 for s in planned) >= len(planned) - 2, sizes  # K = 0, with rare probes

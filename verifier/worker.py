@@ -1,0 +1,63 @@
+"""The verifier worker's logic, free of gRPC: per-session target KV caches (LRU), one verify
+pass per round on a tree received level by level, or one plain decoding step (K = 0)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+import torch
+
+from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.models import CausalLM
+from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator
+from specgrove.tree import TokenTree, VerifyResult
+from verifier.target import TargetSession
+
+MAX_SESSIONS = 64
+
+
+class VerifierWorker:
+    def __init__(self, model: CausalLM, max_sessions: int = MAX_SESSIONS):
+        self.model = model
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
+        self._lock = threading.Lock()  # one forward pass at a time on this model
+
+    def verify(
+        self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int, tree: TokenTree,
+    ) -> tuple[VerifyResult, float]:
+        """(result, verify milliseconds). A fresh or restarted worker prefills from `context`."""
+        self.check(context, tree)
+        with self._lock:
+            start = time.perf_counter()
+            session = self._session(session_id)
+            result = session.verify_tree(context, tree, params, round_generator(seed, step, VERIFY_STREAM))
+            return result, (time.perf_counter() - start) * 1000
+
+    def check(self, context: list[int], tree: TokenTree) -> None:
+        vocab = self.model.vocab_size
+        if not context:
+            raise InvalidArgument("context", "must hold at least one token")
+        if any(not 0 <= t < vocab for t in context) or any(not 0 <= t < vocab for t in tree.tokens.tolist()):
+            raise OutOfRange("tokens", f"token ids must be in [0, {vocab})")
+        if len(context) + tree.size > self.model.max_positions:
+            raise OutOfRange("context", f"{len(context)} tokens + {tree.size} nodes exceed the target's "
+                                        f"context of {self.model.max_positions}")
+
+    def release(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def _session(self, session_id: str) -> TargetSession:
+        session = self._sessions.pop(session_id, None) or TargetSession(self.model)
+        self._sessions[session_id] = session  # most recently used last
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return session
+
+
+def empty_tree() -> TokenTree:
+    return TokenTree(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                     torch.full((1, 1), -1, dtype=torch.long), torch.zeros(1, 1))
