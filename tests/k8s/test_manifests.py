@@ -1,0 +1,118 @@
+"""Deployment artefacts: every Kustomize overlay renders (Debian's kubectl) and validates against
+the Kubernetes schemas (kubernetes-validate); placement, probes, limits, ports and environment
+names agree with the CLI; the Dockerfile runs `specgrove serve` as a non-root user."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from specgrove.cli import build_parser
+from specgrove.config import SERVE_ENV, SERVE_ENV_EXTRA
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p.name for p in (ROOT / "k8s" / "overlays").iterdir())
+GPU_OVERLAYS = [o for o in OVERLAYS if o != "dev"]
+K8S_VERSION = "1.32"
+ENV_NAMES = {v for v, _ in SERVE_ENV.values()} | set(SERVE_ENV_EXTRA)
+ROLES = {"orchestrator", "drafter", "verifier"}
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (Debian package 'kubectl'; `make install` tries to add it)")
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], check=True,
+                         capture_output=True, text=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def workloads(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+
+
+def test_there_are_gpu_overlays_and_a_dev_overlay():
+    assert "dev" in OVERLAYS and len(GPU_OVERLAYS) >= 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_validates_against_the_kubernetes_schemas(overlay):
+    docs = render(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_probes_limits_and_cli_compatible_settings(overlay):
+    docs = render(overlay)
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "specgrove-config")
+    assert set(config["data"]) <= ENV_NAMES, set(config["data"]) - ENV_NAMES
+    port = int(config["data"]["SPECGROVE_PORT"])
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    roles = next(a for a in serve._actions if a.dest == "role").choices
+    for name, deployment in workloads(docs).items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                assert probe in container, f"{name}/{container['name']} has no {probe}"
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+            for env in container.get("env", []):
+                assert env["name"] in ENV_NAMES, env["name"]
+            if container["args"][0] in ROLES if container.get("args") else False:
+                assert container["args"][0] in roles
+                assert [p["containerPort"] for p in container["ports"]] == [port]
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    assert container[probe]["grpc"]["port"] == port  # native gRPC probes on grpc.health.v1
+
+
+def _gpu_product(deployment: dict) -> str:
+    terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expr,) = [e for t in terms for e in t["matchExpressions"] if e["key"] == "nvidia.com/gpu.product"]
+    return expr["values"][0]
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_drafters_and_the_verifier_land_on_different_gpu_products(overlay):
+    deployments = workloads(render(overlay))
+    drafter, verifier = deployments["specgrove-drafter"], deployments["specgrove-verifier"]
+    assert _gpu_product(drafter) != _gpu_product(verifier)
+    for d in (drafter, verifier):
+        spec = d["spec"]["template"]["spec"]
+        assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    orchestrator = deployments["specgrove-orchestrator"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in orchestrator["containers"][0]["resources"]["limits"]
+    assert orchestrator["containers"][0]["image"].endswith("-cpu")
+
+
+def test_dev_overlay_needs_no_gpu():
+    for deployment in workloads(render("dev")).values():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert "nvidia.com/gpu" not in container["resources"]["limits"]
+
+
+def test_dockerfile_is_multi_stage_non_root_and_serves_a_role():
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip() and not line.startswith("#")]
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) >= 2, "multi-stage"
+    final = lines[lines.index(stages[-1]):]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["specgrove", "serve"]' in final
+    cmd = [line for line in final if line.startswith("CMD ")][-1]
+    assert any(role in cmd for role in ROLES)
+    env = " ".join(line for line in final if line.startswith("ENV "))
+    assert "SPECGROVE_PORT=50051" in env
+    for name in re.findall(r"\b([A-Z][A-Z0-9_]+)=", env):
+        assert name in ENV_NAMES | {"PATH", "OMP_WAIT_POLICY"}, name
+    assert "EXPOSE 50051" in final
+    assert any("ARG VARIANT" in line for line in lines)  # CPU or CUDA torch by build argument
