@@ -188,18 +188,25 @@ class BenchConfig:
     policy_max_len: int = 8
     hf_assisted_len: int = 4  # tokens per assisted step for hf-assisted
     modes: tuple[str, ...] = ()  # empty = every mode
+    grpc_chain_lens: tuple[int, ...] = ()  # grpc-chain-kK modes through a local deployment
+    grpc_tree: bool = False  # a grpc-tree mode sized by the network-aware planner
+    grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
+    link_delays: tuple[float, ...] = (0.0,)  # injected drafter→verifier delays (ms), one deployment each
 
     def mode_names(self) -> list[str]:
+        from specgrove.bench_grpc import grpc_mode_names
+
         every = ["ar", "hf-assisted", "specgrove-ar"] + [f"chain-k{k}" for k in self.draft_lens]
         every += [f"chain-{p}" for p in self.stop_policies]
         every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
+        every += grpc_mode_names(self.grpc_chain_lens, self.grpc_tree, self.grpc_tree_budgets, self.link_delays)
         unknown = set(self.modes) - set(every)
         if unknown:
             raise InvalidArgument("modes", f"unknown modes {sorted(unknown)}; available: {', '.join(every)}")
         return [m for m in every if not self.modes or m in self.modes]
 
 
-def build_runners(config: BenchConfig, cache_dir) -> tuple[object, dict[str, tuple[Runner, bool]]]:
+def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) -> tuple[object, dict[str, tuple[Runner, bool]]]:
     """Load the models once and make one runner per mode: name -> (runner, is speculative)."""
     from specgrove.assemble import EngineSpec, assemble
     from specgrove.models import load_model
@@ -228,15 +235,45 @@ def build_runners(config: BenchConfig, cache_dir) -> tuple[object, dict[str, tup
         if name in specs:
             built = assemble(specs[name], cache_dir, loaded)
             runners[name] = (engine_runner(built.engine), True)
+        elif name.startswith("grpc-"):
+            from specgrove.bench_grpc import grpc_runner, parse_mode
+
+            spec, delay = parse_mode(name)
+            sessions[name] = set()
+            runners[name] = (grpc_runner(stacks.client(delay), spec, sessions[name]), True)
     return target, {name: runners[name] for name in config.mode_names()}
 
 
 def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    from specgrove.bench_grpc import GrpcStacks, parse_mode, round_split
+
+    stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")))
+    sessions: dict[str, set[str]] = {}
+    try:
+        target, runners = build_runners(config, cache_dir, stacks, sessions)
+        report = _run(config, target, runners, progress)
+    finally:
+        stacks.stop()
+    by_mode = {r["mode"]: r for r in report["results"]}
+    for name, ids in sessions.items():
+        spec, delay = parse_mode(name)
+        record = by_mode[name]
+        record["link_delay_ms"] = delay
+        record["round_split"] = round_split(stacks.trace_file(delay), ids)
+        twin = by_mode.get(f"chain-k{spec['draft_len']}") if spec["mode"] == "chain" else None
+        if twin and twin["output_throughput"]:
+            record["throughput_vs_in_process"] = round(record["output_throughput"] / twin["output_throughput"], 4)
+    return report
+
+
+def _run(config: BenchConfig, target, runners, progress: bool) -> dict:
     from tqdm import tqdm
 
     from specgrove.workloads import load_workload
 
-    target, runners = build_runners(config, cache_dir)
     prompts = load_workload(config.workload, config.num_prompts)
     encoded = [target.chat_prompt(p.text) if p.chat else target.encode(p.text) for p in prompts]
 

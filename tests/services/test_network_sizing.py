@@ -29,4 +29,5 @@ def test_planner_follows_the_measured_link(delay_ms, tiny_target, redis_server):
     if delay_ms == 0:
         assert sum(s > 0 for s in planned) >= len(planned) - 1, sizes  # speculation pays: trees
     else:
-        assert sum(s == 0 for s in planned) >= len(planned) - 2, sizes  # K = 0, with rare probes
+        probes = len(planned) // 16 + 1  # RoundPlanner.probe_every = 16
+        assert sum(s > 0 for s in planned) <= probes, sizes  # K = 0, but for the periodic probes

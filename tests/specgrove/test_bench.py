@@ -98,10 +98,16 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
     modes = [r["mode"] for r in report["results"]]
-    assert modes == ["ar", "hf-assisted", "specgrove-ar", "chain-k4"]
+    assert modes == ["ar", "hf-assisted", "specgrove-ar", "chain-k4", "grpc-chain-k4"]
     by_mode = {r["mode"]: r for r in report["results"]}
     assert by_mode["ar"]["speedup_vs_ar"] == 1.0
     # greedy: every mode emits exactly the target's own greedy tokens
     assert all(r["greedy_matches_ar"] == 1.0 for r in report["results"])
     assert by_mode["chain-k4"]["spec_decode_acceptance_length"] >= 1.0
+    # the same chain through the local deployment (processes, gRPC, Redis), split from its traces
+    grpc_mode = by_mode["grpc-chain-k4"]
+    assert grpc_mode["throughput_vs_in_process"] > 0
+    split = grpc_mode["round_split"]
+    assert split["rounds"] > 0 and split["median_tree_bytes"] > 0
+    assert split["median_verify_ms"] > 0 and split["median_round_ms"] >= split["median_verify_ms"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

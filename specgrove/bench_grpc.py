@@ -1,0 +1,120 @@
+"""The benchmark's gRPC modes: the same prompts through a local deployment (``specgrove up``'s
+processes: Redis, verifier, drafter, orchestrator), one deployment per injected link delay.
+
+Mode names: ``grpc-chain-kK`` (a static chain of K, the in-process ``chain-kK``'s twin),
+``grpc-tree`` (the network-aware planner), ``grpc-tree-mM`` (a pinned size), each with
+``-dD`` appended when D ms of delay are injected on the drafter→verifier link. Every process
+writes its spans to a JSON-lines trace file, from which ``round_split`` takes the per-round
+split of time into draft, verify and network, and the bytes each round put on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from specgrove.bench import Sample
+
+
+def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple[int, ...],
+                    delays: tuple[float, ...]) -> list[str]:
+    names = []
+    for delay in delays:
+        suffix = f"-d{delay:g}" if delay else ""
+        names += [f"grpc-chain-k{k}{suffix}" for k in chain_lens]
+        names += [f"grpc-tree{suffix}"] if tree else []
+        names += [f"grpc-tree-m{m}{suffix}" for m in tree_budgets]
+    return names
+
+
+def parse_mode(name: str) -> tuple[dict, float]:
+    """'grpc-tree-m8-d20' -> ({'mode': 'tree', 'tree_budget': 8}, 20.0)."""
+    parts = name.split("-")[1:]
+    delay = 0.0
+    if parts[-1].startswith("d") and parts[-1][1:].replace(".", "").isdigit():
+        delay = float(parts.pop()[1:])
+    spec: dict = {"mode": parts[0]}
+    for part in parts[1:]:
+        if part.startswith("k"):
+            spec["draft_len"] = int(part[1:])
+        elif part.startswith("m"):
+            spec["tree_budget"] = int(part[1:])
+    return spec, delay
+
+
+def grpc_runner(client, spec: dict, sessions: set[str]):
+    """A runner through the orchestrator; the session ids it creates are added to `sessions`."""
+
+    def run(prompt_ids: list[int], params) -> Sample:
+        started = time.perf_counter()
+        ttft = None
+        tokens, drafted, accepted = [], [], []
+        sampling = {"temperature": params.temperature, "seed": params.seed, "max_new_tokens": params.max_new_tokens}
+        for response in client.stream(token_ids=prompt_ids, **spec, **sampling):
+            if response.HasField("chunk"):
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                tokens += response.chunk.token_ids
+                sessions.add(response.chunk.session_id)
+                drafted.append(response.chunk.stats.num_drafted)
+                accepted.append(response.chunk.stats.num_accepted)
+        return Sample("", tokens, time.perf_counter() - started, ttft or 0.0, drafted, accepted)
+
+    return run
+
+
+def round_split(trace_path: Path, sessions: set[str]) -> dict:
+    """Per-round medians from the spans of these sessions: draft (sum of draft levels), verify
+    (the verifier's Verify span), network (round − draft − verify), tree bytes; speculative rounds."""
+    spans = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()]
+    by_parent: dict[str, list[dict]] = {}
+    for span in spans:
+        by_parent.setdefault(span["parent_id"], []).append(span)
+    requests = {s["span_id"] for s in spans if s["name"] == "orchestrator Generate"
+                and s["attributes"].get("specgrove.session_id") in sessions}
+    rows = []
+    for rnd in (s for s in spans if s["name"] == "round" and s["parent_id"] in requests):
+        drafts = [c for c in by_parent.get(rnd["span_id"], []) if c["name"] == "drafter Draft"]
+        if not drafts:
+            continue
+        draft_span = drafts[0]
+        kids = by_parent.get(draft_span["span_id"], [])
+        draft_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "draft level")
+        verify_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "verifier Verify")
+        round_ms = (rnd["end_ns"] - rnd["start_ns"]) / 1e6
+        rows.append((round_ms, draft_ms, verify_ms, draft_span["attributes"].get("specgrove.tree_bytes", 0)))
+    if not rows:
+        return {"rounds": 0}
+    med = [statistics.median(col) for col in zip(*rows)]
+    return {"rounds": len(rows), "median_round_ms": round(med[0], 3), "median_draft_ms": round(med[1], 3),
+            "median_verify_ms": round(med[2], 3), "median_network_ms": round(med[0] - med[1] - med[2], 3),
+            "median_tree_bytes": int(med[3])}
+
+
+class GrpcStacks:
+    """One local deployment per link delay, started lazily, all stopped together."""
+
+    def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path):
+        self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
+        self.stacks: dict[float, object] = {}
+
+    def trace_file(self, delay: float) -> Path:
+        return self.work_dir / f"trace-d{delay:g}.jsonl"
+
+    def client(self, delay: float):
+        from services.roles import start_stack
+        from specgrove.client import Client
+
+        if delay not in self.stacks:
+            self.trace_file(delay).unlink(missing_ok=True)
+            self.stacks[delay] = start_stack(
+                0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=self.work_dir,
+                extra_orchestrator=("--stop-policy", "static"),
+                env={**__import__("os").environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay))})
+        return Client(self.stacks[delay].address)
+
+    def stop(self) -> None:
+        for stack in self.stacks.values():
+            stack.stop()
