@@ -270,6 +270,20 @@ def cmd_serve(args) -> int:
 def cmd_up(args) -> int:
     from services import roles
 
+    if args.ray:
+        from services.ray_up import start_ray_stack
+
+        ray_stack = start_ray_stack(args.target, args.draft or DEFAULT_DRAFT, args.cache_dir, address=args.address,
+                                    redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
+                                    draft_len=args.draft_len, drafter_accelerator=args.drafter_accelerator,
+                                    verifier_accelerator=args.verifier_accelerator)
+        print(f"specgrove up --ray: orchestrator actor serving on {ray_stack.address}; Ctrl-C stops it", flush=True)
+        try:
+            roles._wait_for_signal()
+        finally:
+            ray_stack.stop()
+        return 0
+
     stack = roles.start_stack(args.port, args.target, args.draft or DEFAULT_DRAFT, args.cache_dir,
                               redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                               draft_len=args.draft_len, link_delay_ms=args.link_delay_ms)
@@ -366,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", choices=["ar", "chain", "tree"], default="chain")
     up.add_argument("--draft-len", type=int, default=4)
     up.add_argument("--link-delay-ms", type=float, default=0.0)
+    up.add_argument("--ray", action="store_true", help="run the roles as Ray actors (a local cluster unless --address)")
+    up.add_argument("--address", default=None, help="with --ray: the Ray cluster to join (e.g. ray://head:10001)")
+    up.add_argument("--drafter-accelerator", default=None, help="with --ray: drafter GPU type, e.g. L4")
+    up.add_argument("--verifier-accelerator", default=None, help="with --ray: verifier GPU type, e.g. H100")
     up.set_defaults(func=cmd_up)
 
     ev = sub.add_parser("eval-draft", help="a draft's agreement, acceptance and cost against the target")

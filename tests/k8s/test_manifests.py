@@ -116,3 +116,20 @@ def test_dockerfile_is_multi_stage_non_root_and_serves_a_role():
         assert name in ENV_NAMES | {"PATH", "OMP_WAIT_POLICY"}, name
     assert "EXPOSE 50051" in final
     assert any("ARG VARIANT" in line for line in lines)  # CPU or CUDA torch by build argument
+
+
+def test_kuberay_cluster_has_one_worker_group_per_gpu_type_with_the_actor_resources():
+    from services.ray_up import DRAFTER_RESOURCE, VERIFIER_RESOURCE
+
+    cluster = yaml.safe_load((ROOT / "k8s" / "ray" / "raycluster.yaml").read_text())
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    products, resources = set(), set()
+    for group in groups.values():
+        spec = group["template"]["spec"]
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        products.add(terms[0]["matchExpressions"][0]["values"][0])
+        resources.add(next(iter(yaml.safe_load(yaml.safe_load(group["rayStartParams"]["resources"])))))
+        assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert len(products) == len(groups) == 2
+    assert resources == {DRAFTER_RESOURCE, VERIFIER_RESOURCE}
