@@ -66,6 +66,7 @@ class PipelineConfig:
     max_sessions: int = 64  # concurrent generations; more get RESOURCE_EXHAUSTED
     prior_acceptance: tuple[float, ...] = tuple(DEFAULT_PRIOR_ACCEPTANCE)
     verify_ratio: dict | None = None  # the verify-cost curve from a calibration profile
+    auth_token: str | None = None  # sent to the workers (they check it when they have one)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Pipeline:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._active = 0
         self._next = 0
+        self._auth = [("authorization", f"Bearer {config.auth_token}")] if config.auth_token else []
 
     # ------------------------------------------------------------------ validation, sessions
 
@@ -330,7 +332,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 reply = await stub.Draft(request, timeout=self.config.draft_timeout_ms / 1000,
-                                         metadata=telemetry.inject_metadata())
+                                         metadata=telemetry.inject_metadata() + self._auth)
             except grpc.aio.AioRpcError as err:
                 if err.code() not in RETRYABLE:
                     raise
@@ -350,7 +352,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 reply = await stub.Decode(round_pb, timeout=self.config.verify_timeout_ms / 1000,
-                                          metadata=telemetry.inject_metadata())
+                                          metadata=telemetry.inject_metadata() + self._auth)
             except grpc.aio.AioRpcError as err:
                 if err.code() not in RETRYABLE:
                     raise

@@ -88,7 +88,8 @@ async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: as
         ratio = {n: v / profile.verify_ms[1] for n, v in profile.verify_ms.items()}
     config = PipelineConfig(tuple(options.drafters), tuple(options.verifiers), mode=options.mode,
                             draft_len=options.draft_len, stop_policy=options.stop_policy,
-                            draft_timeout_ms=options.draft_timeout_ms, verify_ratio=ratio)
+                            draft_timeout_ms=options.draft_timeout_ms, verify_ratio=ratio,
+                            auth_token=options.auth_token)
     store = SessionStore(options.redis_url, ttl_s=options.session_ttl_s)
     pipeline = Pipeline(load_text_codec(options.target, cache_dir), store, config)
     server, bound = await create_orchestrator_server(f"{options.host}:{options.port}", pipeline,

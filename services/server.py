@@ -63,7 +63,7 @@ def create_drafter_server(addr: str, worker, model=None, auth_token: str | None 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
                          interceptors=[ServerInterceptor("drafter", auth_token)],
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model), server)
+    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model, auth_token=auth_token), server)
     name = speculate_pb2.DESCRIPTOR.services_by_name["Drafter"].full_name
     status = _health(server, [name], aio=False)
     status.set(name, health_pb2.HealthCheckResponse.SERVING)

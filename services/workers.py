@@ -65,8 +65,9 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
 
 
 class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
-    def __init__(self, worker: DrafterWorker, model=None, channel_options=None):
+    def __init__(self, worker: DrafterWorker, model=None, channel_options=None, auth_token: str | None = None):
         self.worker = worker
+        self._auth = [("authorization", f"Bearer {auth_token}")] if auth_token else []
         self.model = model
         self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
         self._stubs_lock = threading.Lock()
@@ -114,7 +115,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
             timeout = request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None
             reply = self._verifier(request.verifier).Verify(messages(), timeout=timeout,
-                                                            metadata=telemetry.inject_metadata())
+                                                            metadata=telemetry.inject_metadata() + self._auth)
             self.worker.accept(r.session_id, codec.result_from_pb(reply))
         telemetry.trace.get_current_span().set_attributes({
             "specgrove.tree_bytes": timing["bytes"], "specgrove.tree_size": timing["size"]})

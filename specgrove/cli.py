@@ -114,24 +114,40 @@ def _generate_remote(args, params: SamplingParams) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Generate the same chat answer with plain decoding and with chain speculation; print speed."""
-    params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    """Start the services on loopback (Redis, verifier, drafter, orchestrator), generate one chat
+    answer through gRPC with plain decoding and with speculation, and print the speeds."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from services.roles import start_stack
+    from specgrove.client import Client
+
+    draft = args.draft or DEFAULT_DRAFT
+    modes = ["ar", "chain"] + ([] if draft == "ngram" else ["tree"])
+    logs = Path(tempfile.mkdtemp(prefix="specgrove-demo-"))
+    print(f"starting redis, verifier ({args.target}), drafter ({draft}) and orchestrator on loopback "
+          f"(logs in {logs}) ...", flush=True)
+    stack = start_stack(0, args.target, draft, args.cache_dir, draft_len=args.draft_len, log_dir=logs)
     rows = []
-    loaded: dict = {}  # both engines share the loaded target
-    for mode in ("ar", "chain"):
-        built = assemble(_engine_spec(args, mode), args.cache_dir, loaded)
-        prompt_ids = built.target.chat_prompt(args.prompt)
-        built.engine.generate(prompt_ids, SamplingParams(max_new_tokens=8))  # warm-up, not timed
-        rows.append((mode, built.engine.generate(prompt_ids, params)))
+    try:
+        client = Client(stack.address)
+        for mode in modes:
+            client.generate(args.prompt, chat=True, max_new_tokens=8, mode=mode)  # warm-up, not timed
+            started = time.perf_counter()
+            out = client.generate(args.prompt, chat=True, max_new_tokens=args.max_new_tokens, mode=mode)
+            rows.append((mode, out, time.perf_counter() - started))
+    finally:
+        stack.stop()
     print(rows[-1][1].text.strip())
     print()
-    ar_speed = rows[0][1].tokens_per_s
-    for mode, result in rows:
-        print(
-            f"{mode:6s} {result.num_generated_tokens:4d} tokens  {result.tokens_per_s:6.1f} tok/s  "
-            f"x{result.tokens_per_s / ar_speed:4.2f} vs ar  mean accepted length {result.mean_accepted_length:.2f}"
-        )
-    same = rows[0][1].token_ids == rows[1][1].token_ids
+    ar_speed = len(rows[0][1].token_ids) / rows[0][2]
+    for mode, out, elapsed in rows:
+        speed = len(out.token_ids) / elapsed
+        rounds = max(1, out.usage["rounds"])
+        print(f"{mode:6s} {len(out.token_ids):4d} tokens  {speed:6.1f} tok/s  x{speed / ar_speed:4.2f} vs ar  "
+              f"mean accepted length {(out.usage['num_accepted_tokens'] + rounds) / rounds:.2f}  (over gRPC)")
+    same = all(out.token_ids == rows[0][1].token_ids for _, out, _ in rows)
     print(f"greedy outputs identical: {same}")
     return 0 if same else 1
 

@@ -32,7 +32,8 @@ class LoopThread:
 
 class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
-                 link_delay_ms: float = 0.0, draft_timeout_ms: int = 5000, **pipeline_options):
+                 link_delay_ms: float = 0.0, draft_timeout_ms: int = 5000, auth_token: str | None = None,
+                 **pipeline_options):
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
         from orchestrator.session_store import SessionStore
@@ -40,22 +41,22 @@ class InProcessStack:
         from verifier.worker import VerifierWorker
 
         self.verifier, vport = create_verifier_server("127.0.0.1:0", VerifierWorker(target),
-                                                      link_delay_ms=link_delay_ms)
+                                                      auth_token=auth_token, link_delay_ms=link_delay_ms)
         self.verifier.start()
         self.drafter = None
         drafters: tuple[str, ...] = ()
         if drafter is not None:
-            self.drafter, dport = create_drafter_server("127.0.0.1:0", DrafterWorker(drafter))
+            self.drafter, dport = create_drafter_server("127.0.0.1:0", DrafterWorker(drafter), auth_token=auth_token)
             self.drafter.start()
             drafters = (f"127.0.0.1:{dport}",)
         self.loop = LoopThread()
         config = PipelineConfig(drafters, (f"127.0.0.1:{vport}",), mode=mode, draft_len=draft_len,
-                                draft_timeout_ms=draft_timeout_ms, **pipeline_options)
+                                draft_timeout_ms=draft_timeout_ms, auth_token=auth_token, **pipeline_options)
 
         async def start():
             store = SessionStore(redis_url)
             self.pipeline = Pipeline(target, store, config)
-            server, port = await create_orchestrator_server("127.0.0.1:0", self.pipeline)
+            server, port = await create_orchestrator_server("127.0.0.1:0", self.pipeline, auth_token=auth_token)
             await server.start()
             return server, port
 
@@ -81,3 +82,9 @@ def redis_server():
 @pytest.fixture(scope="session")
 def tiny_draft_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_draft_dir"), seed=1, logit_scale=20.0)
+
+
+@pytest.fixture(scope="session")
+def long_dir(tmp_path_factory) -> Path:
+    """A tiny target that never emits EOS greedily, so generations run to max_new_tokens."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_long"), seed=0, logit_scale=20.0, suppress_eos=True)

@@ -13,16 +13,9 @@ from services.roles import start_stack
 from specgrove.client import Client
 from specgrove.models import load_model
 from specgrove.sampling import SamplingParams
-from specgrove.tiny import build_tiny_llama
 
 PROMPT = "my name is"
 MAX_NEW = 150
-
-
-@pytest.fixture(scope="module")
-def long_dir(tmp_path_factory) -> Path:
-    """A tiny target that never emits EOS greedily, so generations run to max_new_tokens."""
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny_long"), seed=0, logit_scale=20.0, suppress_eos=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Abort, client cancellation, the bearer token and the session limit, on real gRPC + Redis."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from drafter.model_drafter import ModelDrafter
+from specgrove.client import Client
+from specgrove.models import load_model
+from tests.services.conftest import InProcessStack
+
+
+@pytest.fixture(scope="module")
+def long_target(long_dir):
+    return load_model(str(long_dir), Path("/nonexistent"))
+
+
+def test_abort_ends_a_running_generation_as_cancelled_and_keeps_its_tokens(long_target, redis_server):
+    stack = InProcessStack(long_target, ModelDrafter(long_target), redis_server.url, link_delay_ms=30)
+    try:
+        client = Client(stack.address)
+        tokens, completion = [], None
+        for response in client.stream("my name is", max_new_tokens=200):
+            if response.HasField("chunk"):
+                tokens += response.chunk.token_ids
+                if len(tokens) == len(response.chunk.token_ids):
+                    assert client.abort(response.chunk.session_id) is True
+            else:
+                completion = response.completion
+        again = client.generate(session_id=completion.session_id)
+    finally:
+        stack.stop()
+    assert client_finish(completion) == "cancelled" and 0 < len(tokens) < 200
+    assert again.token_ids == tokens and again.finish_reason == "cancelled"
+
+
+def client_finish(completion) -> str:
+    from specgrove.codec import FINISH_NAMES
+
+    return FINISH_NAMES[completion.finish_reason]
+
+
+def wait_until_done(url: str, session_id: str, timeout: float = 20.0) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while client.hget(f"sg:s:{session_id}", "status") != b"done":
+        assert time.monotonic() < deadline, "the server never recorded the cancellation"
+        time.sleep(0.05)
+
+
+def test_a_client_cancel_stops_the_generation_and_is_recorded(long_target, redis_server):
+    stack = InProcessStack(long_target, ModelDrafter(long_target), redis_server.url, link_delay_ms=30)
+    try:
+        client = Client(stack.address)
+        stream = client.stream("my name is", max_new_tokens=200)
+        first = next(stream).chunk
+        stream.cancel()
+        wait_until_done(redis_server.url, first.session_id)
+        replay = client.generate(session_id=first.session_id)
+    finally:
+        stack.stop()
+    assert replay.finish_reason == "cancelled" and len(replay.token_ids) < 200
+    assert replay.token_ids[: len(first.token_ids)] == list(first.token_ids)
+
+
+def test_the_bearer_token_is_required_everywhere_but_health(tiny_target, redis_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stack = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis_server.url, auth_token="s3cret")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            Client(stack.address).generate("my name is", max_new_tokens=4)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            Client(stack.address, auth_token="wrong").generate("my name is", max_new_tokens=4)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        out = Client(stack.address, auth_token="s3cret").generate("my name is", max_new_tokens=8)
+        assert out.usage["num_draft_tokens"] > 0  # the orchestrator's calls to the workers carried it too
+        with grpc.insecure_channel(stack.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stack.stop()
+
+
+def test_the_session_limit_gives_resource_exhausted(tiny_target, redis_server):
+    stack = InProcessStack(tiny_target, None, redis_server.url, max_sessions=0)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            Client(stack.address).generate("my name is", max_new_tokens=4)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        stack.stop()
