@@ -114,7 +114,7 @@ class _Run:
     session: Session
     speculation: dict
     resume_from: int
-    links: dict = field(default_factory=dict)
+    finished: bool = False  # the finish reason is in Redis
 
 
 class Pipeline:
@@ -209,8 +209,9 @@ class Pipeline:
         try:
             async for event in self._rounds(run, output, time_remaining):
                 yield event
-        except asyncio.CancelledError:
-            await asyncio.shield(self.store.finish(s.id, "cancelled"))
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away (cancel or deadline)
+            if not run.finished:
+                await asyncio.shield(self.store.finish(s.id, "cancelled"))
             raise
         finally:
             self._active -= 1
@@ -301,6 +302,7 @@ class Pipeline:
         if first_at is not None and len(tokens) > 1:
             self.metrics.time_per_output_token.record((time.perf_counter() - first_at) / max(1, len(tokens) - 1))
         await self.store.finish(s.id, finish)
+        run.finished = True
         s.tokens, s.step, s.drafted, s.accepted = tokens, step, drafted_total, accepted_total
         span.set_attributes({"gen_ai.usage.output_tokens": len(tokens), "gen_ai.response.finish_reasons": [finish]})
         yield self._completion(s, output, finish, len(tokens))
