@@ -95,6 +95,8 @@ def generate(config: TrainConfig, target, run_dir: Path) -> None:
         return
     tok = target.tokenizer
     tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     bar = tqdm(total=len(jobs), initial=done, desc="target writes", unit="text")
     with path.open("a") as f:
         for start in range(done, len(jobs), config.gen_batch):
