@@ -25,13 +25,14 @@ class DrafterWorker:
         self.vocab_size = drafter.vocab_size
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, object] = OrderedDict()
-        self.lock = threading.Lock()  # one draft at a time on this model
+        self.lock = threading.RLock()  # one forward pass at a time on this model
 
     def levels(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
         shape_parents: list[int], budget: DraftBudget,
     ) -> Iterator[Level]:
-        """The round's tree, one level at a time (call under ``lock``)."""
+        """The round's tree, one level at a time (draw each level under ``lock``: the model is shared;
+        one session's rounds never overlap, the orchestrator runs them in order)."""
         session = self._session(session_id)
         generator = round_generator(seed, step, DRAFT_STREAM)
         if isinstance(self.drafter, ModelDrafter):
@@ -52,6 +53,10 @@ class DrafterWorker:
         self._sessions.pop(session_id, None)
 
     def _session(self, session_id: str):
+        with self.lock:
+            return self._session_locked(session_id)
+
+    def _session_locked(self, session_id: str):
         session = self._sessions.pop(session_id, None) or self.drafter.open()
         self._sessions[session_id] = session
         while len(self._sessions) > self.max_sessions:

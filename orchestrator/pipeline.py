@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
@@ -114,7 +115,7 @@ class _Run:
     session: Session
     speculation: dict
     resume_from: int
-    finished: bool = False  # the finish reason is in Redis
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this run's lease token
 
 
 class Pipeline:
@@ -167,64 +168,76 @@ class Pipeline:
             if call.resume_from > len(session.tokens):
                 raise OutOfRange("resume_from", f"session {session.id} has {len(session.tokens)} tokens, "
                                                 f"got resume_from={call.resume_from}")
+            self._reserve()
             return _Run(session, self._speculation(session.speculation), call.resume_from)
         params = call.params.validate(vocab_size=self.text.vocab_size, max_new_tokens_limit=self.text.max_positions)
         spec = self._speculation(call.speculation)
         prompt = self._prompt(call)
-        margin = spec["draft_len"] if spec["mode"] == "chain" else (spec["tree_budget"] or 64)
+        margin = {"ar": 0, "chain": spec["draft_len"]}.get(spec["mode"], spec["tree_budget"] or 64)
         needed = len(prompt) + params.max_new_tokens + margin
         if needed > self.text.max_positions:
             raise OutOfRange("prompt", f"{len(prompt)} prompt tokens + max_new_tokens {params.max_new_tokens} + "
                                        f"draft margin {margin} = {needed} exceeds the target's context of "
                                        f"{self.text.max_positions}")
+        self._reserve()
+        try:
+            await self.store.ping()
+            _, seed = make_generator(params.seed)
+            session_id = await self.store.create(prompt, params, seed, spec)
+            return _Run(await self.store.load(session_id), spec, 0)
+        except BaseException:
+            self._active -= 1
+            raise
+
+    def _reserve(self) -> None:
+        """Count a generation against max_sessions (released when its run ends)."""
         if self._active >= self.config.max_sessions:
             raise ResourceExhausted(f"{self._active} generations running (limit {self.config.max_sessions}); retry later")
-        await self.store.ping()
-        _, seed = make_generator(params.seed)
-        session_id = await self.store.create(prompt, params, seed, spec)
-        return _Run(await self.store.load(session_id), spec, 0)
+        self._active += 1
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self, run: _Run, time_remaining: Callable[[], float | None]) -> AsyncIterator[ChunkEvent | CompletionEvent]:
-        s = run.session
-        output = GenerationOutput(self.text.decode, self.text.eos_token_ids, s.params)
-        for token in s.tokens[: run.resume_from]:
-            output.add(token)
-        output.release()
-        rest = s.tokens[run.resume_from:]
-        for token in rest:
-            output.add(token)
-        if rest:
-            yield ChunkEvent(s.id, run.resume_from, rest, output.release(), step=s.step)
-        if s.status == "done":
-            yield self._completion(s, output, s.finish_reason, len(s.tokens))
-            return
-        if output.finish_reason is not None:  # committed, but the orchestrator died before finishing
-            await self.store.finish(s.id, output.finish_reason)
-            yield self._completion(s, output, output.finish_reason, len(s.tokens))
-            return
-        await self._acquire(s.id)
-        self._active += 1
+        """Replay confirmed tokens from ``resume_from``, then generate until a stop rule fires.
+
+        A client that goes away (cancel, deadline, disconnect) or a server shutdown stops the
+        loop and releases the lease, leaving the session resumable; only ``Abort`` ends it as
+        ``cancelled``."""
         try:
+            if run.session.status != "done":
+                await self._acquire(run.session.id, run.token)
+                run.session = await self.store.load(run.session.id)  # whatever was committed while we waited
+            s = run.session
+            output = GenerationOutput(self.text.decode, self.text.eos_token_ids, s.params)
+            for token in s.tokens[: run.resume_from]:
+                output.add(token)
+            output.release()
+            rest = s.tokens[run.resume_from:]
+            for token in rest:
+                output.add(token)
+            if rest:
+                yield ChunkEvent(s.id, run.resume_from, rest, output.release(), step=s.step)
+            if s.status == "done":
+                yield self._completion(s, output, s.finish_reason, len(s.tokens))
+                return
+            if output.finish_reason is not None:  # committed, but the orchestrator died before finishing
+                await self.store.finish(s.id, output.finish_reason)
+                yield self._completion(s, output, output.finish_reason, len(s.tokens))
+                return
             async for event in self._rounds(run, output, time_remaining):
                 yield event
-        except (asyncio.CancelledError, GeneratorExit):  # the client went away (cancel or deadline)
-            if not run.finished:
-                await asyncio.shield(self.store.finish(s.id, "cancelled"))
-            raise
         finally:
             self._active -= 1
             try:
-                await asyncio.shield(self.store.release(s.id))
+                await asyncio.shield(self.store.release(run.session.id, run.token))
             except Exception:  # noqa: BLE001 - Redis may be the thing that failed
                 pass
 
-    async def _acquire(self, session_id: str) -> None:
+    async def _acquire(self, session_id: str, token: str) -> None:
         deadline = time.monotonic() + self.store.lease_ms / 1000 + 1.0
-        while not await self.store.acquire(session_id):
+        while not await self.store.acquire(session_id, token):
             if time.monotonic() > deadline:
-                raise SessionBusy(f"session {session_id} is being generated by another orchestrator")
+                raise SessionBusy(f"session {session_id} is being generated by another stream; retry later")
             await asyncio.sleep(0.2)
 
     async def _rounds(self, run: _Run, output: GenerationOutput, time_remaining) -> AsyncIterator:
@@ -239,7 +252,7 @@ class Pipeline:
             "specgrove.mode": spec["mode"],
         })
         tree_mode = spec["mode"] == "tree"
-        policy = make_policy(cfg.stop_policy, 8 if tree_mode else max(1, spec["draft_len"]),
+        policy = make_policy(cfg.stop_policy, max(8, spec["tree_depth"] or 0) if tree_mode else max(1, spec["draft_len"]),
                              cfg.adaedl_gamma, cfg.adaedl_lambda)
         if "lambda" in s.controller and hasattr(policy, "lam"):
             policy.lam, policy.acceptance = s.controller["lambda"], s.controller["running_acceptance"]
@@ -284,10 +297,11 @@ class Pipeline:
                 policy.observe(depth if tree_mode else drafted, accepted)
                 planner.observe(result)
                 self.acceptance.observe(result)
-            committed = await self.store.append(s.id, step + 1, emitted, policy.state(), drafted, accepted)
+            committed = await self.store.append(s.id, step + 1, emitted, policy.state(), drafted, accepted, run.token)
             if committed != step + 1:
-                raise SessionBusy(f"session {s.id}: round {step + 1} was committed by another orchestrator")
-            await self.store.acquire(s.id)  # renew the lease
+                raise SessionBusy(f"session {s.id}: round {step + 1} was committed by another stream")
+            if not await self.store.acquire(s.id, run.token):  # renew the lease
+                raise SessionBusy(f"session {s.id}: another stream took the generation over")
             step += 1
             index = len(tokens)
             tokens += emitted
@@ -302,7 +316,7 @@ class Pipeline:
         if first_at is not None and len(tokens) > 1:
             self.metrics.time_per_output_token.record((time.perf_counter() - first_at) / max(1, len(tokens) - 1))
         await self.store.finish(s.id, finish)
-        run.finished = True
+        asyncio.ensure_future(self._release_workers(s.id, drafter, verifier))
         s.tokens, s.step, s.drafted, s.accepted = tokens, step, drafted_total, accepted_total
         span.set_attributes({"gen_ai.usage.output_tokens": len(tokens), "gen_ai.response.finish_reasons": [finish]})
         yield self._completion(s, output, finish, len(tokens))
@@ -335,9 +349,7 @@ class Pipeline:
             try:
                 reply = await stub.Draft(request, timeout=self.config.draft_timeout_ms / 1000,
                                          metadata=telemetry.inject_metadata() + self._auth)
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE:
-                    raise
+            except grpc.aio.AioRpcError as err:  # whatever the drafter's failure, the verifier can go on alone
                 log.warning("drafter %s failed (%s: %s); plain decoding, retrying it in %.1fs",
                             drafter, err.code().name, err.details(), self.config.drafter_retry_s)
                 telemetry.trace.get_current_span().add_event("drafter failed", {"code": err.code().name})
@@ -366,6 +378,15 @@ class Pipeline:
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"
         raise Unavailable(f"verifier {verifier} unreachable for {self.config.verifier_retry_s:.0f}s ({last}); "
                           f"resume session {s.id} later")
+
+    async def _release_workers(self, session_id: str, drafter: str, verifier: str) -> None:
+        """Free the finished session's KV caches on the workers (best effort; LRU evicts otherwise)."""
+        request = speculate_pb2.ReleaseRequest(session_id=session_id)
+        calls = [speculate_pb2_grpc.VerifierStub(self._channel(verifier)).Release(request, timeout=2, metadata=self._auth)]
+        if drafter:
+            calls.append(speculate_pb2_grpc.DrafterStub(self._channel(drafter)).Release(request, timeout=2,
+                                                                                          metadata=self._auth))
+        await asyncio.gather(*calls, return_exceptions=True)
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -8,7 +8,8 @@ Keys, both expiring after ``ttl_s`` of inactivity:
 
 ``append`` is a Lua script: it appends a round's tokens only when the stored step is exactly the
 previous one, so a replayed round (a retry, a second orchestrator) never duplicates tokens.
-A short lease key (``sg:s:{id}:owner``) says which orchestrator is generating the session.
+A short lease key (``sg:s:{id}:owner``, renewed every round) holds the token of the one stream
+generating the session; appends by any other stream are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from specgrove.sampling import SamplingParams
 APPEND_SCRIPT = """
 local step = redis.call('HGET', KEYS[1], 'step')
 if not step then return -2 end
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[7] then return -3 end
 step = tonumber(step)
 if step ~= tonumber(ARGV[1]) - 1 then return step end
 redis.call('APPEND', KEYS[2], ARGV[2])
@@ -34,6 +37,19 @@ redis.call('HINCRBY', KEYS[1], 'accepted', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return tonumber(ARGV[1])
+"""
+
+
+ACQUIRE_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 
@@ -75,7 +91,8 @@ class SessionStore:
         self.lease_ms = lease_ms
         self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self._append = self.redis.register_script(APPEND_SCRIPT)
-        self.owner = uuid.uuid4().hex  # this orchestrator's lease token
+        self._acquire = self.redis.register_script(ACQUIRE_SCRIPT)
+        self._release = self.redis.register_script(RELEASE_SCRIPT)
 
     @staticmethod
     def key(session_id: str) -> str:
@@ -120,12 +137,13 @@ class SessionStore:
         )
 
     async def append(self, session_id: str, step: int, tokens: list[int], controller: dict,
-                     drafted: int, accepted: int) -> int:
-        """Commit round `step` (1-based). Returns the stored step afterwards: `step` when this call
-        committed it, something else when it was already committed or another writer moved on."""
+                     drafted: int, accepted: int, owner: str = "") -> int:
+        """Commit round `step` (1-based) unless another lease holder owns the session. Returns the
+        stored step afterwards: `step` when this call committed it, something else when it was
+        already committed, another writer moved on, or (−3) another stream holds the lease."""
         key = self.key(session_id)
-        result = await self._append(keys=[key, key + ":tok"], args=[
-            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted])
+        result = await self._append(keys=[key, key + ":tok", key + ":owner"], args=[
+            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted, owner])
         if result == -2:
             raise NotFound(f"session {session_id!r} expired while generating")
         return int(result)
@@ -145,20 +163,13 @@ class SessionStore:
     async def cancelled(self, session_id: str) -> bool:
         return await self.redis.hget(self.key(session_id), "cancel") == b"1"
 
-    async def acquire(self, session_id: str) -> bool:
-        """Take (or renew) the generation lease; False when another orchestrator holds it."""
-        key = self.key(session_id) + ":owner"
-        if await self.redis.set(key, self.owner, nx=True, px=self.lease_ms):
-            return True
-        if await self.redis.get(key) == self.owner.encode():
-            await self.redis.pexpire(key, self.lease_ms)
-            return True
-        return False
+    async def acquire(self, session_id: str, token: str) -> bool:
+        """Take or renew the generation lease for `token` (one per generating stream); False when
+        another stream holds it. Atomic (Lua)."""
+        return bool(await self._acquire(keys=[self.key(session_id) + ":owner"], args=[token, self.lease_ms]))
 
-    async def release(self, session_id: str) -> None:
-        key = self.key(session_id) + ":owner"
-        if await self.redis.get(key) == self.owner.encode():
-            await self.redis.delete(key)
+    async def release(self, session_id: str, token: str) -> None:
+        await self._release(keys=[self.key(session_id) + ":owner"], args=[token])
 
     async def close(self) -> None:
         await self.redis.aclose()

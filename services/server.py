@@ -18,15 +18,24 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 class LinkDelay(grpc.ServerInterceptor):
     """Delays every Verify call by a set time: an injected slow drafter→verifier link (tests,
-    benchmarks). Only Verify: a plain decoding step goes orchestrator→verifier directly."""
+    benchmarks). Only Verify: a plain decoding step goes orchestrator→verifier directly. The
+    sleep happens in the call's own handler thread, so other calls are not held up."""
 
     def __init__(self, delay_ms: float):
         self.delay_s = delay_ms / 1000
 
     def intercept_service(self, continuation, details):
-        if self.delay_s > 0 and details.method.endswith("/Verify"):
-            time.sleep(self.delay_s)
-        return continuation(details)
+        handler = continuation(details)
+        if self.delay_s <= 0 or handler is None or not details.method.endswith("/Verify"):
+            return handler
+        behavior, delay = handler.stream_unary, self.delay_s
+
+        def delayed(request_iterator, context):
+            time.sleep(delay)
+            return behavior(request_iterator, context)
+
+        return grpc.stream_unary_rpc_method_handler(delayed, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
 
 
 def _health(server, names: list[str], aio: bool):

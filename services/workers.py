@@ -33,14 +33,14 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         first = next(messages, None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("tree", "the stream must start with a header")
-        levels = []
-        for message in messages:
-            if not message.HasField("level"):
-                raise InvalidArgument("tree", "only one header per stream")
-            levels.append(Level(*codec.level_from_pb(message.level)))
         try:
+            levels = []
+            for message in messages:
+                if not message.HasField("level"):
+                    raise InvalidArgument("tree", "only one header per stream")
+                levels.append(Level(*codec.level_from_pb(message.level)))
             tree = tree_from_levels(levels)
-        except (AssertionError, RuntimeError) as exc:
+        except (AssertionError, RuntimeError, IndexError, ValueError) as exc:
             raise InvalidArgument("tree", f"malformed tree: {exc}") from exc
         return self._verify(first.header, tree)
 
@@ -90,32 +90,33 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         budget = codec.budget_from_pb(request.plan)
         started = time.perf_counter()
         timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0}
+        levels = self.worker.levels(r.session_id, r.step, codec.unpack_ids(r.context), params, r.seed,
+                                    list(request.plan.shape_parents), budget)
+        tracer = telemetry.tracer()
+        parent = otel_context.get_current()  # the messages are pulled on a gRPC thread
+
+        def messages():
+            header = speculate_pb2.TreeMessage(header=r)
+            timing["bytes"] += header.ByteSize()
+            yield header
+            while True:
+                with tracer.start_as_current_span("draft level", context=parent), self.worker.lock:
+                    t0 = time.perf_counter()  # the model is shared by sessions: one level at a time
+                    level = next(levels, None)
+                    timing["draft_ms"] += (time.perf_counter() - t0) * 1000
+                if level is None:
+                    return
+                timing["size"] += len(level.tokens)
+                timing["depth"] += 1
+                message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
+                timing["bytes"] += message.ByteSize()
+                yield message
+
+        timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
+                                context.time_remaining()) if t is not None]
+        reply = self._verifier(request.verifier).Verify(messages(), timeout=min(timeouts) if timeouts else None,
+                                                        metadata=telemetry.inject_metadata() + self._auth)
         with self.worker.lock:
-            levels = self.worker.levels(r.session_id, r.step, codec.unpack_ids(r.context), params, r.seed,
-                                        list(request.plan.shape_parents), budget)
-            tracer = telemetry.tracer()
-            parent = otel_context.get_current()  # the messages are pulled on a gRPC thread
-
-            def messages():
-                header = speculate_pb2.TreeMessage(header=r)
-                timing["bytes"] += header.ByteSize()
-                yield header
-                while True:
-                    with tracer.start_as_current_span("draft level", context=parent):
-                        t0 = time.perf_counter()
-                        level = next(levels, None)
-                        timing["draft_ms"] += (time.perf_counter() - t0) * 1000
-                    if level is None:
-                        return
-                    timing["size"] += len(level.tokens)
-                    timing["depth"] += 1
-                    message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
-                    timing["bytes"] += message.ByteSize()
-                    yield message
-
-            timeout = request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None
-            reply = self._verifier(request.verifier).Verify(messages(), timeout=timeout,
-                                                            metadata=telemetry.inject_metadata() + self._auth)
             self.worker.accept(r.session_id, codec.result_from_pb(reply))
         telemetry.trace.get_current_span().set_attributes({
             "specgrove.tree_bytes": timing["bytes"], "specgrove.tree_size": timing["size"]})

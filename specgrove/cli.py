@@ -235,6 +235,14 @@ def cmd_eval_draft(args) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(report, out, indent=1)
+    if args.model_card:
+        from pathlib import Path
+
+        from drafter.model_card import render
+
+        card = Path(args.model_card) / "README.md"
+        card.write_text(render(Path(args.model_card), report))
+        print(f"wrote {card}")
     return 0
 
 
@@ -410,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--draft-len", type=int, default=4, help="K of the chain run (mean accepted length)")
     ev.add_argument("--json", default=None, help="also write the report here")
+    ev.add_argument("--model-card", default=None, help="write DIR/README.md (the draft's model card) from this run")
     ev.set_defaults(func=cmd_eval_draft)
 
     bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")

@@ -43,10 +43,16 @@ def test_leases_cancel_and_unknown_sessions(redis_url):
     async def go():
         a, b = SessionStore(redis_url, lease_ms=500), SessionStore(redis_url)
         sid = await a.create([1], SamplingParams(), 1, {})
-        assert await a.acquire(sid) and await a.acquire(sid)
-        assert not await b.acquire(sid)
+        assert await a.acquire(sid, "run-a") and await a.acquire(sid, "run-a")
+        assert not await b.acquire(sid, "run-b")
+        assert await b.append(sid, 1, [7], {}, 0, 0, owner="run-b") == -3  # fenced: not the lease holder
+        await b.release(sid, "run-b")  # releasing someone else's lease does nothing
+        assert not await b.acquire(sid, "run-b")
         await asyncio.sleep(0.6)  # the lease expires: a crashed owner cannot block the session
-        assert await b.acquire(sid)
+        assert await b.acquire(sid, "run-b")
+        assert await b.append(sid, 1, [7], {}, 0, 0, owner="run-b") == 1
+        await b.release(sid, "run-b")
+        assert await a.acquire(sid, "run-a")
         assert await a.cancel(sid) and await a.cancelled(sid)
         with pytest.raises(NotFound):
             await a.load("missing")

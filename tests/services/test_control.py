@@ -44,29 +44,34 @@ def client_finish(completion) -> str:
     return FINISH_NAMES[completion.finish_reason]
 
 
-def wait_until_done(url: str, session_id: str, timeout: float = 20.0) -> None:
+def wait_until_released(url: str, session_id: str, timeout: float = 20.0) -> int:
+    """Wait until no stream holds the session's lease; return its committed step."""
     import redis
 
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
-    while client.hget(f"sg:s:{session_id}", "status") != b"done":
-        assert time.monotonic() < deadline, "the server never recorded the cancellation"
+    while client.exists(f"sg:s:{session_id}:owner"):
+        assert time.monotonic() < deadline, "the server never stopped generating"
         time.sleep(0.05)
+    return int(client.hget(f"sg:s:{session_id}", "step"))
 
 
-def test_a_client_cancel_stops_the_generation_and_is_recorded(long_target, redis_server):
+def test_a_client_cancel_stops_the_generation_and_leaves_it_resumable(long_target, redis_server):
     stack = InProcessStack(long_target, ModelDrafter(long_target), redis_server.url, link_delay_ms=30)
     try:
         client = Client(stack.address)
         stream = client.stream("my name is", max_new_tokens=200)
         first = next(stream).chunk
         stream.cancel()
-        wait_until_done(redis_server.url, first.session_id)
-        replay = client.generate(session_id=first.session_id)
+        step = wait_until_released(redis_server.url, first.session_id)
+        time.sleep(0.3)
+        assert wait_until_released(redis_server.url, first.session_id) == step  # no round after the cancel
+        resumed = client.generate(session_id=first.session_id)
+        expected = Client(stack.address).generate("my name is", max_new_tokens=200)
     finally:
         stack.stop()
-    assert replay.finish_reason == "cancelled" and len(replay.token_ids) < 200
-    assert replay.token_ids[: len(first.token_ids)] == list(first.token_ids)
+    assert resumed.finish_reason == "length" and resumed.token_ids == expected.token_ids
+    assert resumed.token_ids[: len(first.token_ids)] == list(first.token_ids)
 
 
 def test_the_bearer_token_is_required_everywhere_but_health(tiny_target, redis_server):
