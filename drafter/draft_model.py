@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -36,39 +35,45 @@ class DraftInfo:
                 "vocab_subset": self.vocab_subset}
 
 
-class ReducedHeadLM(nn.Module):
-    """LlamaModel body + Linear(hidden, |subset|) head; returns logits over the full vocabulary
-    (−inf outside the subset) so it plugs into ``CausalLM`` like any Hugging Face model."""
+def _reduced_head_class():
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    def __init__(self, config, vocab_subset: list[int], embed_tokens: nn.Embedding):
-        super().__init__()
-        from transformers import LlamaModel
+    class ReducedHeadLM(LlamaForCausalLM):
+        """A LlamaForCausalLM whose head scores only the subset; it returns logits over the full
+        vocabulary (−inf outside the subset), so ``CausalLM`` and transformers' ``generate`` /
+        assisted generation use it like any causal LM."""
 
-        self.config = config
-        self.generation_config = None
-        self.model = LlamaModel(config)
-        self.model.embed_tokens = embed_tokens  # the target's, frozen
-        self.model.embed_tokens.weight.requires_grad_(False)
-        self.register_buffer("subset", torch.tensor(vocab_subset, dtype=torch.long), persistent=False)
-        self.lm_head = nn.Linear(config.hidden_size, len(vocab_subset), bias=False)
+        def __init__(self, config, vocab_subset: list[int], embed_tokens: nn.Embedding):
+            config.tie_word_embeddings = False  # the head is its own (reduced) matrix
+            super().__init__(config)
+            self.model.embed_tokens = embed_tokens  # the target's, frozen
+            self.model.embed_tokens.weight.requires_grad_(False)
+            self.register_buffer("subset", torch.tensor(vocab_subset, dtype=torch.long), persistent=False)
+            self.lm_head = nn.Linear(config.hidden_size, len(vocab_subset), bias=False)
 
-    def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., S]
-        return self.lm_head(hidden)
+        def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., S]
+            return self.lm_head(hidden)
 
-    def forward(self, input_ids, position_ids=None, attention_mask=None, past_key_values=None,
-                use_cache=False, logits_to_keep: int = 0):
-        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                         past_key_values=past_key_values, use_cache=use_cache)
-        hidden = out.last_hidden_state  # [B, T, H]
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        small = self.subset_logits(hidden).float()  # [B, T', S]
-        full = small.new_full((*small.shape[:-1], self.config.vocab_size), float("-inf"))
-        full.index_copy_(-1, self.subset, small)
-        return SimpleNamespace(logits=full, past_key_values=out.past_key_values)
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    inputs_embeds=None, use_cache=None, logits_to_keep=0, **kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("labels", "return_dict", "output_attentions",
+                                                                    "output_hidden_states")}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             **kwargs)
+            hidden = out.last_hidden_state  # [B, T, H]
+            if isinstance(logits_to_keep, int) and logits_to_keep:
+                hidden = hidden[:, -logits_to_keep:]
+            small = self.subset_logits(hidden).float()  # [B, T', S]
+            full = small.new_full((*small.shape[:-1], self.config.vocab_size), float("-inf"))
+            full.index_copy_(-1, self.subset, small)
+            return CausalLMOutputWithPast(logits=full, past_key_values=out.past_key_values)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.embed_tokens.")}
+        def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+            return {k: v for k, v in self.state_dict().items() if not k.startswith("model.embed_tokens.")}
+
+    return ReducedHeadLM
 
 
 def is_draft_dir(path: Path) -> bool:
@@ -80,11 +85,12 @@ def read_info(path: Path) -> DraftInfo:
     return DraftInfo(raw["target"], raw["target_vocab_hash"], [int(t) for t in raw["vocab_subset"]])
 
 
-def build(config, info: DraftInfo, embed_tokens: nn.Embedding) -> ReducedHeadLM:
-    return ReducedHeadLM(config, info.vocab_subset, embed_tokens)
+def build(config, info: DraftInfo, embed_tokens: nn.Embedding):
+    """A ReducedHeadLM (a transformers LlamaForCausalLM subclass) on the given embeddings."""
+    return _reduced_head_class()(config, info.vocab_subset, embed_tokens)
 
 
-def load(path: Path, target_model) -> ReducedHeadLM:
+def load(path: Path, target_model):
     """Load a draft directory onto `target_model` (a transformers LlamaForCausalLM) embeddings."""
     from safetensors.torch import load_file
     from transformers import LlamaConfig
@@ -99,7 +105,7 @@ def load(path: Path, target_model) -> ReducedHeadLM:
     return model.eval()
 
 
-def save(model: ReducedHeadLM, info: DraftInfo, path: Path, dtype=torch.bfloat16) -> None:
+def save(model, info: DraftInfo, path: Path, dtype=torch.bfloat16) -> None:
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from drafter import corpus
-from drafter.draft_model import DraftInfo, ReducedHeadLM, build, save
+from drafter.draft_model import DraftInfo, build, save
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def tokenize(config: TrainConfig, target, run_dir: Path) -> list[int]:
 
 # ---------------------------------------------------------------- 3. distillation
 
-def init_draft(config: TrainConfig, target, subset: list[int]) -> ReducedHeadLM:
+def init_draft(config: TrainConfig, target, subset: list[int]):
     """Copy the chosen target layers, final norm and the subset rows of its (tied) head."""
     from transformers import LlamaConfig
 

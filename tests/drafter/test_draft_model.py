@@ -59,3 +59,13 @@ def test_train_draft_runs_end_to_end_and_resumes(tiny_dir, tmp_path):
     run(longer, tmp_path / "run", tmp_path / "out2", tmp_path / "cache")
     stats = json.loads((tmp_path / "out2" / "training.json").read_text())
     assert stats["step"] == 5 and stats["tokens"] == 5 * 2 * 16
+
+
+def test_transformers_assisted_generation_accepts_the_reduced_head_draft(tiny_dir, tiny_target, tmp_path):
+    subset = list(range(tiny_target.vocab_size))[::-1]
+    model = init_draft(TrainConfig(init_layers=[0, 1]), tiny_target, subset)  # the target's own layers
+    ids = torch.tensor([tiny_target.encode("my name is")])
+    kw = dict(max_new_tokens=24, do_sample=False, pad_token_id=2)
+    plain = tiny_target.model.generate(ids, **kw)
+    assisted = tiny_target.model.generate(ids, assistant_model=model.eval(), **kw)
+    assert torch.equal(plain, assisted)
