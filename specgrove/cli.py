@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from specgrove.assemble import EngineSpec, assemble
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, DRAFT_TRAIN_CONFIG, SHIPPED_DRAFT, default_cache_dir
@@ -451,8 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = "INFO" if args.verbose else os.environ.get("SPECGROVE_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(level=getattr(logging, level, logging.WARNING), format="%(message)s")
-    if args.cache_dir is None:
-        args.cache_dir = default_cache_dir()
+    args.cache_dir = default_cache_dir() if args.cache_dir is None else Path(args.cache_dir)
     try:
         return args.func(args)
     except SpecGroveError as err:
