@@ -12,3 +12,4 @@ def test_committed_stubs_are_not_stale(tmp_path: Path):
         committed = ROOT / "specgrove" / "v1" / path.name
         assert committed.is_file(), f"{committed} missing: run make protos"
         assert committed.read_text() == path.read_text(), f"{committed.name} is stale: run make protos"
+
