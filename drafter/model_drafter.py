@@ -9,36 +9,48 @@ from typing import Iterator
 import torch
 
 from drafter.budget import DraftBudget
+from drafter.ngram import lookup
 from drafter.proposal import Proposal
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
 from specgrove.tree import TokenTree, VerifyResult, children_of
 
 DEFAULT_TOP_N = 64  # the proposal q is truncated to its top-N tokens (exactness holds regardless)
+LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM = 3, 2  # prompt lookup in front of the model: match 3- then 2-grams
 
 
 class ModelDrafter:
     grows_trees = True
 
-    def __init__(self, model: CausalLM, top_n: int = DEFAULT_TOP_N):
+    def __init__(self, model: CausalLM, top_n: int = DEFAULT_TOP_N, lookup: bool = False):
+        """lookup: try prompt lookup first (the n-gram drafter's continuation, one-hot q) and run
+        the model only when the context has no match; chains only (trees always use the model)."""
         self.model = model
-        self.name = model.name
+        self.name = f"ngram+{model.name}" if lookup else model.name
         self.vocab_size = model.vocab_size
         self.top_n = top_n
+        self.lookup = lookup
 
     def open(self) -> "ModelDraftSession":
-        return ModelDraftSession(CachedSequence(self.model), self.top_n)
+        return ModelDraftSession(CachedSequence(self.model), self.top_n, self.lookup)
 
 
 class ModelDraftSession:
-    def __init__(self, sequence: CachedSequence, top_n: int):
+    def __init__(self, sequence: CachedSequence, top_n: int, lookup: bool = False):
         self.sequence = sequence
         self.top_n = top_n
+        self.lookup = lookup
+
+    def _looked_up(self, context: list[int], max_tokens: int) -> list[int]:
+        return lookup(context, max_tokens, LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM) if self.lookup else []
 
     def propose(
         self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator,
         budget: DraftBudget | None = None,
     ) -> Proposal:
+        found = self._looked_up(context, max_tokens)
+        if found:  # one-hot q on the looked-up tokens: exact, as for the n-gram drafter
+            return Proposal(found, torch.nn.functional.one_hot(torch.tensor(found), self.sequence.model.vocab_size).float())
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
         for _ in range(max_tokens):
@@ -67,6 +79,12 @@ class ModelDraftSession:
     ) -> Iterator[Level]:
         """``propose_tree`` one level at a time, each yielded as soon as it is drawn (so a remote
         drafter can stream a level while it computes the next)."""
+        if all(p == i - 1 for i, p in enumerate(shape_parents)):  # a chain: prompt lookup may serve it
+            found = self._looked_up(context, min(len(shape_parents), budget.max_len if budget else len(shape_parents)))
+            if found:
+                yield Level(found, list(range(-1, len(found) - 1)),
+                            {i: (torch.tensor([t]), torch.tensor([1.0])) for i, t in enumerate(found)})
+                return
         tokens: list[int] = []
         parents: list[int] = []
         shape_of: list[int] = []  # realised node -> shape node

@@ -44,18 +44,12 @@ class RoleServer:
             self.server, port = create_verifier_server(bind, VerifierWorker(load_model(o["target"], self.cache_dir)))
             self.server.start()
         elif self.role == "drafter":
-            from drafter.model_drafter import ModelDrafter
-            from drafter.ngram import NgramDrafter
+            from drafter.factory import make_drafter
             from drafter.worker import DrafterWorker
             from services.server import create_drafter_server
             from specgrove.models import load_text_codec
 
-            model = None
-            if o["draft"] == "ngram":
-                drafter = NgramDrafter(load_text_codec(o["target"], self.cache_dir).vocab_size)
-            else:
-                model = load_model(o["draft"], self.cache_dir)
-                drafter = ModelDrafter(model)
+            drafter, model = make_drafter(o["draft"], load_text_codec(o["target"], self.cache_dir), self.cache_dir)
             self.server, port = create_drafter_server(bind, DrafterWorker(drafter), model)
             self.server.start()
         else:

@@ -39,18 +39,12 @@ def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_toke
 
 
 def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None) -> None:
-    from drafter.model_drafter import ModelDrafter
-    from drafter.ngram import NgramDrafter
+    from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
     from services.server import create_drafter_server
-    from specgrove.models import load_text_codec, load_model
+    from specgrove.models import load_text_codec
 
-    model = None
-    if draft == "ngram":
-        drafter = NgramDrafter(load_text_codec(target, cache_dir).vocab_size)
-    else:
-        model = load_model(draft, cache_dir)
-        drafter = ModelDrafter(model)
+    drafter, model = make_drafter(draft, load_text_codec(target, cache_dir), cache_dir)
     server, bound = create_drafter_server(f"{host}:{port}", DrafterWorker(drafter), model, auth_token)
     server.start()
     print(f"drafter serving {draft} on {host}:{bound}", flush=True)

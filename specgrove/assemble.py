@@ -39,10 +39,10 @@ class Assembled:
 
 def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> Assembled:
     """Build the engine for spec; `loaded` (model spec -> CausalLM) shares models across calls."""
-    from drafter.model_drafter import ModelDrafter
+    from drafter.factory import make_drafter
     from drafter.ngram import NgramDrafter
     from orchestrator.engine import SpeculativeEngine
-    from specgrove.models import check_same_vocabulary, load_model
+    from specgrove.models import load_model
 
     if spec.mode not in MODES:
         raise InvalidArgument("mode", f"must be one of {', '.join(MODES)}, got {spec.mode!r}")
@@ -61,9 +61,7 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
                                   "the n-gram drafter proposes a single chain")
         return Assembled(target, SpeculativeEngine(target, NgramDrafter(target.vocab_size), spec.draft_len),
                          f"chain K={spec.draft_len} ngram")  # stop rules never fire on its one-hot q
-    draft = load_model(draft_spec, cache_dir, loaded)
-    check_same_vocabulary(target, draft)
-    drafter = ModelDrafter(draft)
+    drafter, draft = make_drafter(draft_spec, target, cache_dir, loaded)
     if spec.mode == "chain":
         engine = SpeculativeEngine(target, drafter, spec.draft_len, policy_factory=policies)
         return Assembled(target, engine, f"chain K<={spec.draft_len} {spec.stop_policy} {draft.name}")

@@ -213,10 +213,12 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
 
     loaded: dict = {}  # every mode shares the loaded target (and draft)
     target = load_model(config.target, cache_dir, loaded)
-    if config.draft == "ngram":
+    from drafter.factory import model_spec
+
+    if model_spec(config.draft) is None:
         assist = dict(prompt_lookup_num_tokens=config.hf_assisted_len)
-    else:
-        assist = dict(assistant_model=load_model(config.draft, cache_dir, loaded).model)
+    else:  # transformers assists with the draft model (it has no lookup-then-model combination)
+        assist = dict(assistant_model=load_model(model_spec(config.draft), cache_dir, loaded).model)
     specs = {"specgrove-ar": EngineSpec(mode="ar", target=config.target)}
     for k in config.draft_lens:
         specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k,

@@ -125,7 +125,7 @@ def cmd_demo(args) -> int:
     from specgrove.client import Client
 
     draft = args.draft or DEFAULT_DRAFT
-    modes = ["ar", "chain"] + ([] if draft == "ngram" else ["tree"])
+    modes = ["ar", "chain"] + ([] if draft == "ngram" else ["tree"])  # trees need a draft model
     logs = Path(tempfile.mkdtemp(prefix="specgrove-demo-"))
     print(f"starting redis, verifier ({args.target}), drafter ({draft}) and orchestrator on loopback "
           f"(logs in {logs}) ...", flush=True)
@@ -214,19 +214,13 @@ def cmd_calibrate(args) -> int:
 
 def cmd_eval_draft(args) -> int:
     from drafter.eval_draft import evaluate
-    from drafter.model_drafter import ModelDrafter
-    from drafter.ngram import NgramDrafter
-    from specgrove.models import check_same_vocabulary, load_model
+    from drafter.factory import make_drafter
+    from specgrove.models import load_model
     from specgrove.workloads import load_workload
 
     loaded: dict = {}
     target = load_model(args.target, args.cache_dir, loaded)
-    if args.draft == "ngram":
-        draft, drafter = None, NgramDrafter(target.vocab_size)
-    else:
-        draft = load_model(args.draft, args.cache_dir, loaded)
-        check_same_vocabulary(target, draft)
-        drafter = ModelDrafter(draft)
+    drafter, draft = make_drafter(args.draft, target, args.cache_dir, loaded)
     report = {"target": target.name, "draft": args.draft, "max_new_tokens": args.max_new_tokens, "workloads": {}}
     for workload in args.workloads.split(","):
         prompts = load_workload(workload, args.num_prompts)
