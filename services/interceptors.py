@@ -42,6 +42,14 @@ def _authorised(metadata, token: str | None, method: str) -> bool:
     return dict(metadata or ()).get("authorization") == f"Bearer {token}"
 
 
+def server_span(role: str, method: str, metadata):
+    """The server span of a call, child of the caller's span (trace context from the metadata)."""
+    return telemetry.tracer().start_as_current_span(
+        f"{role} {method.rsplit('/', 1)[-1]}", kind=SpanKind.SERVER, context=telemetry.extract_context(metadata),
+        attributes={"rpc.system": "grpc", "rpc.method": method},
+    )
+
+
 class ServerInterceptor(grpc.ServerInterceptor):
     """Sync servers (drafter, verifier)."""
 
@@ -60,11 +68,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
         def span(context):
-            return telemetry.tracer().start_as_current_span(
-                f"{self.role} {method.rsplit('/', 1)[-1]}", kind=SpanKind.SERVER,
-                context=telemetry.extract_context(context.invocation_metadata()),
-                attributes={"rpc.system": "grpc", "rpc.method": method},
-            )
+            return server_span(self.role, method, context.invocation_metadata())
 
         def fail(context, current, exc):
             code, message = status_of(exc)
@@ -124,11 +128,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
         def span(context):
-            return telemetry.tracer().start_as_current_span(
-                f"{self.role} {method.rsplit('/', 1)[-1]}", kind=SpanKind.SERVER,
-                context=telemetry.extract_context(context.invocation_metadata()),
-                attributes={"rpc.system": "grpc", "rpc.method": method},
-            )
+            return server_span(self.role, method, context.invocation_metadata())
 
         async def fail(context, current, exc):
             code, message = status_of(exc)
