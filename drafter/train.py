@@ -68,9 +68,13 @@ def run(config: TrainConfig, run_dir: Path, out_dir: Path, cache_dir: Path, max_
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
     target = load_model(config.target, cache_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when one is at hand
+    target.model.to(device)
     generate(config, target, run_dir)
     subset = tokenize(config, target, run_dir)
     model, stats = train(config, target, subset, run_dir, max_minutes)
+    model.cpu()
+    target.model.cpu()
     if stats["step"] < config.steps:
         log.warning("stopped at step %d of %d (time limit); run again to resume", stats["step"], config.steps)
         return run_dir
@@ -102,7 +106,7 @@ def generate(config: TrainConfig, target, run_dir: Path) -> None:
         for start in range(done, len(jobs), config.gen_batch):
             batch = jobs[start: start + config.gen_batch]
             prompts = [tok.decode(target.chat_prompt(text)) if kind == "chat" else text for kind, text in batch]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(target.model.device)
             sampled = (start // config.gen_batch) % 2 == 1  # alternate greedy and T=0.8 batches
             torch.manual_seed(config.seed + start)
             with torch.inference_mode():
@@ -200,14 +204,15 @@ def train(config: TrainConfig, target, subset: list[int], run_dir: Path, max_min
     from tqdm import tqdm
 
     streams = [np.load(run_dir / "tokens-generated.npy"), np.load(run_dir / "tokens-corpus.npy")]
-    model = init_draft(config, target, subset)
+    device = target.model.device
+    model = init_draft(config, target, subset).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, betas=(0.9, 0.98))
     rng = np.random.default_rng(config.seed)
     ckpt_path = run_dir / "checkpoint.pt"
     stats = {"step": 0, "wall_s": 0.0, "tokens": 0, "history": []}
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ckpt["model"], strict=False)
         opt.load_state_dict(ckpt["opt"])
         rng.bit_generator.state = ckpt["rng"]
@@ -221,7 +226,7 @@ def train(config: TrainConfig, target, subset: list[int], run_dir: Path, max_min
     model.train()
     while stats["step"] < config.steps:
         step = stats["step"]
-        ids = _batch(config, streams, rng)  # [B, T]
+        ids = _batch(config, streams, rng).to(device)  # [B, T]
         with torch.inference_mode():
             teacher = body(input_ids=ids).last_hidden_state @ head.T  # [B, T, S]
         teacher = teacher.clone()
@@ -250,5 +255,8 @@ def train(config: TrainConfig, target, subset: list[int], run_dir: Path, max_min
             if max_minutes is not None and time.perf_counter() - started > max_minutes * 60:
                 break
     bar.close()
-    stats["hardware"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if device.type == "cuda":
+        stats["hardware"] = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    else:
+        stats["hardware"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     return model.eval(), stats
