@@ -267,10 +267,10 @@ class Pipeline:
         started = time.perf_counter()
         first_at = None
         finish = None
-        while output.finish_reason is None:
-            if await self.store.cancelled(s.id):
-                finish = "cancelled"
-                break
+        if await self.store.cancelled(s.id):  # later rounds learn it from the commit
+            finish = "cancelled"
+        first_round = True  # its passes include prefill: not a sample of per-round costs
+        while output.finish_reason is None and finish is None:
             remaining = time_remaining()
             if remaining is not None and remaining < 2 * max(link.plain_ms or 0, 50) / 1000:
                 finish = "time_limit"
@@ -283,10 +283,11 @@ class Pipeline:
                 shape = shape.chain(min(budget.max_len, room)) if min(budget.max_len, room) > 0 else None
             with telemetry.tracer().start_as_current_span("round") as round_span:
                 result, drafted, depth = await self._round(s, step + 1, s.prompt + tokens, shape, budget,
-                                                           drafter, verifier, link)
+                                                           drafter, verifier, link, measure=not first_round)
                 round_span.set_attributes({"specgrove.step": step + 1, "specgrove.tree_size": drafted,
                                            "specgrove.tree_depth": depth, "specgrove.plan": choice.reason,
                                            "specgrove.accepted": len(result.accepted_tokens)})
+            first_round = False
             emitted = []
             for token in result.accepted_tokens + [result.next_token]:
                 emitted.append(token)
@@ -297,11 +298,12 @@ class Pipeline:
                 policy.observe(depth if tree_mode else drafted, accepted)
                 planner.observe(result)
                 self.acceptance.observe(result)
-            committed = await self.store.append(s.id, step + 1, emitted, policy.state(), drafted, accepted, run.token)
+            committed, cancelled = await self.store.append(s.id, step + 1, emitted, policy.state(), drafted,
+                                                           accepted, run.token)  # also renews the lease
             if committed != step + 1:
                 raise SessionBusy(f"session {s.id}: round {step + 1} was committed by another stream")
-            if not await self.store.acquire(s.id, run.token):  # renew the lease
-                raise SessionBusy(f"session {s.id}: another stream took the generation over")
+            if cancelled and output.finish_reason is None:
+                finish = "cancelled"  # Abort: this round's tokens still reach the client
             step += 1
             index = len(tokens)
             tokens += emitted
@@ -337,7 +339,7 @@ class Pipeline:
         return self._channels[address]
 
     async def _round(self, s: Session, step: int, context: list[int], shape, budget, drafter: str, verifier: str,
-                     link: LinkStats) -> tuple[VerifyResult, int, int]:
+                     link: LinkStats, measure: bool = True) -> tuple[VerifyResult, int, int]:
         """(result, draft tokens proposed, tree depth). Falls back to K = 0 when the drafter fails."""
         round_pb = speculate_pb2.RoundContext(session_id=s.id, step=step, context=codec.pack_ids(context),
                                               sampling=codec.params_to_pb(s.params), seed=s.seed)
@@ -356,8 +358,9 @@ class Pipeline:
                 self._drafter_down_until[drafter] = time.monotonic() + self.config.drafter_retry_s
             else:
                 rtt = (time.perf_counter() - t0) * 1000
-                link.observe_tree(rtt, reply.timing.draft_ms, reply.timing.verify_ms, reply.tree_size,
-                                  reply.tree_depth, reply.timing.tree_bytes)
+                if measure:
+                    link.observe_tree(rtt, reply.timing.draft_ms, reply.timing.verify_ms, reply.tree_size,
+                                      reply.tree_depth, reply.timing.tree_bytes)
                 return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
         stub = speculate_pb2_grpc.VerifierStub(self._channel(verifier))
         error, attempt = None, 0
@@ -373,7 +376,8 @@ class Pipeline:
                 error, attempt = err, attempt + 1
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
                 continue
-            link.observe_plain((time.perf_counter() - t0) * 1000, reply.timing.verify_ms)
+            if measure:
+                link.observe_plain((time.perf_counter() - t0) * 1000, reply.timing.verify_ms)
             return codec.result_from_pb(reply), 0, 0
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"
         raise Unavailable(f"verifier {verifier} unreachable for {self.config.verifier_retry_s:.0f}s ({last}); "

@@ -25,18 +25,19 @@ from specgrove.sampling import SamplingParams
 
 APPEND_SCRIPT = """
 local step = redis.call('HGET', KEYS[1], 'step')
-if not step then return -2 end
+if not step then return {-2, 0} end
 local owner = redis.call('GET', KEYS[3])
-if owner and owner ~= ARGV[7] then return -3 end
+if owner and owner ~= ARGV[7] then return {-3, 0} end
 step = tonumber(step)
-if step ~= tonumber(ARGV[1]) - 1 then return step end
+if step ~= tonumber(ARGV[1]) - 1 then return {step, 0} end
 redis.call('APPEND', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'step', ARGV[1], 'controller', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'drafted', ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'accepted', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return tonumber(ARGV[1])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
+return {tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')}
 """
 
 
@@ -137,16 +138,17 @@ class SessionStore:
         )
 
     async def append(self, session_id: str, step: int, tokens: list[int], controller: dict,
-                     drafted: int, accepted: int, owner: str = "") -> int:
-        """Commit round `step` (1-based) unless another lease holder owns the session. Returns the
-        stored step afterwards: `step` when this call committed it, something else when it was
-        already committed, another writer moved on, or (−3) another stream holds the lease."""
+                     drafted: int, accepted: int, owner: str = "") -> tuple[int, bool]:
+        """Commit round `step` (1-based) unless another lease holder owns the session, renewing
+        the owner's lease, in one round trip. Returns (stored step afterwards, cancel flag): the
+        step is `step` when this call committed it, something else when it was already committed
+        or another writer moved on, −3 when another stream holds the lease."""
         key = self.key(session_id)
-        result = await self._append(keys=[key, key + ":tok", key + ":owner"], args=[
-            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted, owner])
+        result, cancel = await self._append(keys=[key, key + ":tok", key + ":owner"], args=[
+            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted, owner, self.lease_ms])
         if result == -2:
             raise NotFound(f"session {session_id!r} expired while generating")
-        return int(result)
+        return int(result), bool(cancel)
 
     async def finish(self, session_id: str, reason: str) -> None:
         await self.redis.hset(self.key(session_id), mapping={"status": "done", "finish_reason": reason})

@@ -25,13 +25,13 @@ def _wait_for_signal() -> None:
 
 
 def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_token: str | None,
-                   link_delay_ms: float = 0.0) -> None:
+                   link_delay_ms: float = 0.0, min_pass_ms: float = 0.0) -> None:
     from services.server import create_verifier_server
     from specgrove.models import load_model
     from verifier.worker import VerifierWorker
 
-    server, bound = create_verifier_server(f"{host}:{port}", VerifierWorker(load_model(target, cache_dir)),
-                                           auth_token, link_delay_ms)
+    worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms)
+    server, bound = create_verifier_server(f"{host}:{port}", worker, auth_token, link_delay_ms)
     server.start()
     print(f"verifier serving {target} on {host}:{bound}", flush=True)
     _wait_for_signal()

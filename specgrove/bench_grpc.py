@@ -67,7 +67,8 @@ def grpc_runner(client, spec: dict, sessions: set[str]):
 
 def round_split(trace_path: Path, sessions: set[str]) -> dict:
     """Per-round medians from the spans of these sessions: draft (sum of draft levels), verify
-    (the verifier's Verify span), network (round − draft − verify), tree bytes; speculative rounds."""
+    (the verifier's compute, its ``verify pass`` span), network and serving overhead (round −
+    draft − verify), tree bytes; speculative rounds only."""
     spans = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()]
     by_parent: dict[str, list[dict]] = {}
     for span in spans:
@@ -82,7 +83,9 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
         draft_span = drafts[0]
         kids = by_parent.get(draft_span["span_id"], [])
         draft_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "draft level")
-        verify_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "verifier Verify")
+        verifies = [k["span_id"] for k in kids if k["name"] == "verifier Verify"]
+        verify_ms = sum((p["end_ns"] - p["start_ns"]) / 1e6 for v in verifies for p in by_parent.get(v, [])
+                        if p["name"] == "verify pass")
         round_ms = (rnd["end_ns"] - rnd["start_ns"]) / 1e6
         rows.append((round_ms, draft_ms, verify_ms, draft_span["attributes"].get("specgrove.tree_bytes", 0)))
     if not rows:

@@ -270,7 +270,8 @@ def cmd_serve(args) -> int:
     token = os.environ.get("SPECGROVE_AUTH_TOKEN") or None
     telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
     if args.role == "verifier":
-        roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms)
+        roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms,
+                             args.min_pass_ms)
     elif args.role == "drafter":
         roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token)
     else:
@@ -390,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--session-ttl-s", type=int, default=3600)
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0, help="verifier: delay every Verify (a slow link)")
+    serve.add_argument("--min-pass-ms", type=float, default=0.0,
+                       help="verifier: every pass lasts at least this long (emulates a GPU-bound large target)")
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="local Redis + verifier + drafter + orchestrator on loopback")

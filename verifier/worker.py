@@ -19,9 +19,12 @@ MAX_SESSIONS = 64
 
 
 class VerifierWorker:
-    def __init__(self, model: CausalLM, max_sessions: int = MAX_SESSIONS):
+    def __init__(self, model: CausalLM, max_sessions: int = MAX_SESSIONS, min_pass_ms: float = 0.0):
+        """min_pass_ms: make every pass last at least this long, emulating a target whose pass
+        costs about the same for 1 token as for dozens (a large model on a GPU); tests, benchmarks."""
         self.model = model
         self.max_sessions = max_sessions
+        self.min_pass_ms = min_pass_ms
         self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
         self._lock = threading.Lock()  # one forward pass at a time on this model
 
@@ -34,6 +37,9 @@ class VerifierWorker:
             start = time.perf_counter()
             session = self._session(session_id)
             result = session.verify_tree(context, tree, params, round_generator(seed, step, VERIFY_STREAM))
+            spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
+            if spare > 0:
+                time.sleep(spare)
             return result, (time.perf_counter() - start) * 1000
 
     def check(self, context: list[int], tree: TokenTree) -> None:

@@ -25,10 +25,11 @@ def test_a_round_is_committed_once_whatever_the_retries(redis_url):
     async def go():
         store = SessionStore(redis_url)
         sid = await store.create([1, 2, 3], SamplingParams(seed=5), 5, {"mode": "chain"})
-        assert await store.append(sid, 1, [10, 11], {"lambda": 0.5}, 3, 1) == 1
-        assert await store.append(sid, 1, [10, 11], {"lambda": 0.5}, 3, 1) == 1  # replay: a no-op
-        assert await store.append(sid, 3, [99], {}, 0, 0) == 1  # a gap: refused
-        assert await store.append(sid, 2, [12], {}, 0, 0) == 2
+        assert await store.append(sid, 1, [10, 11], {"lambda": 0.5}, 3, 1) == (1, False)
+        assert await store.append(sid, 1, [10, 11], {"lambda": 0.5}, 3, 1) == (1, False)  # replay: a no-op
+        assert await store.append(sid, 3, [99], {}, 0, 0) == (1, False)  # a gap: refused
+        await store.cancel(sid)
+        assert await store.append(sid, 2, [12], {}, 0, 0) == (2, True)  # committed; the cancel is reported
         session = await store.load(sid)
         await store.close()
         return session
@@ -45,12 +46,12 @@ def test_leases_cancel_and_unknown_sessions(redis_url):
         sid = await a.create([1], SamplingParams(), 1, {})
         assert await a.acquire(sid, "run-a") and await a.acquire(sid, "run-a")
         assert not await b.acquire(sid, "run-b")
-        assert await b.append(sid, 1, [7], {}, 0, 0, owner="run-b") == -3  # fenced: not the lease holder
+        assert (await b.append(sid, 1, [7], {}, 0, 0, owner="run-b"))[0] == -3  # fenced: not the lease holder
         await b.release(sid, "run-b")  # releasing someone else's lease does nothing
         assert not await b.acquire(sid, "run-b")
         await asyncio.sleep(0.6)  # the lease expires: a crashed owner cannot block the session
         assert await b.acquire(sid, "run-b")
-        assert await b.append(sid, 1, [7], {}, 0, 0, owner="run-b") == 1
+        assert await b.append(sid, 1, [7], {}, 0, 0, owner="run-b") == (1, False)
         await b.release(sid, "run-b")
         assert await a.acquire(sid, "run-a")
         assert await a.cancel(sid) and await a.cancelled(sid)

@@ -33,14 +33,14 @@ class LoopThread:
 class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 5000, auth_token: str | None = None,
-                 **pipeline_options):
+                 min_pass_ms: float = 0.0, **pipeline_options):
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
         from orchestrator.session_store import SessionStore
         from services.server import create_drafter_server, create_orchestrator_server, create_verifier_server
         from verifier.worker import VerifierWorker
 
-        self.verifier, vport = create_verifier_server("127.0.0.1:0", VerifierWorker(target),
+        self.verifier, vport = create_verifier_server("127.0.0.1:0", VerifierWorker(target, min_pass_ms=min_pass_ms),
                                                       auth_token=auth_token, link_delay_ms=link_delay_ms)
         self.verifier.start()
         self.drafter = None
