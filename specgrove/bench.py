@@ -160,7 +160,8 @@ def hf_runner(model, **assist) -> Runner:
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.model.generate(
-                torch.tensor([prompt_ids]), max_new_tokens=params.max_new_tokens, eos_token_id=eos,
+                torch.tensor([prompt_ids], device=model.model.device), max_new_tokens=params.max_new_tokens,
+                eos_token_id=eos,
                 pad_token_id=eos[0], streamer=clock, **sampling, **assist,
             )
         elapsed = time.perf_counter() - start

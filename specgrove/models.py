@@ -80,15 +80,16 @@ class CausalLM(TextCodec):
         num_logits: int = 1,  # logits are computed for the last num_logits tokens only
     ) -> torch.Tensor:  # [num_logits, V] fp32
         assert tokens.ndim == 1 and positions.shape == tokens.shape, (tokens.shape, positions.shape)
+        device = self.model.device  # the model may sit on a GPU; sampling and verification stay on the CPU
         out = self.model(
-            input_ids=tokens.unsqueeze(0),
-            position_ids=positions.unsqueeze(0),
-            attention_mask=mask,
+            input_ids=tokens.unsqueeze(0).to(device),
+            position_ids=positions.unsqueeze(0).to(device),
+            attention_mask=mask.to(device) if mask is not None else None,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=num_logits,
         )
-        return out.logits[0].float()
+        return out.logits[0].float().cpu()
 
 
 class CachedSequence:
@@ -150,6 +151,7 @@ class CachedSequence:
         base = len(self.tokens)
         index = torch.tensor(list(range(base)) + [base + n for n in cached], dtype=torch.long)
         for layer in self.cache.layers:
+            index = index.to(layer.keys.device)
             layer.keys = layer.keys.index_select(-2, index)
             layer.values = layer.values.index_select(-2, index)
         self.tokens = self.tokens + [self.node_tokens[n] for n in cached]
@@ -275,13 +277,20 @@ def _load_draft(path: Path, cache_dir: Path, loaded: dict[str, CausalLM] | None)
     target = load_model(info.target, cache_dir, loaded)
     if target.vocab_hash != info.target_vocab_hash:
         raise VocabularyMismatch(f"draft {path} was trained for another tokenizer than {target.name}'s")
-    return CausalLM(draft_model.load(path, target.model), target.tokenizer, path.name)
+    return CausalLM(draft_model.load(path, target.model).to(target.model.device), target.tokenizer, path.name)
+
+
+def default_device() -> str:
+    """Where models run: the GPU when torch sees one (fp32; the verifier's KV caches live there
+    too), else the CPU. Logits come back to the CPU for sampling and verification."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load_dir(path: Path, name: str) -> CausalLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model.to(default_device())
     tokenizer = AutoTokenizer.from_pretrained(path)
     return CausalLM(model, tokenizer, name)
 
