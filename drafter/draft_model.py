@@ -76,10 +76,6 @@ def _reduced_head_class():
     return ReducedHeadLM
 
 
-def is_draft_dir(path: Path) -> bool:
-    return (path / DRAFT_FILE).is_file()
-
-
 def read_info(path: Path) -> DraftInfo:
     raw = json.loads((path / DRAFT_FILE).read_text())
     return DraftInfo(raw["target"], raw["target_vocab_hash"], [int(t) for t in raw["vocab_subset"]])

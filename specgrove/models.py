@@ -218,7 +218,7 @@ def load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None = 
         model = truncated(load_model(base, cache_dir, loaded), int(layers))
     elif spec == "smollm2":
         model = _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
-    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / "draft.json").is_file():
+    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / "draft.json").is_file():  # draft_model.DRAFT_FILE
         model = _load_draft(SHIPPED_DRAFT if spec == SHIPPED_DRAFT_NAME else Path(spec).expanduser(), cache_dir, loaded)
     else:
         path = Path(spec).expanduser()
