@@ -82,8 +82,7 @@ class ModelDraftSession:
         if all(p == i - 1 for i, p in enumerate(shape_parents)):  # a chain: prompt lookup may serve it
             found = self._looked_up(context, min(len(shape_parents), budget.max_len if budget else len(shape_parents)))
             if found:
-                yield Level(found, list(range(-1, len(found) - 1)),
-                            {i: (torch.tensor([t]), torch.tensor([1.0])) for i, t in enumerate(found)})
+                yield one_hot_chain(found)
                 return
         tokens: list[int] = []
         parents: list[int] = []
@@ -143,6 +142,12 @@ class Level:
     tokens: list[int]  # new nodes, breadth-first
     parents: list[int]  # their parents (−1 = the root), all in earlier levels
     q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]  # row (parent node + 1) -> (support ids, q)
+
+
+def one_hot_chain(tokens: list[int]) -> Level:
+    """A chain proposed with certainty (prompt lookup): each token's q is one-hot on it."""
+    return Level(tokens, list(range(-1, len(tokens) - 1)),
+                 {i: (torch.tensor([t]), torch.tensor([1.0])) for i, t in enumerate(tokens)})
 
 
 def tree_from_levels(levels: list[Level]) -> TokenTree:

@@ -8,10 +8,9 @@ import threading
 from collections import OrderedDict
 from typing import Iterator
 
-import torch
 
 from drafter.budget import DraftBudget
-from drafter.model_drafter import Level, ModelDrafter
+from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator
 from specgrove.tree import VerifyResult, depths_of
 
@@ -40,9 +39,8 @@ class DrafterWorker:
             return
         depth = min(budget.max_len, max(depths_of(shape_parents), default=0))
         proposal = session.propose(context, depth, params, generator, budget)
-        if proposal.tokens:  # a chain; each token's q is one-hot on it
-            rows = {i: (torch.tensor([t]), torch.tensor([1.0])) for i, t in enumerate(proposal.tokens)}
-            yield Level(proposal.tokens, list(range(-1, len(proposal.tokens) - 1)), rows)
+        if proposal.tokens:  # the n-gram drafter's chain: one-hot q
+            yield one_hot_chain(proposal.tokens)
 
     def accept(self, session_id: str, result: VerifyResult) -> None:
         session = self._sessions.get(session_id)
