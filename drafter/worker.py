@@ -8,7 +8,6 @@ import threading
 from collections import OrderedDict
 from typing import Iterator
 
-
 from drafter.budget import DraftBudget
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator
