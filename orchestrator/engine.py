@@ -159,13 +159,16 @@ class SpeculativeEngine:
         """Run rounds until a stop rule fires, yielding one Chunk per round and filling result."""
         start = time.perf_counter()
         output = GenerationOutput(self.target.decode, self.target.eos_token_ids, params)
-        target = TargetSession(self.target)
+        feeds_features = getattr(self.drafter, "needs_features", False)
+        target = TargetSession(self.target, keep_features=feeds_features)
         draft = self.drafter.open() if self.drafter is not None else None
         policy = self.policy_factory(self.draft_len)
         tree_plan = self.tree.for_session() if self.tree is not None else None
         context = list(prompt_ids)
         while output.finish_reason is None:
             budget = policy.budget()
+            if feeds_features:  # the target's features of the confirmed context (all but the last token)
+                draft.set_features(target.features(min(len(context) - 1, len(target.sequence.tokens))))
             if tree_plan is not None:
                 new_tokens, num_drafted, num_accepted, depth = self._tree_round(
                     context, draft, target, params, generator, budget, tree_plan

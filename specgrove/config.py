@@ -20,6 +20,8 @@ def default_cache_dir(environ: "os._Environ[str] | dict[str, str] | None" = None
 PACKAGE_DATA = Path(__file__).parent / "data"  # package data: schemas, prompts, the shipped draft
 SHIPPED_DRAFT = PACKAGE_DATA / "draft" / "smollm2-draft"  # the distilled draft (specgrove train-draft)
 DRAFT_TRAIN_CONFIG = PACKAGE_DATA / "draft" / "train-smollm2.json"
+SHIPPED_FEATURE_DRAFT = PACKAGE_DATA / "draft" / "smollm2-feature"  # the feature-level draft (EAGLE-style)
+FEATURE_TRAIN_CONFIG = PACKAGE_DATA / "draft" / "train-smollm2-feature.json"
 
 # `specgrove serve ROLE` configuration by environment (containers): option -> (variable, meaning).
 # A command-line flag wins over its variable. The deployment guide and k8s/ use exactly these.

@@ -91,6 +91,26 @@ class CausalLM(TextCodec):
         )
         return out.logits[0].float().cpu()
 
+    @torch.inference_mode()
+    def forward_features(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None,
+        num_logits: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # ([num_logits, V] fp32, [T, H] fp32): logits and features
+        """``forward`` that also returns the features (last hidden states, after the final norm) of
+        every fed token: what a feature-level draft reads. Needs a body + head model (llama)."""
+        assert tokens.ndim == 1 and positions.shape == tokens.shape, (tokens.shape, positions.shape)
+        device = self.model.device
+        out = self.model.model(
+            input_ids=tokens.unsqueeze(0).to(device),
+            position_ids=positions.unsqueeze(0).to(device),
+            attention_mask=mask.to(device) if mask is not None else None,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state[0]  # [T, H]
+        logits = self.model.lm_head(hidden[-num_logits:])
+        return logits.float().cpu(), hidden.float().cpu()
+
 
 class CachedSequence:
     """A model's KV cache together with the exact token ids it holds (batch 1).
@@ -102,18 +122,28 @@ class CachedSequence:
     the accepted root-to-node path (``index_select`` on the sequence dimension).
     """
 
-    def __init__(self, model: CausalLM):
+    def __init__(self, model: CausalLM, keep_features: bool = False):
+        """keep_features: also keep the features of every cached token (``features``), for a
+        feature-level draft; the target's passes then go through ``forward_features``."""
         self.model = model
         self.cache = model.new_cache()
         self.tokens: list[int] = []  # context tokens whose keys/values are cached, in order
         self.node_tokens: list[int] = []  # tree nodes cached after them (node order)
+        self.features: torch.Tensor | None = torch.zeros(0, 0) if keep_features else None  # [cached, H]
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask, num_logits: int) -> torch.Tensor:
+        if self.features is None:
+            return self.model.forward(tokens, positions, self.cache, mask=mask, num_logits=num_logits)
+        logits, hidden = self.model.forward_features(tokens, positions, self.cache, mask=mask, num_logits=num_logits)
+        self.features = hidden if len(self.features) == 0 else torch.cat([self.features, hidden])
+        return logits
 
     def logits_for(self, context: list[int], num_logits: int) -> torch.Tensor:  # [num_logits, V]
         assert 1 <= num_logits <= len(context), (num_logits, len(context))
         keep = self._sync(context, min_fed=num_logits)
         new = torch.tensor(context[keep:], dtype=torch.long)
         positions = torch.arange(keep, len(context), dtype=torch.long)
-        logits = self.model.forward(new, positions, self.cache, num_logits=num_logits)
+        logits = self._forward(new, positions, None, num_logits)
         self.tokens = list(context)
         return logits
 
@@ -136,10 +166,8 @@ class CachedSequence:
         feed = context[keep:] + node_tokens[first:last]
         positions = list(range(keep, len(context))) + node_positions(len(context), parents)[first:last]
         mask = tree_attention_mask(len(context), len(context) - keep, parents, first, last)
-        logits = self.model.forward(
-            torch.tensor(feed, dtype=torch.long), torch.tensor(positions, dtype=torch.long), self.cache,
-            mask=mask, num_logits=int(with_root) + last - first,
-        )
+        logits = self._forward(torch.tensor(feed, dtype=torch.long), torch.tensor(positions, dtype=torch.long),
+                               mask, int(with_root) + last - first)
         self.tokens = list(context)
         self.node_tokens = node_tokens[:last]
         return logits
@@ -154,6 +182,8 @@ class CachedSequence:
             index = index.to(layer.keys.device)
             layer.keys = layer.keys.index_select(-2, index)
             layer.values = layer.values.index_select(-2, index)
+        if self.features is not None:
+            self.features = self.features.index_select(0, index.cpu())
         self.tokens = self.tokens + [self.node_tokens[n] for n in cached]
         self.node_tokens = []
 
@@ -163,6 +193,8 @@ class CachedSequence:
         drop = len(self.tokens) + len(self.node_tokens) - keep
         if drop > 0:
             self.cache.crop(-drop)  # negative: drop that many trailing positions
+            if self.features is not None:
+                self.features = self.features[:keep]
         self.tokens = self.tokens[:keep]
         self.node_tokens = []
         return keep

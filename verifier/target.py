@@ -15,8 +15,13 @@ from verifier.tree_verify import verify_tree
 class TargetSession:
     """One generation's target KV cache; each call is one verify pass."""
 
-    def __init__(self, model: CausalLM):
-        self.sequence = CachedSequence(model)
+    def __init__(self, model: CausalLM, keep_features: bool = False):
+        self.sequence = CachedSequence(model, keep_features=keep_features)
+
+    def features(self, count: int) -> torch.Tensor:  # [count, H]
+        """The target's features of the first ``count`` cached tokens (keep_features=True)."""
+        assert self.sequence.features is not None and count <= len(self.sequence.tokens), count
+        return self.sequence.features[:count]
 
     def verify(
         self, context: list[int], proposal: Proposal, params: SamplingParams, generator: torch.Generator

@@ -1,0 +1,158 @@
+"""Drafting with the feature-level draft: a cache of draft pairs that reads the target's features.
+
+``FeatureSequence`` offers the same three calls as ``CachedSequence`` (``logits_for``,
+``tree_logits``, ``keep_path``), so ``ModelDraftSession`` grows chains and Sequoia trees with it
+unchanged. Pair i = (F_{i−1}, x_i) (see feature_draft.py). Where the target's F_{i−1} is known
+(``set_features``) the pair reads it; beyond that (tokens drafted this round) it reads the
+draft's own F̂_{i−1}. Cached pairs built on drafted features are dropped as soon as the target's
+own features for them arrive, so every round starts from true features, as EAGLE does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from drafter import feature_draft
+from drafter.model_drafter import ModelDrafter, ModelDraftSession
+from specgrove.models import common_prefix_length
+from specgrove.tree_mask import node_positions, tree_attention_mask
+
+
+class NoFeatures(Exception):
+    """The target's features of the context are not known yet (before the first verify pass)."""
+
+
+class FeatureSequence:
+    def __init__(self, model: "FeatureDraftModel"):
+        self.model = model
+        self.draft = model.draft
+        self.device = next(self.draft.parameters()).device
+        self.features = torch.zeros(0, self.draft.config.hidden_size)  # [n_true, H] the target's F_0..
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None  # [1, kvh, pairs + nodes, D]
+        self.tokens: list[int] = []  # x_1.. of the cached pairs
+        self.true: list[bool] = []  # whether each cached pair read the target's own feature
+        self.outputs = torch.zeros(0, self.draft.config.hidden_size)  # [pairs, H] F̂ of each cached pair
+        self.node_tokens: list[int] = []
+        self.node_outputs = torch.zeros(0, self.draft.config.hidden_size)  # [nodes, H]
+
+    def set_features(self, features: torch.Tensor) -> None:
+        """The target's features F_0..F_{n−1} of the confirmed context ([n, H], any dtype)."""
+        assert features.ndim == 2, features.shape
+        self.features = features
+
+    def ready(self, context: list[int]) -> bool:
+        return len(context) >= 2 and len(self.features) >= 1
+
+    @torch.inference_mode()
+    def logits_for(self, context: list[int], num_logits: int) -> torch.Tensor:  # [1, V]
+        """q's logits for the token after ``context`` (num_logits must be 1)."""
+        assert num_logits == 1, "the feature draft scores one position per call"
+        if not self.ready(context):
+            raise NoFeatures("the target's features of the context are not known yet")
+        pairs = context[1:]  # pair i holds token x_i (i = 1..len − 1)
+        n_true = len(self.features)
+        should_be_true = [i < n_true for i in range(len(pairs))]  # pair i+1 reads F_i
+        keep = min(common_prefix_length(self.tokens, pairs), common_prefix_length(self.true, should_be_true),
+                   len(pairs) - 1)
+        self._crop(keep)
+        fed_true = min(len(pairs), n_true)
+        if keep < fed_true:  # pairs on the target's features: one pass
+            feats = self.features[keep:fed_true].to(self.device, torch.float32)
+            self._feed(feats, pairs[keep:fed_true], list(range(keep + 1, fed_true + 1)), true=True)
+        for i in range(max(keep, fed_true), len(pairs)):  # pairs on drafted features: one at a time
+            self._feed(self.outputs[i - 1: i].to(self.device), pairs[i: i + 1], [i + 1], true=False)
+        return self.draft.full_logits(self.draft.lm_head(self.outputs[-1:].to(self.device))).float().cpu()
+
+    @torch.inference_mode()
+    def tree_logits(self, context: list[int], node_tokens: list[int], parents: list[int], first: int, last: int,
+                    with_root: bool) -> torch.Tensor:  # [last − first, V]
+        """Feed tree nodes first..last−1 (their parents cached) in one pass with a tree mask."""
+        assert not with_root, "the feature draft grows trees after logits_for(context)"
+        pairs = len(context) - 1
+        assert self.tokens == context[1:] and len(self.node_tokens) == first, "feed tree levels in order"
+        parent_out = torch.cat([self.outputs[-1:], self.node_outputs])  # row 0 = the root's F̂
+        feats = parent_out[torch.tensor([p + 1 for p in parents[first:last]])]
+        positions = node_positions(len(context), parents)[first:last]
+        mask = tree_attention_mask(pairs, 0, parents, first, last)
+        out, logits = self._run(feats, node_tokens[first:last], positions, mask)
+        self.node_tokens = node_tokens[:last]
+        self.node_outputs = torch.cat([self.node_outputs, out])
+        return self.draft.full_logits(logits).float().cpu()
+
+    def keep_path(self, path: list[int]) -> None:
+        """After verification: drop every node (their pairs read drafted features; the next round
+        feeds the accepted tokens again on the target's own features)."""
+        self._crop(len(self.tokens))
+
+    def _feed(self, feats: torch.Tensor, tokens: list[int], positions: list[int], true: bool) -> None:
+        past = len(self.tokens)
+        n = len(tokens)
+        allowed = torch.ones(n, past + n, dtype=torch.bool).tril(past)
+        mask = torch.zeros(n, past + n).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
+        out, _ = self._run(feats, tokens, positions, mask, logits=False)
+        self.tokens += tokens
+        self.true += [true] * n
+        self.outputs = torch.cat([self.outputs, out])
+
+    def _run(self, feats: torch.Tensor, tokens: list[int], positions: list[int], mask: torch.Tensor,
+             logits: bool = True):
+        """One draft pass over new pairs/nodes after everything cached; extends the KV cache."""
+        d = self.device
+        out, subset_logits, kv = self.draft(
+            feats.to(d, torch.float32)[None], torch.tensor(tokens, device=d)[None], torch.tensor(positions, device=d),
+            self.kv, mask.to(d))
+        self.kv = kv
+        return out[0].cpu(), (subset_logits[0] if logits else None)
+
+    def _crop(self, pairs: int) -> None:
+        """Keep the first ``pairs`` cached pairs; drop later pairs and every node."""
+        if self.kv is not None:
+            self.kv = (self.kv[0][:, :, :pairs], self.kv[1][:, :, :pairs])
+        self.tokens, self.true = self.tokens[:pairs], self.true[:pairs]
+        self.outputs = self.outputs[:pairs]
+        self.node_tokens, self.node_outputs = [], self.node_outputs[:0]
+
+
+class FeatureDraftModel:
+    """A loaded feature draft with the facts the drafter reports (name, vocabulary)."""
+
+    def __init__(self, draft: feature_draft.FeatureDraft, name: str):
+        self.draft = draft.eval()
+        self.name = name
+        self.vocab_size = draft.config.vocab_size
+        self.vocab_hash = draft.config.target_vocab_hash
+
+
+class FeatureDrafter(ModelDrafter):
+    """Chains and trees from the feature draft; the round's driver must hand each session the
+    target's features of the confirmed context (``session.set_features``) before it drafts."""
+
+    needs_features = True
+
+    def open(self) -> "FeatureDraftSession":
+        return FeatureDraftSession(FeatureSequence(self.model), self.top_n, self.lookup)
+
+
+class FeatureDraftSession(ModelDraftSession):
+    def set_features(self, features: torch.Tensor) -> None:
+        self.sequence.set_features(features)
+
+    def propose(self, context, max_tokens, params, generator, budget=None):
+        if not self.sequence.ready(context) and not self._looked_up(context, max_tokens):
+            from drafter.proposal import Proposal
+
+            return Proposal.empty(self.sequence.model.vocab_size)  # the first round: plain decoding
+        return super().propose(context, max_tokens, params, generator, budget)
+
+    def grow_levels(self, context, shape_parents, params, generator, budget=None):
+        if not self.sequence.ready(context):  # the first round: prompt lookup, else an empty tree
+            chain = all(p == i - 1 for i, p in enumerate(shape_parents))
+            if not (chain and self._looked_up(context, len(shape_parents))):
+                return
+        yield from super().grow_levels(context, shape_parents, params, generator, budget)
+
+
+def load_feature_drafter(path, target_model, name: str, lookup: bool = False) -> FeatureDrafter:
+    """A FeatureDrafter on the loaded target's (frozen) embeddings."""
+    draft = feature_draft.load(path, target_model).to(target_model.device)
+    return FeatureDrafter(FeatureDraftModel(draft, name), lookup=lookup)
