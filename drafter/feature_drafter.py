@@ -116,11 +116,12 @@ class FeatureSequence:
 class FeatureDraftModel:
     """A loaded feature draft with the facts the drafter reports (name, vocabulary)."""
 
-    def __init__(self, draft: feature_draft.FeatureDraft, name: str):
+    def __init__(self, draft: feature_draft.FeatureDraft, name: str, max_positions: int = 2048):
         self.draft = draft.eval()
         self.name = name
         self.vocab_size = draft.config.vocab_size
         self.vocab_hash = draft.config.target_vocab_hash
+        self.max_positions = max_positions
 
 
 class FeatureDrafter(ModelDrafter):
@@ -136,6 +137,16 @@ class FeatureDrafter(ModelDrafter):
 class FeatureDraftSession(ModelDraftSession):
     def set_features(self, features: torch.Tensor) -> None:
         self.sequence.set_features(features)
+
+    def feature_count(self) -> int:
+        return len(self.sequence.features)
+
+    def add_features(self, start: int, features: torch.Tensor) -> None:
+        """The target's features of context tokens start.. (a gap after what is held is ignored)."""
+        held = self.sequence.features
+        if start <= len(held) and len(features):
+            base = held[:start] if len(held) else held.new_zeros(0, features.shape[1])
+            self.sequence.set_features(torch.cat([base.float(), features.float()]))
 
     def propose(self, context, max_tokens, params, generator, budget=None):
         if not self.sequence.ready(context) and not self._looked_up(context, max_tokens):
@@ -155,4 +166,5 @@ class FeatureDraftSession(ModelDraftSession):
 def load_feature_drafter(path, target_model, name: str, lookup: bool = False) -> FeatureDrafter:
     """A FeatureDrafter on the loaded target's (frozen) embeddings."""
     draft = feature_draft.load(path, target_model).to(target_model.device)
-    return FeatureDrafter(FeatureDraftModel(draft, name), lookup=lookup)
+    max_positions = int(getattr(target_model.config, "max_position_embeddings", 2048))
+    return FeatureDrafter(FeatureDraftModel(draft, name, max_positions), lookup=lookup)

@@ -25,13 +25,23 @@ class DrafterWorker:
         self._sessions: OrderedDict[str, object] = OrderedDict()
         self.lock = threading.RLock()  # one forward pass at a time on this model
 
+    @property
+    def needs_features(self) -> bool:
+        """A feature-level draft: it reads the target's features of the confirmed context."""
+        return getattr(self.drafter, "needs_features", False)
+
     def levels(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
-        shape_parents: list[int], budget: DraftBudget,
+        shape_parents: list[int], budget: DraftBudget, fetch_features=None,
     ) -> Iterator[Level]:
         """The round's tree, one level at a time (draw each level under ``lock``: the model is shared;
-        one session's rounds never overlap, the orchestrator runs them in order)."""
+        one session's rounds never overlap, the orchestrator runs them in order).
+
+        fetch_features(start) -> (start, features [n, H]): the target's features of context[start:−1],
+        asked of the verifier when a feature-level draft lacks them (fresh worker, plain rounds)."""
         session = self._session(session_id)
+        if self.needs_features and fetch_features is not None and session.feature_count() < len(context) - 1:
+            session.add_features(*fetch_features(session.feature_count()))
         generator = round_generator(seed, step, DRAFT_STREAM)
         if isinstance(self.drafter, ModelDrafter):
             yield from session.grow_levels(context, shape_parents, params, generator, budget)
@@ -41,10 +51,18 @@ class DrafterWorker:
         if proposal.tokens:  # the n-gram drafter's chain: one-hot q
             yield one_hot_chain(proposal.tokens)
 
-    def accept(self, session_id: str, result: VerifyResult) -> None:
+    def accept(self, session_id: str, result: VerifyResult, features: tuple[int, object] | None = None) -> None:
+        """After the verdict: trim the draft's cache; a feature-level draft also keeps the target's
+        features of the newly confirmed tokens, (start, [n, H])."""
         session = self._sessions.get(session_id)
         if session is not None and hasattr(session, "accept"):
             session.accept(result)
+        if session is not None and features is not None and self.needs_features:
+            session.add_features(*features)
+
+    def feature_count(self, session_id: str) -> int:
+        session = self._sessions.get(session_id)
+        return session.feature_count() if session is not None and self.needs_features else 0
 
     def release(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)

@@ -47,14 +47,22 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
     def Decode(self, request, context):
         return self._verify(request, empty_tree())
 
+    def Features(self, request, context):
+        start = request.features_from if request.HasField("features_from") else 0
+        features = self.worker.prefix_features(request.session_id, codec.unpack_ids(request.context), start)
+        return codec.features_to_pb(features, start)
+
     def _verify(self, header, tree):
+        features_from = header.features_from if header.HasField("features_from") else None
         with telemetry.tracer().start_as_current_span("verify pass"):  # compute only, not the stream's arrival
-            result, verify_ms = self.worker.verify(
+            result, verify_ms, features = self.worker.verify(
                 header.session_id, header.step, codec.unpack_ids(header.context),
-                codec.params_from_pb(header.sampling), header.seed, tree,
+                codec.params_from_pb(header.sampling), header.seed, tree, features_from,
             )
         reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
         reply.timing.verify_ms = verify_ms
+        if features is not None:
+            reply.features.CopyFrom(codec.features_to_pb(features, features_from))
         return reply
 
     def Release(self, request, context):
@@ -90,14 +98,30 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         params = codec.params_from_pb(r.sampling)
         budget = codec.budget_from_pb(request.plan)
         started = time.perf_counter()
-        timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0}
-        levels = self.worker.levels(r.session_id, r.step, codec.unpack_ids(r.context), params, r.seed,
-                                    list(request.plan.shape_parents), budget)
+        timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0, "feature_bytes": 0}
+        ids = codec.unpack_ids(r.context)
+        verifier = self._verifier(request.verifier)
+        header_round = speculate_pb2.RoundContext()
+        header_round.CopyFrom(r)
+        fetch = None
+        if self.worker.needs_features:  # the verifier answers with the new tokens' features
+            header_round.features_from = len(ids) - 1
+
+            def fetch(start: int):
+                ask = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=r.context,
+                                                 features_from=start)
+                block = verifier.Features(ask, timeout=context.time_remaining(),
+                                          metadata=telemetry.inject_metadata() + self._auth)
+                timing["feature_bytes"] += block.ByteSize()
+                return codec.features_from_pb(block)
+
+        levels = self.worker.levels(r.session_id, r.step, ids, params, r.seed, list(request.plan.shape_parents),
+                                    budget, fetch)
         tracer = telemetry.tracer()
         parent = otel_context.get_current()  # the messages are pulled on a gRPC thread
 
         def messages():
-            header = speculate_pb2.TreeMessage(header=r)
+            header = speculate_pb2.TreeMessage(header=header_round)
             timing["bytes"] += header.ByteSize()
             yield header
             while True:
@@ -115,14 +139,18 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
         timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
                                 context.time_remaining()) if t is not None]
-        reply = self._verifier(request.verifier).Verify(messages(), timeout=min(timeouts) if timeouts else None,
-                                                        metadata=telemetry.inject_metadata() + self._auth)
+        reply = verifier.Verify(messages(), timeout=min(timeouts) if timeouts else None,
+                                metadata=telemetry.inject_metadata() + self._auth)
+        features = codec.features_from_pb(reply.features) if reply.HasField("features") else None
+        timing["feature_bytes"] += reply.features.ByteSize() if features is not None else 0
+        reply.ClearField("features")  # the drafter's business, not the orchestrator's
         with self.worker.lock:
-            self.worker.accept(r.session_id, codec.result_from_pb(reply))
+            self.worker.accept(r.session_id, codec.result_from_pb(reply), features)
         telemetry.trace.get_current_span().set_attributes({
             "specgrove.tree_bytes": timing["bytes"], "specgrove.tree_size": timing["size"]})
         reply.timing.draft_ms = timing["draft_ms"]
         reply.timing.tree_bytes = timing["bytes"]
+        reply.timing.feature_bytes = timing["feature_bytes"]
         reply.timing.round_ms = (time.perf_counter() - started) * 1000
         return reply
 

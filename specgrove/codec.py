@@ -93,6 +93,21 @@ def result_from_pb(pb: speculate_pb2.RoundReply) -> VerifyResult:
                         list(pb.accepted_rank), list(pb.num_children))
 
 
+def features_to_pb(features: torch.Tensor, start: int) -> speculate_pb2.FeatureBlock:
+    """Target features [n, H] of context tokens start.. as float16 bytes."""
+    assert features.ndim == 2, features.shape
+    data = features.detach().to(torch.float16).contiguous().numpy().astype("<f2").tobytes()
+    return speculate_pb2.FeatureBlock(start=start, dim=features.shape[1], fp16=data)
+
+
+def features_from_pb(pb: speculate_pb2.FeatureBlock) -> tuple[int, torch.Tensor]:
+    """(start, features [n, dim] fp32); raises ValueError on a block whose size is not n × dim."""
+    values = np.frombuffer(pb.fp16, dtype="<f2")
+    if pb.dim == 0 or len(values) % pb.dim:
+        raise ValueError(f"a feature block of {len(values)} values is not rows of {pb.dim}")
+    return int(pb.start), torch.from_numpy(values.astype(np.float32)).view(-1, pb.dim)
+
+
 def budget_to_pb(budget: DraftBudget, shape_parents: list[int]) -> speculate_pb2.DraftPlan:
     pb = speculate_pb2.DraftPlan(shape_parents=shape_parents, max_len=budget.max_len)
     if budget.gamma is not None:

@@ -34,3 +34,24 @@ def tiny_upper_dir(tmp_path_factory) -> Path:
 def smollm2():
     """The real default target, converted from its GGUF into the user cache on first use."""
     return load_model("smollm2", default_cache_dir())
+
+
+TINY_FEATURE_TRAIN = dict(chat_prompts=4, code_stubs=4, gen_max_tokens=48, gen_batch=8, corpus_tokens=30000,
+                          seq_len=64, batch=8, lr=3e-3, warmup=10, checkpoint_every=50, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_feature_dir(tiny_dir, tmp_path_factory) -> Path:
+    """A feature-level draft for the tiny target, trained for 150 steps (seconds on a CPU)."""
+    from drafter.feature_train import FeatureTrainConfig, run
+
+    root = tmp_path_factory.mktemp("tiny_feature")
+    return run(FeatureTrainConfig(target=str(tiny_dir), steps=150, **TINY_FEATURE_TRAIN), root / "run", root / "draft",
+               root / "cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_feature_drafter(tiny_feature_dir, tiny_target, tmp_path_factory):
+    from drafter.factory import make_drafter
+
+    return make_drafter(str(tiny_feature_dir), tiny_target, tmp_path_factory.mktemp("cache"))[0]

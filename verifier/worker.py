@@ -30,8 +30,11 @@ class VerifierWorker:
 
     def verify(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int, tree: TokenTree,
-    ) -> tuple[VerifyResult, float]:
-        """(result, verify milliseconds). A fresh or restarted worker prefills from `context`."""
+        features_from: int | None = None,
+    ) -> tuple[VerifyResult, float, torch.Tensor | None]:
+        """(result, verify milliseconds, features). A fresh or restarted worker prefills from
+        `context`. features_from: also return the target's features of the confirmed tokens from
+        that index to the last accepted one ([len(context) + accepted − features_from, H])."""
         self.check(context, tree)
         with self._lock:
             start = time.perf_counter()
@@ -40,7 +43,21 @@ class VerifierWorker:
             spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
             if spare > 0:
                 time.sleep(spare)
-            return result, (time.perf_counter() - start) * 1000
+            features = None
+            if features_from is not None:
+                features = session.features(len(context) + len(result.accepted_tokens))[features_from:]
+            return result, (time.perf_counter() - start) * 1000, features
+
+    def prefix_features(self, session_id: str, context: list[int], start: int) -> torch.Tensor:
+        """The target's features of context[start : len(context) − 1] ([n, H]); prefills as needed."""
+        self.check(context, empty_tree())
+        if not 0 <= start <= len(context) - 1:
+            raise OutOfRange("features_from", f"must be in [0, {len(context) - 1}], got {start}")
+        with self._lock:
+            session = self._session(session_id)
+            if len(session.sequence.tokens) < len(context) - 1 or session.sequence.tokens[:len(context) - 1] != context[:-1]:
+                session.sequence.logits_for(context, num_logits=1)
+            return session.features(len(context) - 1)[start:]
 
     def check(self, context: list[int], tree: TokenTree) -> None:
         vocab = self.model.vocab_size
@@ -57,7 +74,7 @@ class VerifierWorker:
             self._sessions.pop(session_id, None)
 
     def _session(self, session_id: str) -> TargetSession:
-        session = self._sessions.pop(session_id, None) or TargetSession(self.model)
+        session = self._sessions.pop(session_id, None) or TargetSession(self.model, keep_features=True)
         self._sessions[session_id] = session  # most recently used last
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)

@@ -8,18 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RoundContext(_message.Message):
-    __slots__ = ("session_id", "step", "context", "sampling", "seed")
+    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FROM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     context: bytes
     sampling: _generate_pb2.SamplingParams
     seed: int
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    features_from: int
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ...) -> None: ...
+
+class FeatureBlock(_message.Message):
+    __slots__ = ("start", "dim", "fp16")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    FP16_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    dim: int
+    fp16: bytes
+    def __init__(self, start: _Optional[int] = ..., dim: _Optional[int] = ..., fp16: _Optional[bytes] = ...) -> None: ...
 
 class DraftPlan(_message.Message):
     __slots__ = ("shape_parents", "max_len", "gamma", "lam", "min_confidence")
@@ -72,19 +84,21 @@ class TreeMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes")
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes")
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_MS_FIELD_NUMBER: _ClassVar[int]
     TREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_BYTES_FIELD_NUMBER: _ClassVar[int]
     draft_ms: float
     verify_ms: float
     round_ms: float
     tree_bytes: int
-    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ...) -> None: ...
+    feature_bytes: int
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ...) -> None: ...
 
 class RoundReply(_message.Message):
-    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing")
+    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features")
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +107,7 @@ class RoundReply(_message.Message):
     TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TREE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     next_token: int
@@ -101,7 +116,8 @@ class RoundReply(_message.Message):
     tree_size: int
     tree_depth: int
     timing: Timing
-    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    features: FeatureBlock
+    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -202,6 +202,11 @@ class VerifierStub:
                 request_serializer=specgrove_dot_v1_dot_speculate__pb2.RoundContext.SerializeToString,
                 response_deserializer=specgrove_dot_v1_dot_speculate__pb2.RoundReply.FromString,
                 _registered_method=True)
+        self.Features = channel.unary_unary(
+                '/specgrove.v1.Verifier/Features',
+                request_serializer=specgrove_dot_v1_dot_speculate__pb2.RoundContext.SerializeToString,
+                response_deserializer=specgrove_dot_v1_dot_speculate__pb2.FeatureBlock.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/specgrove.v1.Verifier/Release',
                 request_serializer=specgrove_dot_v1_dot_speculate__pb2.ReleaseRequest.SerializeToString,
@@ -231,6 +236,15 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Features(self, request, context):
+        """The target's features of context[features_from : len(context) - 1], for a feature-level
+        drafter that lacks them (a fresh or restarted drafter, or after plain-decoding rounds). The
+        verifier prefills what it does not hold, so this call also serves as the session's prefill.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Release(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -255,6 +269,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.Decode,
                     request_deserializer=specgrove_dot_v1_dot_speculate__pb2.RoundContext.FromString,
                     response_serializer=specgrove_dot_v1_dot_speculate__pb2.RoundReply.SerializeToString,
+            ),
+            'Features': grpc.unary_unary_rpc_method_handler(
+                    servicer.Features,
+                    request_deserializer=specgrove_dot_v1_dot_speculate__pb2.RoundContext.FromString,
+                    response_serializer=specgrove_dot_v1_dot_speculate__pb2.FeatureBlock.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -321,6 +340,33 @@ class Verifier:
             '/specgrove.v1.Verifier/Decode',
             specgrove_dot_v1_dot_speculate__pb2.RoundContext.SerializeToString,
             specgrove_dot_v1_dot_speculate__pb2.RoundReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Features(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specgrove.v1.Verifier/Features',
+            specgrove_dot_v1_dot_speculate__pb2.RoundContext.SerializeToString,
+            specgrove_dot_v1_dot_speculate__pb2.FeatureBlock.FromString,
             options,
             channel_credentials,
             insecure,

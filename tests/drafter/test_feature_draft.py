@@ -16,26 +16,8 @@ from orchestrator.tree_plan import FixedTree
 from orchestrator.acceptance import AcceptanceStats
 from specgrove.sampling import SamplingParams, warp
 from tests.orchestrator.test_engine import hf_greedy
+from tests.conftest import TINY_FEATURE_TRAIN
 from tests.stats import ALPHA, chi_square_p_value
-
-TINY_TRAIN = dict(chat_prompts=4, code_stubs=4, gen_max_tokens=48, gen_batch=8, corpus_tokens=30000, seq_len=64,
-                  batch=8, lr=3e-3, warmup=10, checkpoint_every=50, threads=1)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_dir, tmp_path_factory):
-    """A feature draft for the tiny target, trained for 150 steps (a few seconds on a CPU)."""
-    root = tmp_path_factory.mktemp("feature")
-    out = run(FeatureTrainConfig(target=str(tiny_dir), steps=150, **TINY_TRAIN), root / "run", root / "draft",
-              root / "cache")
-    return out
-
-
-@pytest.fixture(scope="module")
-def feature_drafter(trained, tiny_target, tmp_path_factory):
-    drafter, model = make_drafter(str(trained), tiny_target, tmp_path_factory.mktemp("cache"))
-    return drafter
-
 
 def untrained(target) -> fd.FeatureDraft:
     c = fd.FeatureDraftConfig.from_target(target.model.config, "tiny", target.vocab_hash, list(range(target.vocab_size)))
@@ -78,7 +60,7 @@ def test_training_time_test_equals_drafting(tiny_target):
 
 
 def test_training_resumes_and_exports(tiny_dir, tiny_target, tmp_path):
-    config = FeatureTrainConfig(target=str(tiny_dir), steps=20, **{**TINY_TRAIN, "checkpoint_every": 10})
+    config = FeatureTrainConfig(target=str(tiny_dir), steps=20, **{**TINY_FEATURE_TRAIN, "checkpoint_every": 10})
     assert run(config, tmp_path / "run", tmp_path / "out", tmp_path / "cache", max_minutes=0.0) == tmp_path / "run"
     checkpoint = torch.load(tmp_path / "run" / "feature-checkpoint.pt", weights_only=False)
     assert checkpoint["stats"]["step"] == 10  # stopped at the first checkpoint (time limit 0)
@@ -89,21 +71,21 @@ def test_training_resumes_and_exports(tiny_dir, tiny_target, tmp_path):
 
 
 @pytest.mark.parametrize("draft_len", [1, 3, 6])
-def test_greedy_chains_equal_target_greedy(tiny_target, feature_drafter, draft_len):
+def test_greedy_chains_equal_target_greedy(tiny_target, tiny_feature_drafter, draft_len):
     accepted = 0
     for prompt in ("the cat sat on the mat. the cat", "hello there, general"):
         ids = tiny_target.encode(prompt)
-        result = SpeculativeEngine(tiny_target, feature_drafter, draft_len).generate(ids, SamplingParams(max_new_tokens=40))
+        result = SpeculativeEngine(tiny_target, tiny_feature_drafter, draft_len).generate(ids, SamplingParams(max_new_tokens=40))
         assert result.token_ids == hf_greedy(tiny_target, ids, 40)
         assert result.rounds[0].num_drafted == 0  # no features before the first pass: a plain step
         accepted += sum(r.num_accepted for r in result.rounds)
     assert accepted > 10  # the trained draft is really used
 
 
-def test_greedy_trees_equal_target_greedy(tiny_target, feature_drafter):
+def test_greedy_trees_equal_target_greedy(tiny_target, tiny_feature_drafter):
     prior = [0.5, 0.2, 0.1]
     shape = SequoiaTable(prior, max_size=12, max_depth=4).shape(12, 4)
-    engine = SpeculativeEngine(tiny_target, feature_drafter, tree=FixedTree(shape, AcceptanceStats(prior)))
+    engine = SpeculativeEngine(tiny_target, tiny_feature_drafter, tree=FixedTree(shape, AcceptanceStats(prior)))
     ids = tiny_target.encode("a b c a b c a b")
     result = engine.generate(ids, SamplingParams(max_new_tokens=60))
     assert result.token_ids == hf_greedy(tiny_target, ids, 60)
@@ -138,13 +120,13 @@ def exact_marginals(target, prompt_ids: list[int], params: SamplingParams, n: in
     "params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=10, top_p=0.9)],
     ids=["T1", "T0.7-k10-p0.9"],
 )
-def test_sampled_chains_follow_target_distribution(tiny_target, feature_drafter, params):
+def test_sampled_chains_follow_target_distribution(tiny_target, tiny_feature_drafter, params):
     """2,000 seeded generations of 5 tokens: round 1 is a plain step, round 2 drafts a chain of 3
     from the feature draft (rejections mid-chain happen). Tokens 2 and 3 vs the exact target
     marginals: Pearson's chi-square, p > 1e-3 each."""
     prompt_ids = tiny_target.encode("the cat sat")
     exact = exact_marginals(tiny_target, prompt_ids, params, 3)
-    engine = SpeculativeEngine(tiny_target, feature_drafter, draft_len=3)
+    engine = SpeculativeEngine(tiny_target, tiny_feature_drafter, draft_len=3)
     seconds, thirds, mid_chain = [], [], 0
     vocab = tiny_target.vocab_size
     for seed in range(2000):

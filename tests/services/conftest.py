@@ -46,7 +46,8 @@ class InProcessStack:
         self.drafter = None
         drafters: tuple[str, ...] = ()
         if drafter is not None:
-            self.drafter, dport = create_drafter_server("127.0.0.1:0", DrafterWorker(drafter), auth_token=auth_token)
+            self.drafter_worker = DrafterWorker(drafter)
+            self.drafter, dport = create_drafter_server("127.0.0.1:0", self.drafter_worker, auth_token=auth_token)
             self.drafter.start()
             drafters = (f"127.0.0.1:{dport}",)
         self.loop = LoopThread()

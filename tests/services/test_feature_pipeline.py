@@ -1,0 +1,51 @@
+"""The feature-level draft served over loopback gRPC: the verifier returns the target's features
+of the accepted tokens with each result; a drafter that lacks them (fresh, restarted, evicted, or
+after plain rounds) asks the verifier (``Features``) and goes on drafting."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.engine import SpeculativeEngine
+from specgrove.client import Client
+from specgrove.sampling import SamplingParams
+from tests.services.conftest import InProcessStack
+
+PROMPT = "my name is"
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_target):
+    ids = tiny_target.encode(PROMPT)
+    return ids, SpeculativeEngine(tiny_target).generate(ids, SamplingParams(max_new_tokens=48)).token_ids
+
+
+@pytest.mark.parametrize("mode", ["chain", "tree"])
+def test_feature_draft_over_grpc_equals_target_greedy(mode, tiny_target, tiny_feature_drafter, reference, redis_server):
+    ids, expected = reference
+    options = {"tree_budget": 8, "tree_depth": 4} if mode == "tree" else {}
+    stack = InProcessStack(tiny_target, tiny_feature_drafter, redis_server.url, mode=mode, draft_len=4)
+    try:
+        out = Client(stack.address).generate(token_ids=ids, max_new_tokens=48, **options)
+    finally:
+        stack.stop()
+    assert out.token_ids == expected
+    assert out.usage["num_accepted_tokens"] > 10  # the draft reads the features the verifier returned
+    assert out.usage["rounds"] < len(expected)
+
+
+def test_a_drafter_that_lost_the_session_fetches_the_prefix_features(tiny_target, tiny_feature_drafter, reference,
+                                                                     redis_server):
+    ids, expected = reference
+    stack = InProcessStack(tiny_target, tiny_feature_drafter, redis_server.url, mode="chain", draft_len=4)
+    chunks = []
+    try:
+        for response in Client(stack.address).stream(token_ids=ids, max_new_tokens=48):
+            if response.HasField("chunk"):
+                chunks.append(response.chunk)
+                if len(chunks) == 3:  # as if the drafter restarted: its features and cache are gone
+                    stack.drafter_worker.release(response.chunk.session_id)
+    finally:
+        stack.stop()
+    assert [t for c in chunks for t in c.token_ids] == expected
+    assert sum(c.stats.num_accepted for c in chunks[4:]) > 5  # drafting went on after the loss
