@@ -125,10 +125,7 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, mask: torch.Tensor) -> torch.Tensor:
         """q [B, h, T, D] over keys k, v [B, kvh, S, D]; mask [.., T, S] additive float → [B, T, h·D]."""
-        groups = self.c.num_heads // self.c.num_kv_heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), enable_gqa=True)
         b, _, t, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 

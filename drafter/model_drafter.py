@@ -55,13 +55,19 @@ class ModelDraftSession:
         rows: list[torch.Tensor] = []
         for _ in range(max_tokens):
             logits = self.sequence.logits_for(context + tokens, num_logits=1)  # [1, V]
-            q = warp(logits, params)  # [1, V]
-            tokens.append(int(sample(q, generator)[0]))
-            rows.append(q[0])
-            if budget is not None and budget.stops(logits[0], q[0], params.greedy):
+            if params.greedy:  # q is one-hot on the argmax: no warping or sampling over the vocabulary
+                q = None
+                tokens.append(int(logits[0].argmax()))
+            else:
+                q = warp(logits, params)[0]  # [V]
+                tokens.append(int(sample(q, generator)))
+                rows.append(q)
+            if budget is not None and budget.stops(logits[0], q, params.greedy):
                 break  # the token stays; the chain ends here
         if not tokens:
             return Proposal.empty(self.sequence.model.vocab_size)
+        if params.greedy:  # the one-hot q each token was drawn from (verification reads only tokens)
+            return Proposal(tokens, torch.nn.functional.one_hot(torch.tensor(tokens), self.sequence.model.vocab_size).float())
         return Proposal(tokens, torch.stack(rows))
 
     def propose_tree(

@@ -8,7 +8,7 @@ from drafter.proposal import Proposal
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, warp
 from specgrove.tree import TokenTree, VerifyResult
-from verifier.rejection import verify_chain
+from verifier.rejection import verify_chain, verify_chain_greedy
 from verifier.tree_verify import verify_tree
 
 
@@ -29,6 +29,8 @@ class TargetSession:
         """Chain: return (number of accepted draft tokens, the recovered or bonus token)."""
         k = len(proposal.tokens)
         logits = self.sequence.logits_for(context + proposal.tokens, num_logits=k + 1)  # [K+1, V]
+        if params.greedy:  # argmax only: no warping, residual or sampling over the vocabulary
+            return verify_chain_greedy(logits, proposal.tokens)
         p = warp(logits, params)  # [K+1, V]
         verdict = verify_chain(
             p.unsqueeze(0), proposal.q.unsqueeze(0), torch.tensor([proposal.tokens], dtype=torch.long), generator
@@ -42,6 +44,7 @@ class TargetSession:
         logits = self.sequence.tree_logits(
             context, tree.tokens.tolist(), tree.parents.tolist(), 0, tree.size, with_root=True
         )  # [N + 1, V]
-        result = verify_tree(tree, warp(logits, params), params.greedy, generator)
+        p = logits if params.greedy else warp(logits, params)  # greedy verification reads only the argmax
+        result = verify_tree(tree, p, params.greedy, generator)
         self.sequence.keep_path(result.accepted_nodes)
         return result

@@ -137,3 +137,22 @@ def test_negative_control_draft_sampled_from_other_q_is_detected():
     verdict = verify_chain(p[: K + 1].expand(SAMPLES, K + 1, VOCAB), q[:K].expand(SAMPLES, K, VOCAB), drafts, gen)
     first = torch.where(verdict.num_accepted >= 1, drafts[:, 0], verdict.next_token)
     assert chi_square_p_value(first, p[0]) < NEGATIVE_ALPHA
+
+
+def test_greedy_fast_path_equals_verify_chain_on_one_hot_distributions():
+    """verify_chain_greedy (argmax only) gives exactly what verify_chain gives on one-hot p and q."""
+    from specgrove.sampling import SamplingParams, warp
+    from verifier.rejection import verify_chain_greedy
+
+    torch.manual_seed(0)
+    greedy = SamplingParams()
+    for case in range(300):
+        k, vocab = case % 6, 7
+        logits = torch.randn(k + 1, vocab)
+        best = logits.argmax(-1)
+        # drafts that match the argmax for a random prefix, then (maybe) differ
+        tokens = [int(best[i]) if torch.rand(()) < 0.7 else int(torch.randint(vocab, ())) for i in range(k)]
+        q = torch.nn.functional.one_hot(torch.tensor(tokens, dtype=torch.long), vocab).float().reshape(k, vocab)
+        verdict = verify_chain(warp(logits, greedy)[None], q[None], torch.tensor([tokens], dtype=torch.long).reshape(1, k),
+                               torch.Generator().manual_seed(case))
+        assert verify_chain_greedy(logits, tokens) == (int(verdict.num_accepted[0]), int(verdict.next_token[0]))
