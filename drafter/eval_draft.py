@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from drafter.feature_drafter import FeatureDraftModel, primed_sequence, teacher_forced_logits
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams
 
@@ -26,15 +27,19 @@ def position_stats(target: CausalLM, draft: CausalLM, prompt: list[int], continu
     positions = torch.arange(len(ids))
     n = len(continuation)
     p = torch.softmax(target.forward(ids, positions, target.new_cache(), num_logits=n + 1)[:-1], -1)  # [n, V]
-    q = torch.softmax(draft.forward(ids, positions, draft.new_cache(), num_logits=n + 1)[:-1], -1)  # [n, V]
+    if isinstance(draft, FeatureDraftModel):  # teacher forcing on the target's own features
+        q = torch.softmax(teacher_forced_logits(draft, target, prompt + continuation)[-n - 1:-1], -1)
+    else:
+        q = torch.softmax(draft.forward(ids, positions, draft.new_cache(), num_logits=n + 1)[:-1], -1)  # [n, V]
     agree = (p.argmax(-1) == q.argmax(-1)).tolist()
     overlap = torch.minimum(p, q).sum(-1).tolist()  # 1 − TV
     return agree, overlap
 
 
-def step_ms(model: CausalLM, context: list[int], steps: int = 24) -> float:
-    """Median time of one single-token decode step after `context`."""
-    seq = CachedSequence(model)
+def step_ms(model: CausalLM, context: list[int], steps: int = 24, target: CausalLM | None = None) -> float:
+    """Median time of one single-token decode step after `context` (a feature draft: one drafted
+    token on top of the target's features of `context`, which ``target`` computes)."""
+    seq = primed_sequence(model, target, context) if isinstance(model, FeatureDraftModel) else CachedSequence(model)
     ctx = list(context)
     seq.logits_for(ctx, 1)
     times = []
@@ -66,7 +71,7 @@ def evaluate(target: CausalLM, draft: CausalLM | None, drafter, prompts: list[li
         assert result.token_ids == continuation, "speculation changed the greedy output"
         accepted_lengths.append(result.mean_accepted_length)
     t_target = step_ms(target, prompts[0])
-    t_draft = step_ms(draft, prompts[0]) if draft is not None else None
+    t_draft = step_ms(draft, prompts[0], target=target) if draft is not None else None
     return {
         "prompts": len(prompts),
         "positions": len(agree),

@@ -168,3 +168,27 @@ def load_feature_drafter(path, target_model, name: str, lookup: bool = False) ->
     draft = feature_draft.load(path, target_model).to(target_model.device)
     max_positions = int(getattr(target_model.config, "max_position_embeddings", 2048))
     return FeatureDrafter(FeatureDraftModel(draft, name, max_positions), lookup=lookup)
+
+
+def primed_sequence(model: FeatureDraftModel, target, context: list[int]) -> FeatureSequence:
+    """A FeatureSequence holding the target's features of context[:-1] (for measurements)."""
+    import torch as _torch
+
+    ids = _torch.tensor(context[:-1], dtype=_torch.long)
+    _, hidden = target.forward_features(ids, _torch.arange(len(ids)), target.new_cache(), num_logits=1)
+    sequence = FeatureSequence(model)
+    sequence.set_features(hidden)
+    sequence.logits_for(context, 1)
+    return sequence
+
+
+@torch.inference_mode()
+def teacher_forced_logits(model: FeatureDraftModel, target, ids: list[int]) -> torch.Tensor:  # [len(ids) − 1, V]
+    """Row i: the draft's logits for token i + 1 given the target's true features up to token i − 1
+    (one drafted token, the quantity EAGLE calls top-1 accuracy); row 0 has no feature (−inf)."""
+    x = torch.tensor(ids, dtype=torch.long)
+    _, features = target.forward_features(x, torch.arange(len(ids)), target.new_cache(), num_logits=1)
+    device = next(model.draft.parameters()).device
+    out = feature_draft.unrolled(model.draft, features[None].to(device), x[None].to(device), 1)[0]  # [1, N, H]
+    logits = model.draft.full_logits(model.draft.lm_head(out[0])).float().cpu()  # row j predicts token j + 2
+    return torch.cat([torch.full((1, logits.shape[-1]), float("-inf")), logits])

@@ -2,7 +2,9 @@
 
 Modes: ``ar`` (transformers ``generate`` of the target: the baseline), ``hf-assisted``
 (transformers assisted generation with the same draft: prompt lookup for the n-gram draft,
-``assistant_model`` for a model draft), ``specgrove-ar`` (our engine with K = 0) and
+``assistant_model`` for a model draft; for a feature draft, which transformers cannot run, the
+shipped independent draft), ``hf-lookup`` (transformers prompt lookup, with a model draft),
+``specgrove-ar`` (our engine with K = 0) and
 ``chain-kK`` (our chain speculative sampling with draft length K). Prompts are interleaved across
 modes (prompt by prompt) so machine drift hits every mode alike; a warm-up generation per mode
 is excluded. Metric names follow vLLM's benchmark output where one exists.
@@ -197,7 +199,8 @@ class BenchConfig:
     def mode_names(self) -> list[str]:
         from specgrove.bench_grpc import grpc_mode_names
 
-        every = ["ar", "hf-assisted", "specgrove-ar"] + [f"chain-k{k}" for k in self.draft_lens]
+        every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else []) + ["specgrove-ar"]
+        every += [f"chain-k{k}" for k in self.draft_lens]
         every += [f"chain-{p}" for p in self.stop_policies]
         every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
         every += grpc_mode_names(self.grpc_chain_lens, self.grpc_tree, self.grpc_tree_budgets, self.link_delays)
@@ -214,12 +217,20 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
 
     loaded: dict = {}  # every mode shares the loaded target (and draft)
     target = load_model(config.target, cache_dir, loaded)
-    from drafter.factory import model_spec
+    from pathlib import Path
 
-    if model_spec(config.draft) is None:
-        assist = dict(prompt_lookup_num_tokens=config.hf_assisted_len)
-    else:  # transformers assists with the draft model (it has no lookup-then-model combination)
-        assist = dict(assistant_model=load_model(model_spec(config.draft), cache_dir, loaded).model)
+    from drafter.factory import SHIPPED_FEATURE_NAME, model_spec
+    from drafter.feature_draft import is_feature_draft
+    from specgrove.config import SHIPPED_FEATURE_DRAFT
+    from specgrove.models import SHIPPED_DRAFT_NAME
+
+    lookup = dict(prompt_lookup_num_tokens=config.hf_assisted_len)
+    assistant = model_spec(config.draft)
+    if assistant is not None and is_feature_draft(SHIPPED_FEATURE_DRAFT if assistant == SHIPPED_FEATURE_NAME
+                                                  else Path(assistant).expanduser()):
+        assistant = SHIPPED_DRAFT_NAME  # transformers cannot run a feature head: its best independent draft
+    # transformers assists with the draft model (it has no lookup-then-model combination)
+    assist = lookup if assistant is None else dict(assistant_model=load_model(assistant, cache_dir, loaded).model)
     specs = {"specgrove-ar": EngineSpec(mode="ar", target=config.target)}
     for k in config.draft_lens:
         specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k,
@@ -233,7 +244,8 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
     if config.tree_auto:
         specs["tree-auto"] = EngineSpec(mode="tree", target=config.target, draft=config.draft,
                                         greedy=config.temperature == 0, stop_policy="static")
-    runners: dict[str, tuple[Runner, bool]] = {"ar": (hf_runner(target), False), "hf-assisted": (hf_runner(target, **assist), False)}
+    runners: dict[str, tuple[Runner, bool]] = {"ar": (hf_runner(target), False), "hf-assisted": (hf_runner(target, **assist), False),
+                                               "hf-lookup": (hf_runner(target, **lookup), False)}
     for name in config.mode_names():
         if name in specs:
             built = assemble(specs[name], cache_dir, loaded)

@@ -41,10 +41,13 @@ def measure_verify_ms(model, context: list[int], sizes=VERIFY_SIZES, repeats: in
     return {n: round(statistics.median(t), 3) for n, t in times.items()}
 
 
-def measure_draft_level_ms(draft, context: list[int], width: int = 4, repeats: int = 9) -> float:
+def measure_draft_level_ms(draft, context: list[int], width: int = 4, repeats: int = 9, target=None) -> float:
+    """Median ms of one draft pass over a ``width``-node tree level (a feature draft reads the
+    target's features of the context, which ``target`` computes first)."""
+    from drafter.feature_drafter import FeatureDraftModel, primed_sequence
     from specgrove.models import CachedSequence
 
-    seq = CachedSequence(draft)
+    seq = primed_sequence(draft, target, context) if isinstance(draft, FeatureDraftModel) else CachedSequence(draft)
     samples = []
     for i in range(repeats):
         seq.logits_for(context, num_logits=1)
@@ -77,7 +80,7 @@ def calibrate(target, draft, drafter, num_prompts: int = 4, quick: bool = False)
     prompts = [target.chat_prompt(p.text) for p in chat_prompts(num_prompts)]
     context = (prompts[0] * 8)[:200]
     verify = measure_verify_ms(target, context, repeats=3 if quick else 5)
-    level = measure_draft_level_ms(draft, context)
+    level = measure_draft_level_ms(draft, context, target=target)
     acceptance = {"greedy": EXPLORE_PRIOR, "sampled": EXPLORE_PRIOR}
     if not quick:
         acceptance = {
@@ -95,3 +98,48 @@ def calibrate(target, draft, drafter, num_prompts: int = 4, quick: bool = False)
 def profile_path(cache_dir: Path, target_name: str, draft_name: str) -> Path:
     safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
     return Path(cache_dir) / "profiles" / f"{safe(target_name)}--{safe(draft_name)}.json"
+
+
+# Model shapes for cost curves without weights (a GPU host where the real weights cannot travel):
+# random weights of a real architecture cost what the trained ones do.
+SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}
+
+
+def measure_shape_ms(shape: str, device: str = "cuda", dtype=torch.bfloat16, sizes=(1, 2, 4, 8, 16, 32, 64, 128),
+                     batches=(1, 4, 16), prefix: int = 256, repeats: int = 7) -> dict:
+    """Median ms of one forward pass over n new tokens per row for a batch of B rows, each on a
+    ``prefix``-token cache, for a random-weight model of a named shape: {B: {n: ms}}."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out: dict = {}
+    with torch.inference_mode():
+        for b in batches:
+            ids = torch.randint(3, config.vocab_size, (b, prefix), device=device)
+            out[b] = {}
+            for n in sizes:
+                samples = []
+                for r in range(repeats + 2):
+                    cache = DynamicCache(config=config)
+                    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    new = torch.randint(3, config.vocab_size, (b, n), device=device)
+                    pos = torch.arange(prefix, prefix + n, device=device).expand(b, n)
+                    sync()
+                    start = time.perf_counter()
+                    model(input_ids=new, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=n)
+                    sync()
+                    if r >= 2:  # two warm-ups
+                        samples.append(1000 * (time.perf_counter() - start))
+                out[b][n] = round(statistics.median(samples), 3)
+    return out

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from specgrove.assemble import EngineSpec, assemble
-from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, DRAFT_TRAIN_CONFIG, SHIPPED_DRAFT, default_cache_dir
+from specgrove.config import (DEFAULT_DRAFT, DEFAULT_TARGET, DRAFT_TRAIN_CONFIG, FEATURE_TRAIN_CONFIG, SHIPPED_DRAFT,
+                              SHIPPED_FEATURE_DRAFT, default_cache_dir)
 from specgrove.errors import SpecGroveError
 from specgrove.sampling import SamplingParams
 
@@ -194,15 +195,16 @@ def cmd_bench(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from drafter.model_drafter import ModelDrafter
+    from drafter.factory import make_drafter
     from specgrove.calibrate import calibrate, profile_path
-    from specgrove.models import check_same_vocabulary, load_model
+    from specgrove.models import load_model
 
     loaded: dict = {}  # a layer-slice draft shares the target's weights
     target = load_model(args.target, args.cache_dir, loaded)
-    draft = load_model(args.draft, args.cache_dir, loaded)
-    check_same_vocabulary(target, draft)
-    profile = calibrate(target, draft, ModelDrafter(draft), num_prompts=args.num_prompts, quick=args.quick)
+    drafter, draft = make_drafter(args.draft, target, args.cache_dir, loaded)  # refuses another tokenizer
+    if draft is None:
+        raise SpecGroveError("calibrate needs a draft model, not the n-gram drafter")
+    profile = calibrate(target, draft, drafter, num_prompts=args.num_prompts, quick=args.quick)
     out = args.out or profile_path(args.cache_dir, target.name, draft.name)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
@@ -244,10 +246,15 @@ def cmd_eval_draft(args) -> int:
 def cmd_train_draft(args) -> int:
     from pathlib import Path
 
-    from drafter.train import TrainConfig, run
-
-    config = TrainConfig.from_file(Path(args.config))
-    out = run(config, Path(args.run_dir), Path(args.out), args.cache_dir, max_minutes=args.max_minutes)
+    if args.kind == "feature":
+        from drafter.feature_train import FeatureTrainConfig as Config, run
+    else:
+        from drafter.train import TrainConfig as Config, run
+    defaults = {"feature": (FEATURE_TRAIN_CONFIG, "runs/feature", SHIPPED_FEATURE_DRAFT),
+                "model": (DRAFT_TRAIN_CONFIG, "runs/draft", SHIPPED_DRAFT)}[args.kind]
+    config = Config.from_file(Path(args.config or defaults[0]))
+    out = run(config, Path(args.run_dir or defaults[1]), Path(args.out or defaults[2]), args.cache_dir,
+              max_minutes=args.max_minutes)
     print(f"{out}")
     return 0
 
@@ -362,16 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="measure verify/draft costs and acceptance into a profile")
     cal.add_argument("--target", default=DEFAULT_TARGET)
-    cal.add_argument("--draft", required=True, help="a draft model: 'smollm2:layers=N' or a directory")
+    cal.add_argument("--draft", required=True, help="a draft model: 'smollm2-feature', 'smollm2-draft', "
+                                                       "'smollm2:layers=N' or a directory")
     cal.add_argument("--num-prompts", type=int, default=4)
     cal.add_argument("--quick", action="store_true", help="costs only; acceptance from a prior")
     cal.add_argument("--out", default=None, help="profile path (default: the cache, where generate finds it)")
     cal.set_defaults(func=cmd_calibrate)
 
-    train = sub.add_parser("train-draft", help="distil the target into the small draft (resumable)")
-    train.add_argument("--config", default=str(DRAFT_TRAIN_CONFIG), help="training config JSON")
-    train.add_argument("--run-dir", default="runs/draft", help="data, checkpoints and logs (resumes from here)")
-    train.add_argument("--out", default=str(SHIPPED_DRAFT), help="where the finished draft is written")
+    train = sub.add_parser("train-draft", help="train a draft for the target (resumable)")
+    train.add_argument("--kind", choices=["feature", "model"], default="feature",
+                       help="feature: the EAGLE-style head on the target's features (smollm2-feature); "
+                            "model: the distilled independent draft (smollm2-draft)")
+    train.add_argument("--config", default=None, help="training config JSON (default: the shipped draft's)")
+    train.add_argument("--run-dir", default=None, help="data, checkpoints and logs (resumes from here; "
+                                                       "default runs/feature or runs/draft)")
+    train.add_argument("--out", default=None, help="where the finished draft is written (default: the shipped one)")
     train.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (resume later)")
     train.set_defaults(func=cmd_train_draft)
 
