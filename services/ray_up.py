@@ -5,16 +5,35 @@ named (``--drafter-accelerator L4 --verifier-accelerator H100``), else for the c
 ``specgrove_drafter`` / ``specgrove_verifier``, which a KubeRay worker group advertises (see
 k8s/ray/raycluster.yaml) and which a local cluster started here provides. The orchestrator
 actor needs only a CPU. Redis: ``REDIS_URL``, else a local redis-server (single machine only).
+
+The local cluster runs in a helper process (``python -m services.ray_up``), never inside the
+caller. ``ray.init()`` gives the raylet a fixed 30 s to register with the GCS (Ray 2.60
+``node.py``, not configurable) while half a dozen Python processes (dashboard, monitor, agents,
+workers) start beside it; 2 busy cores overrun that, and the caller, whose gRPC threads are live,
+would fork all of them itself (running Python between fork and exec). The caller only
+fork-execs the helper, waits for it under its own bound, starts a fresh one when Ray's 30 s ran
+out, then connects with ``ray.init(address=...)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 DRAFTER_RESOURCE, VERIFIER_RESOURCE = "specgrove_drafter", "specgrove_verifier"
+LOCAL_CLUSTER = {  # ray.init() arguments of the local cluster: always a new one ("local", never one
+    "address": "local",  # that `ray start` left running), offering the placement resources of both GPU roles
+    "num_cpus": 3, "resources": {DRAFTER_RESOURCE: 1, VERIFIER_RESOURCE: 1}, "include_dashboard": False,
+    "object_store_memory": 80 * 1024 * 1024, "log_to_driver": False,
+}
+STARTUP_TIMED_OUT = 75  # the helper's exit status when Ray's own start-up wait ran out (EX_TEMPFAIL)
 
 
 class RoleServer:
@@ -84,11 +103,82 @@ class RoleServer:
 
 
 @dataclass
+class LocalRayCluster:
+    """A one-node Ray cluster owned by a helper process; closing the helper's stdin (or this
+    process dying) makes it shut the cluster down."""
+
+    address: str  # the GCS address, for ray.init(address=...)
+    process: subprocess.Popen
+
+    @classmethod
+    def start(cls, timeout: float = 300.0) -> LocalRayCluster:
+        """Start a helper; return once its node is up, with a fresh helper each time Ray's own
+        start-up wait runs out, for at most ``timeout`` seconds in all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cluster = cls("", subprocess.Popen([sys.executable, "-m", "services.ray_up"], stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, text=True, start_new_session=True))
+            try:
+                cluster.address = cluster._wait_for_address(deadline)
+            except BaseException:
+                cluster.stop()
+                raise
+            if cluster.address:
+                return cluster
+            cluster.stop()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no local Ray cluster came up within {timeout:.0f}s (Ray's errors are above)")
+
+    def _wait_for_address(self, deadline: float) -> str:
+        """The address the helper prints once its ray.init() returned, or "" when Ray's own
+        start-up wait ran out (the helper exits with STARTUP_TIMED_OUT; its processes go with it)."""
+        while time.monotonic() < deadline:
+            if select.select([self.process.stdout], [], [], 1.0)[0]:
+                line = self.process.stdout.readline().strip()
+                if line:
+                    return line
+                if self.process.wait() == STARTUP_TIMED_OUT:
+                    return ""
+                raise RuntimeError(f"the local Ray cluster exited with {self.process.returncode} (its stderr is above)")
+        raise TimeoutError("the local Ray cluster was not up in time (its stderr is above)")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.process.stdin.close()  # the helper's ray.shutdown() stops the GCS, raylet and workers
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # its children fate-share with it (Ray's reaper and PR_SET_PDEATHSIG)
+            self.process.wait()
+        self.process.stdout.close()
+
+
+def _hold_local_cluster() -> int:
+    """The helper's body: start the cluster, print its GCS address, keep it until stdin closes."""
+    address_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # Ray's own output goes to stderr; stdout carries the address line only
+    import ray
+
+    try:
+        context = ray.init(**LOCAL_CLUSTER)
+    except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its raylet wait runs out
+        if "timed out during startup" not in str(err):
+            raise
+        print(f"specgrove: {err}; starting a fresh cluster", file=sys.stderr, flush=True)
+        return STARTUP_TIMED_OUT
+    address_out.write(context.address_info["gcs_address"] + "\n")
+    address_out.close()
+    sys.stdin.read()
+    ray.shutdown()
+    return 0
+
+
+@dataclass
 class RayStack:
     address: str
     actors: dict
     redis: object
-    started_ray: bool
+    connected: bool  # this process called ray.init() and disconnects on stop
+    cluster: LocalRayCluster | None = None  # the local cluster started for this stack
 
     def stop(self) -> None:
         import ray
@@ -101,23 +191,35 @@ class RayStack:
             ray.kill(actor)
         if self.redis is not None:
             self.redis.stop()
-        if self.started_ray:
+        if self.connected:
             ray.shutdown()
+        if self.cluster is not None:
+            self.cluster.stop()
 
 
 def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | None = None,
                     redis_url: str | None = None, mode: str = "chain", draft_len: int = 4,
-                    drafter_accelerator: str | None = None, verifier_accelerator: str | None = None) -> RayStack:
+                    drafter_accelerator: str | None = None, verifier_accelerator: str | None = None,
+                    cluster_timeout: float = 300.0) -> RayStack:
     import ray
 
-    started = False
+    connected, cluster = False, None
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
-        else:  # a local cluster that offers the placement resources of both GPU roles
-            ray.init(num_cpus=3, resources={DRAFTER_RESOURCE: 1, VERIFIER_RESOURCE: 1}, include_dashboard=False,
-                     object_store_memory=80 * 1024 * 1024, log_to_driver=False)
-        started = True
+        else:
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            cluster = LocalRayCluster.start(timeout=cluster_timeout)
+            try:  # the helper's ray.init() turned token auth on: join it as Ray joins a local cluster it found
+                maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+                ray.init(address=cluster.address, log_to_driver=False)
+            except BaseException:
+                cluster.stop()
+                raise
+        connected = True
     redis = None
     if not redis_url:
         from specgrove.local_redis import LocalRedis
@@ -144,6 +246,10 @@ def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | Non
         actors["orchestrator"] = actor.options(num_cpus=1).remote("orchestrator", str(cache_dir), orch_opts)
         orch_addr = ray.get(actors["orchestrator"].start.remote(), timeout=300)
     except BaseException:
-        RayStack("", actors, redis, started).stop()
+        RayStack("", actors, redis, connected, cluster).stop()
         raise
-    return RayStack(orch_addr, actors, redis, started)
+    return RayStack(orch_addr, actors, redis, connected, cluster)
+
+
+if __name__ == "__main__":
+    sys.exit(_hold_local_cluster())

@@ -1,6 +1,7 @@
 """Sessions in a real redis-server: idempotent appends by step, leases, cancel, not-found."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -42,15 +43,17 @@ def test_a_round_is_committed_once_whatever_the_retries(redis_url):
 
 def test_leases_cancel_and_unknown_sessions(redis_url):
     async def go():
-        a, b = SessionStore(redis_url, lease_ms=500), SessionStore(redis_url)
+        a, b = SessionStore(redis_url, lease_ms=2000), SessionStore(redis_url)
         sid = await a.create([1], SamplingParams(), 1, {})
         assert await a.acquire(sid, "run-a") and await a.acquire(sid, "run-a")
         assert not await b.acquire(sid, "run-b")
         assert (await b.append(sid, 1, [7], {}, 0, 0, owner="run-b"))[0] == -3  # fenced: not the lease holder
         await b.release(sid, "run-b")  # releasing someone else's lease does nothing
         assert not await b.acquire(sid, "run-b")
-        await asyncio.sleep(0.6)  # the lease expires: a crashed owner cannot block the session
-        assert await b.acquire(sid, "run-b")
+        deadline = time.monotonic() + 10
+        while not await b.acquire(sid, "run-b"):  # the lease expires: a crashed owner cannot block the session
+            assert time.monotonic() < deadline, "run-a's lease never expired"
+            await asyncio.sleep(0.05)
         assert await b.append(sid, 1, [7], {}, 0, 0, owner="run-b") == (1, False)
         await b.release(sid, "run-b")
         assert await a.acquire(sid, "run-a")

@@ -1,5 +1,6 @@
 """`specgrove up --ray` on a local Ray cluster (CPU, loopback): the three roles as actors serve
-a greedy generation identical to the in-process engine."""
+a greedy generation identical to the in-process engine. The cluster runs in its own helper
+process (``services.ray_up.LocalRayCluster``), never forked from this gRPC-busy one."""
 
 from __future__ import annotations
 
@@ -25,5 +26,6 @@ def test_ray_actors_serve_the_same_greedy_output(tiny_dir, tiny_target, tmp_path
         chain = Client(stack.address).generate(token_ids=ids, max_new_tokens=40, mode="chain")
     finally:
         stack.stop()
+    assert stack.cluster.process.returncode == 0  # the helper shut its cluster down and exited
     assert out.token_ids == expected and chain.token_ids == expected
     assert chain.usage["num_accepted_tokens"] > 0  # the draft (the target itself) was used
