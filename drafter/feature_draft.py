@@ -182,15 +182,14 @@ class FeatureDraft(nn.Module):
         positions: torch.Tensor,  # [T] or [B, T] each pair's position
         past: tuple[torch.Tensor, torch.Tensor] | None,  # (k, v) [B, kvh, S, D] of earlier pairs
         mask: torch.Tensor,  # [B or 1, 1, T, S + T] additive float
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """(F̂ [B, T, H], subset logits [B, T, S], (k, v) of past + these pairs)."""
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(F̂ [B, T, H], (k, v) of past + these pairs); ``lm_head(F̂)`` gives the subset logits."""
         x = self.inputs(features, tokens)
         attn = self.layer.self_attn
         q, k, v = attn.project(self.layer.input_layernorm(x), positions)
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        out = self.finish(x, attn.attend(q, k, v, mask))
-        return out, self.lm_head(out), (k, v)
+        return self.finish(x, attn.attend(q, k, v, mask)), (k, v)
 
     def full_logits(self, subset_logits: torch.Tensor) -> torch.Tensor:  # [..., S] → [..., V], −inf outside
         full = subset_logits.new_full((*subset_logits.shape[:-1], self.config.vocab_size), float("-inf"))

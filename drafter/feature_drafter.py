@@ -74,10 +74,10 @@ class FeatureSequence:
         feats = parent_out[torch.tensor([p + 1 for p in parents[first:last]])]
         positions = node_positions(len(context), parents)[first:last]
         mask = tree_attention_mask(pairs, 0, parents, first, last)
-        out, logits = self._run(feats, node_tokens[first:last], positions, mask)
+        out = self._run(feats, node_tokens[first:last], positions, mask)
         self.node_tokens = node_tokens[:last]
         self.node_outputs = torch.cat([self.node_outputs, out])
-        return self.draft.full_logits(logits).float().cpu()
+        return self.draft.full_logits(self.draft.lm_head(out.to(self.device))).float().cpu()
 
     def keep_path(self, path: list[int]) -> None:
         """After verification: drop every node (their pairs read drafted features; the next round
@@ -89,20 +89,18 @@ class FeatureSequence:
         n = len(tokens)
         allowed = torch.ones(n, past + n, dtype=torch.bool).tril(past)
         mask = torch.zeros(n, past + n).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
-        out, _ = self._run(feats, tokens, positions, mask, logits=False)
+        out = self._run(feats, tokens, positions, mask)
         self.tokens += tokens
         self.true += [true] * n
         self.outputs = torch.cat([self.outputs, out])
 
-    def _run(self, feats: torch.Tensor, tokens: list[int], positions: list[int], mask: torch.Tensor,
-             logits: bool = True):
-        """One draft pass over new pairs/nodes after everything cached; extends the KV cache."""
+    def _run(self, feats: torch.Tensor, tokens: list[int], positions: list[int], mask: torch.Tensor) -> torch.Tensor:
+        """One draft pass over new pairs/nodes after everything cached; extends the KV cache; F̂ [n, H]."""
         d = self.device
-        out, subset_logits, kv = self.draft(
+        out, self.kv = self.draft(
             feats.to(d, torch.float32)[None], torch.tensor(tokens, device=d)[None], torch.tensor(positions, device=d),
             self.kv, mask.to(d))
-        self.kv = kv
-        return out[0].cpu(), (subset_logits[0] if logits else None)
+        return out[0].cpu()
 
     def _crop(self, pairs: int) -> None:
         """Keep the first ``pairs`` cached pairs; drop later pairs and every node."""

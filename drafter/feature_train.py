@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from drafter import feature_draft
-from drafter.train import _batch, _lr, generate, tokenize
+from drafter.train import _batch, _lr, generate, load_checkpoint, read_config, save_checkpoint, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,7 @@ class FeatureTrainConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "FeatureTrainConfig":
-        raw = json.loads(Path(path).read_text())
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**raw)
+        return read_config(cls, path)
 
 
 def run(config: FeatureTrainConfig, run_dir: Path, out_dir: Path, cache_dir: Path,
@@ -123,13 +119,7 @@ def train(config: FeatureTrainConfig, target, subset: list[int], run_dir: Path, 
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     rng = np.random.default_rng(config.seed)
     ckpt_path = run_dir / "feature-checkpoint.pt"
-    stats = {"step": 0, "wall_s": 0.0, "tokens": 0, "history": []}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
-        model.load_state_dict(ckpt["model"], strict=False)
-        opt.load_state_dict(ckpt["opt"])
-        rng.bit_generator.state = ckpt["rng"]
-        stats = ckpt["stats"]
+    stats = load_checkpoint(ckpt_path, model, opt, rng, device)
     head = target.model.lm_head.weight[torch.tensor(subset, device=device)].detach()  # [S, H]
     body = target.model.model
     started = time.perf_counter()
@@ -162,10 +152,7 @@ def train(config: FeatureTrainConfig, target, subset: list[int], run_dir: Path, 
             stats["history"].append({"step": stats["step"], "loss": round(ema[0], 4),
                                      "top1_per_step": [round(a, 4) for a in ema[1:]],
                                      "wall_s": round(stats["wall_s"], 1)})
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.trainable_state_dict(), "opt": opt.state_dict(),
-                        "rng": rng.bit_generator.state, "stats": stats}, tmp)
-            tmp.replace(ckpt_path)
+            save_checkpoint(ckpt_path, model, opt, rng, stats)
             if max_minutes is not None and time.perf_counter() - started > max_minutes * 60:
                 break
     bar.close()

@@ -54,11 +54,35 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "TrainConfig":
-        raw = json.loads(Path(path).read_text())
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**raw)
+        return read_config(cls, path)
+
+
+def read_config(cls, path: Path):
+    """A training-config dataclass from a JSON file; unknown keys are an error."""
+    raw = json.loads(Path(path).read_text())
+    unknown = set(raw) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return cls(**raw)
+
+
+def load_checkpoint(path: Path, model, opt, rng: np.random.Generator, device) -> dict:
+    """Restore weights, optimiser and RNG from ``path`` when it exists; return the run's stats."""
+    if not path.exists():
+        return {"step": 0, "wall_s": 0.0, "tokens": 0, "history": []}
+    ckpt = torch.load(path, weights_only=False, map_location=device)
+    model.load_state_dict(ckpt["model"], strict=False)
+    opt.load_state_dict(ckpt["opt"])
+    rng.bit_generator.state = ckpt["rng"]
+    return ckpt["stats"]
+
+
+def save_checkpoint(path: Path, model, opt, rng: np.random.Generator, stats: dict) -> None:
+    """Atomically write the trainable weights, optimiser, RNG and stats."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.trainable_state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
+                "stats": stats}, tmp)
+    tmp.replace(path)
 
 
 def run(config: TrainConfig, run_dir: Path, out_dir: Path, cache_dir: Path, max_minutes: float | None = None) -> Path:
@@ -210,13 +234,7 @@ def train(config: TrainConfig, target, subset: list[int], run_dir: Path, max_min
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, betas=(0.9, 0.98))
     rng = np.random.default_rng(config.seed)
     ckpt_path = run_dir / "checkpoint.pt"
-    stats = {"step": 0, "wall_s": 0.0, "tokens": 0, "history": []}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
-        model.load_state_dict(ckpt["model"], strict=False)
-        opt.load_state_dict(ckpt["opt"])
-        rng.bit_generator.state = ckpt["rng"]
-        stats = ckpt["stats"]
+    stats = load_checkpoint(ckpt_path, model, opt, rng, device)
     head = target.model.lm_head.weight[torch.tensor(subset)].detach()  # [S, H]
     body = target.model.model
     started = time.perf_counter()
@@ -248,10 +266,7 @@ def train(config: TrainConfig, target, subset: list[int], run_dir: Path, max_min
         if stats["step"] % config.checkpoint_every == 0 or stats["step"] == config.steps:
             stats["history"].append({"step": stats["step"], "kl": round(ema[0], 4), "top1": round(ema[1], 4),
                                      "wall_s": round(stats["wall_s"], 1)})
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.trainable_state_dict(), "opt": opt.state_dict(),
-                        "rng": rng.bit_generator.state, "stats": stats}, tmp)
-            tmp.replace(ckpt_path)
+            save_checkpoint(ckpt_path, model, opt, rng, stats)
             if max_minutes is not None and time.perf_counter() - started > max_minutes * 60:
                 break
     bar.close()

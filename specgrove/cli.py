@@ -235,10 +235,11 @@ def cmd_eval_draft(args) -> int:
     if args.model_card:
         from pathlib import Path
 
-        from drafter.model_card import render
+        from drafter.feature_draft import is_feature_draft
+        from drafter.model_card import render, render_feature
 
         card = Path(args.model_card) / "README.md"
-        card.write_text(render(Path(args.model_card), report))
+        card.write_text((render_feature if is_feature_draft(Path(args.model_card)) else render)(Path(args.model_card), report))
         print(f"wrote {card}")
     return 0
 
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop-token-id", action="append", type=int, default=[], help="stop token id (repeatable)")
     gen.add_argument("--target", default=DEFAULT_TARGET, help="'smollm2' or a Hugging Face model directory")
     gen.add_argument("--draft", default=None,
-                     help=f"'ngram', 'smollm2:layers=N' or a model directory (default {DEFAULT_DRAFT})")
+                     help=f"'smollm2-feature', 'smollm2-draft', 'ngram', 'ngram+MODEL', 'smollm2:layers=N' or a "
+                          f"model directory (default {DEFAULT_DRAFT})")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     gen.add_argument("--server", default=None, help="HOST:PORT of an orchestrator (specgrove up): generate over gRPC")
@@ -392,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="default $SPECGROVE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default $SPECGROVE_PORT or 50051")
     serve.add_argument("--target", default=None, help="verifier: the model; orchestrator: its tokenizer")
-    serve.add_argument("--draft", default=None, help=f"drafter: the draft (default {DEFAULT_DRAFT})")
+    serve.add_argument("--draft", default=None, help=f"drafter: the draft (default {DEFAULT_DRAFT}); a feature "
+                                                     "draft reads the target's features from the verifier")
     serve.add_argument("--drafter", action="append", default=[], help="orchestrator: a drafter HOST:PORT (repeatable)")
     serve.add_argument("--verifier", action="append", default=[], help="orchestrator: a verifier HOST:PORT (repeatable)")
     serve.add_argument("--redis-url", default=None, help="orchestrator: Redis URL (default $REDIS_URL)")

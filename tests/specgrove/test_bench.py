@@ -98,7 +98,7 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
     modes = [r["mode"] for r in report["results"]]
-    assert modes == ["ar", "hf-assisted", "specgrove-ar", "chain-k4", "grpc-chain-k4"]
+    assert modes == ["ar", "hf-assisted", "hf-lookup", "specgrove-ar", "chain-k4", "grpc-chain-k4"]
     by_mode = {r["mode"]: r for r in report["results"]}
     assert by_mode["ar"]["speedup_vs_ar"] == 1.0
     # greedy: every mode emits exactly the target's own greedy tokens

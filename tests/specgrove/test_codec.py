@@ -39,3 +39,20 @@ def test_verify_result_and_budget_round_trip():
     back = codec.budget_from_pb(codec.budget_to_pb(budget, [-1, 0]))
     assert back.max_len == 6 and back.min_confidence is None and abs(back.lam - 0.4) < 1e-6
     assert codec.budget_from_pb(codec.budget_to_pb(DraftBudget(3), [-1])) == DraftBudget(3)
+
+
+def test_feature_blocks_round_trip_in_float16_and_refuse_a_ragged_block():
+    import pytest
+    import torch
+
+    from specgrove import codec
+    from specgrove.v1 import speculate_pb2
+
+    features = torch.randn(5, 576) * 3
+    block = codec.features_to_pb(features, start=17)
+    assert block.start == 17 and block.dim == 576 and len(block.fp16) == 5 * 576 * 2
+    start, back = codec.features_from_pb(speculate_pb2.FeatureBlock.FromString(block.SerializeToString()))
+    assert start == 17 and back.shape == (5, 576)
+    assert torch.allclose(back, features, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="not rows of 576"):
+        codec.features_from_pb(speculate_pb2.FeatureBlock(start=0, dim=576, fp16=b"\0\0" * 577))
