@@ -62,10 +62,16 @@ def test_abort_of_an_unknown_session_is_not_found(stack):
 
 
 def test_a_client_deadline_is_honoured(stack):
+    """Either the client's deadline fires first (DEADLINE_EXCEEDED), or the server, seeing the
+    deadline too near for another round, ends the stream itself with finish reason time_limit
+    (a race that a 1 ms deadline can still lose on a loaded machine); never 200 tokens."""
     client = Client(stack.address)
-    with pytest.raises(grpc.RpcError) as err:
-        client.generate(prompt="my name is", max_new_tokens=200, timeout=0.001)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    try:
+        out = client.generate(prompt="my name is", max_new_tokens=200, timeout=0.001)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:
+        assert out.finish_reason == "time_limit" and len(out.token_ids) < 200
     assert client.generate(**OK).token_ids
 
 
