@@ -168,14 +168,16 @@ def load_feature_drafter(path, target_model, name: str, lookup: bool = False) ->
     return FeatureDrafter(FeatureDraftModel(draft, name, max_positions), lookup=lookup)
 
 
+def target_features(target, ids: list[int]) -> torch.Tensor:  # [len(ids), H]
+    """The target's features of ids, from one fresh forward pass."""
+    x = torch.tensor(ids, dtype=torch.long)
+    return target.forward_features(x, torch.arange(len(ids)), target.new_cache(), num_logits=1)[1]
+
+
 def primed_sequence(model: FeatureDraftModel, target, context: list[int]) -> FeatureSequence:
     """A FeatureSequence holding the target's features of context[:-1] (for measurements)."""
-    import torch as _torch
-
-    ids = _torch.tensor(context[:-1], dtype=_torch.long)
-    _, hidden = target.forward_features(ids, _torch.arange(len(ids)), target.new_cache(), num_logits=1)
     sequence = FeatureSequence(model)
-    sequence.set_features(hidden)
+    sequence.set_features(target_features(target, context[:-1]))
     sequence.logits_for(context, 1)
     return sequence
 
@@ -184,9 +186,9 @@ def primed_sequence(model: FeatureDraftModel, target, context: list[int]) -> Fea
 def teacher_forced_logits(model: FeatureDraftModel, target, ids: list[int]) -> torch.Tensor:  # [len(ids) − 1, V]
     """Row i: the draft's logits for token i + 1 given the target's true features up to token i − 1
     (one drafted token, the quantity EAGLE calls top-1 accuracy); row 0 has no feature (−inf)."""
-    x = torch.tensor(ids, dtype=torch.long)
-    _, features = target.forward_features(x, torch.arange(len(ids)), target.new_cache(), num_logits=1)
+    features = target_features(target, ids)
     device = next(model.draft.parameters()).device
+    x = torch.tensor(ids, dtype=torch.long)
     out = feature_draft.unrolled(model.draft, features[None].to(device), x[None].to(device), 1)[0]  # [1, N, H]
     logits = model.draft.full_logits(model.draft.lm_head(out[0])).float().cpu()  # row j predicts token j + 2
     return torch.cat([torch.full((1, logits.shape[-1]), float("-inf")), logits])
