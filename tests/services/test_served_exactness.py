@@ -23,6 +23,7 @@ N = 500  # seeded requests per case (about 30 ms each on 2 cores)
 MAX_TV = 0.15  # each test detects any shift of this total variation with ≥ 90% probability
 CHAIN = dict(mode="chain", draft_len=4)
 TREE = dict(mode="tree", tree_budget=8, tree_depth=4)  # pinned: every round drafts 8 nodes, depth ≤ 4
+TOP_N = 6  # the drafter sends q truncated to its top 6 tokens (of 11), as it sends its top 64 of a real vocabulary
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,7 +41,7 @@ def serve(models, redis_url: str, case: str, speculation: dict, n: int, **pipeli
     """n seeded requests: (outputs, per request its chunks' (drafted, accepted, emitted, tree depth),
     every verify result the orchestrator received)."""
     target, draft = models
-    stack = InProcessStack(target, ModelDrafter(draft), redis_url, **pipeline)
+    stack = InProcessStack(target, ModelDrafter(draft, top_n=TOP_N), redis_url, **pipeline)
     results = []
     stack.pipeline.acceptance.observe = recording(stack.pipeline.acceptance.observe, results)
     client = Client(stack.address)
