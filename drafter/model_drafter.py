@@ -11,6 +11,7 @@ import torch
 from drafter.budget import DraftBudget
 from drafter.ngram import lookup
 from drafter.proposal import Proposal
+from specgrove.grammar import Constraint, constrain
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
 from specgrove.tree import TokenTree, VerifyResult, children_of
@@ -40,6 +41,7 @@ class ModelDraftSession:
         self.sequence = sequence
         self.top_n = top_n
         self.lookup = lookup
+        self.constraint: Constraint | None = None  # structured output: q is masked like p
 
     def _looked_up(self, context: list[int], max_tokens: int) -> list[int]:
         return lookup(context, max_tokens, LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM) if self.lookup else []
@@ -55,6 +57,7 @@ class ModelDraftSession:
         rows: list[torch.Tensor] = []
         for _ in range(max_tokens):
             logits = self.sequence.logits_for(context + tokens, num_logits=1)  # [1, V]
+            logits = constrain(logits, self.constraint, context, [tokens])
             if params.greedy:  # q is one-hot on the argmax: no warping or sampling over the vocabulary
                 q = None
                 tokens.append(int(logits[0].argmax()))
@@ -95,8 +98,10 @@ class ModelDraftSession:
         shape_of: list[int] = []  # realised node -> shape node
         ended: list[bool] = []  # realised node -> its branch ends here (no children)
         depth: list[int] = []
+        paths: list[list[int]] = []  # realised node -> its tokens from the root (the grammar's state)
         shape_kids = children_of(shape_parents)  # shape node -> its children, in sampling order
         logits = self.sequence.logits_for(context, num_logits=1)  # [1, V]: the root
+        logits = constrain(logits, self.constraint, context, [[]])
         frontier = [-1]
         while True:
             start = len(tokens)
@@ -118,12 +123,14 @@ class ModelDraftSession:
                     shape_of.append(child_shape)
                     ended.append(stop)
                     depth.append(child_depth)
+                    paths.append((paths[node] if node >= 0 else []) + [token])
             new = list(range(start, len(tokens)))
             if new:
                 yield Level(tokens[start:], parents[start:], q_rows)
             if not new or not any(shape_of[n] in shape_kids and not ended[n] for n in new):
                 break
             logits = self.sequence.tree_logits(context, tokens, parents, start, len(tokens), with_root=False)
+            logits = constrain(logits, self.constraint, context, [paths[n] for n in new])
             frontier = new
 
     def accept(self, result: VerifyResult) -> None:
@@ -133,6 +140,7 @@ class ModelDraftSession:
     def _children(self, logits: torch.Tensor, want: int, params: SamplingParams, generator: torch.Generator):
         """(support ids, q on them, the picked children, dense q [V] or None when greedy)."""
         if params.greedy:  # verification follows argmax p; the draft's top-k are the best guesses
+            want = min(want, int(torch.isfinite(logits).sum()))  # a grammar may allow fewer tokens
             ids = torch.topk(logits, want).indices
             return ids, torch.zeros(len(ids)), ids.tolist(), None
         ids, probs = truncate_top_n(warp(logits, params), self.top_n)

@@ -10,6 +10,8 @@ from typing import Iterator
 
 from drafter.budget import DraftBudget
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
+from specgrove.grammar import for_session
+from specgrove.metrics import WorkerMetrics
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator
 from specgrove.tree import VerifyResult, depths_of
 
@@ -17,13 +19,17 @@ MAX_SESSIONS = 64
 
 
 class DrafterWorker:
-    def __init__(self, drafter, max_sessions: int = MAX_SESSIONS):
+    def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None):
+        """text: the target's TextCodec, whose tokenizer reads a request's grammar (model drafts
+        fall back to their own tokenizer; without one, q is not masked: still exact)."""
         self.drafter = drafter
+        self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name
         self.vocab_size = drafter.vocab_size
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, object] = OrderedDict()
         self.lock = threading.RLock()  # one forward pass at a time on this model
+        self.metrics = WorkerMetrics("draft", max_sessions)
 
     @property
     def needs_features(self) -> bool:
@@ -32,7 +38,7 @@ class DrafterWorker:
 
     def levels(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
-        shape_parents: list[int], budget: DraftBudget, fetch_features=None,
+        shape_parents: list[int], budget: DraftBudget, fetch_features=None, output_start: int = 0,
     ) -> Iterator[Level]:
         """The round's tree, one level at a time (draw each level under ``lock``: the model is shared;
         one session's rounds never overlap, the orchestrator runs them in order).
@@ -40,6 +46,9 @@ class DrafterWorker:
         fetch_features(start) -> (start, features [n, H]): the target's features of context[start:−1],
         asked of the verifier when a feature-level draft lacks them (fresh worker, plain rounds)."""
         session = self._session(session_id)
+        if params.grammar is not None and getattr(session, "constraint", False) is None:
+            session.constraint = for_session(params.grammar, getattr(self.text, "tokenizer", None), self.vocab_size,
+                                             output_start)
         if self.needs_features and fetch_features is not None and session.feature_count() < len(context) - 1:
             session.add_features(*fetch_features(session.feature_count()))
         generator = round_generator(seed, step, DRAFT_STREAM)
@@ -66,6 +75,7 @@ class DrafterWorker:
 
     def release(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+        self.metrics.record_cache(len(self._sessions), 0)
 
     def _session(self, session_id: str):
         with self.lock:
@@ -76,4 +86,5 @@ class DrafterWorker:
         self._sessions[session_id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
+        self.metrics.record_cache(len(self._sessions), 0)  # draft caches are small; their tokens are not counted
         return session

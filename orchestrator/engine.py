@@ -19,6 +19,7 @@ from drafter.proposal import Drafter, Proposal
 from orchestrator.stop_policy import StaticPolicy
 from orchestrator.tree_plan import TreePlan
 from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.grammar import for_session
 from specgrove.models import CausalLM
 from specgrove.output import GenerationOutput
 from specgrove.sampling import SamplingParams, make_generator
@@ -164,6 +165,9 @@ class SpeculativeEngine:
         draft = self.drafter.open() if self.drafter is not None else None
         policy = self.policy_factory(self.draft_len)
         tree_plan = self.tree.for_session() if self.tree is not None else None
+        target.constraint = for_session(params.grammar, self.target.tokenizer, self.target.vocab_size, len(prompt_ids))
+        if draft is not None and hasattr(draft, "constraint"):
+            draft.constraint = target.constraint  # drafts follow the grammar too
         context = list(prompt_ids)
         while output.finish_reason is None:
             budget = policy.budget()

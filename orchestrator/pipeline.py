@@ -26,6 +26,7 @@ from orchestrator.session_store import Session, SessionStore
 from orchestrator.stop_policy import make_policy
 from specgrove import codec, telemetry
 from specgrove.errors import InvalidArgument, OutOfRange, ResourceExhausted, SpecGroveError, Unavailable
+from specgrove.metrics import OrchestratorMetrics
 from specgrove.models import TextCodec
 from specgrove.output import GenerationOutput
 from specgrove.sampling import SamplingParams, make_generator
@@ -123,7 +124,7 @@ class Pipeline:
         if not config.verifiers:
             raise InvalidArgument("verifiers", "at least one verifier address is required")
         self.text, self.store, self.config = text, store, config
-        self.metrics = telemetry.SpecDecodeMetrics.create()
+        self.metrics = OrchestratorMetrics()  # served as /metrics on the HTTP port
         self.links: dict[tuple[str, str], LinkStats] = {}  # per drafter–verifier pair, shared by sessions
         self.acceptance = AcceptanceStats(list(config.prior_acceptance))  # global, across sessions
         self._drafter_down_until: dict[str, float] = {}
@@ -194,6 +195,7 @@ class Pipeline:
         if self._active >= self.config.max_sessions:
             raise ResourceExhausted(f"{self._active} generations running (limit {self.config.max_sessions}); retry later")
         self._active += 1
+        self.metrics.running.set(self._active)
 
     # ------------------------------------------------------------------ the loop
 
@@ -228,6 +230,7 @@ class Pipeline:
                 yield event
         finally:
             self._active -= 1
+            self.metrics.running.set(self._active)
             try:
                 await asyncio.shield(self.store.release(run.session.id, run.token))
             except Exception:  # noqa: BLE001 - Redis may be the thing that failed
@@ -309,14 +312,15 @@ class Pipeline:
             tokens += emitted
             drafted_total += drafted
             accepted_total += accepted
-            self.metrics.record_round(drafted, accepted)
+            self.metrics.record_round(drafted, accepted, len(emitted))
             if first_at is None:
                 first_at = time.perf_counter()
-                self.metrics.time_to_first_token.record(first_at - started)
+                self.metrics.ttft.observe(first_at - started)
             yield ChunkEvent(s.id, index, emitted, output.release(), step, drafted, accepted, drafted, depth)
         finish = finish or output.finish_reason
         if first_at is not None and len(tokens) > 1:
-            self.metrics.time_per_output_token.record((time.perf_counter() - first_at) / max(1, len(tokens) - 1))
+            self.metrics.tpot.observe((time.perf_counter() - first_at) / max(1, len(tokens) - 1))
+        self.metrics.record_finish(finish, len(s.prompt), time.perf_counter() - started)
         await self.store.finish(s.id, finish)
         asyncio.ensure_future(self._release_workers(s.id, drafter, verifier))
         s.tokens, s.step, s.drafted, s.accepted = tokens, step, drafted_total, accepted_total
@@ -342,7 +346,8 @@ class Pipeline:
                      link: LinkStats, measure: bool = True) -> tuple[VerifyResult, int, int]:
         """(result, draft tokens proposed, tree depth). Falls back to K = 0 when the drafter fails."""
         round_pb = speculate_pb2.RoundContext(session_id=s.id, step=step, context=codec.pack_ids(context),
-                                              sampling=codec.params_to_pb(s.params), seed=s.seed)
+                                              sampling=codec.params_to_pb(s.params), seed=s.seed,
+                                              output_start=len(s.prompt))
         if shape is not None and shape.size and drafter and time.monotonic() >= self._drafter_down_until.get(drafter, 0):
             request = speculate_pb2.DraftRequest(round=round_pb, plan=codec.budget_to_pb(budget, list(shape.parents)),
                                                  verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms)

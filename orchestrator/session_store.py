@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from specgrove.codec import pack_ids, unpack_ids
 from specgrove.errors import NotFound, Unavailable
+from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
 
 APPEND_SCRIPT = """
@@ -74,13 +75,15 @@ class Session:
 def _params_json(params: SamplingParams) -> str:
     return json.dumps({"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
                        "seed": params.seed, "max_new_tokens": params.max_new_tokens,
-                       "stop_token_ids": list(params.stop_token_ids), "stop": list(params.stop)})
+                       "stop_token_ids": list(params.stop_token_ids), "stop": list(params.stop),
+                       "grammar": params.grammar.to_json() if params.grammar else None})
 
 
 def _params_from_json(text: str) -> SamplingParams:
     raw = json.loads(text)
     return SamplingParams(raw["temperature"], raw["top_k"], raw["top_p"], raw["seed"], raw["max_new_tokens"],
-                          tuple(raw["stop_token_ids"]), tuple(raw["stop"]))
+                          tuple(raw["stop_token_ids"]), tuple(raw["stop"]),
+                          GrammarSpec.from_json(raw["grammar"]) if raw.get("grammar") else None)
 
 
 class SessionStore:

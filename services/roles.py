@@ -24,28 +24,41 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
+def _metrics_port(registry, host: str, port: int | None) -> None:
+    if port is not None:
+        from specgrove.metrics import serve_metrics
+
+        _, bound = serve_metrics(registry, host, port)
+        print(f"metrics on http://{host}:{bound}/metrics", flush=True)
+
+
 def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_token: str | None,
-                   link_delay_ms: float = 0.0, min_pass_ms: float = 0.0) -> None:
+                   link_delay_ms: float = 0.0, min_pass_ms: float = 0.0, metrics_port: int | None = None) -> None:
     from services.server import create_verifier_server
     from specgrove.models import load_model
     from verifier.worker import VerifierWorker
 
     worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms)
     server, bound = create_verifier_server(f"{host}:{port}", worker, auth_token, link_delay_ms)
+    _metrics_port(worker.metrics.registry, host, metrics_port)
     server.start()
     print(f"verifier serving {target} on {host}:{bound}", flush=True)
     _wait_for_signal()
     server.stop(grace=2).wait()
 
 
-def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None) -> None:
+def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
+                  metrics_port: int | None = None) -> None:
     from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
     from services.server import create_drafter_server
     from specgrove.models import load_text_codec
 
-    drafter, model = make_drafter(draft, load_text_codec(target, cache_dir), cache_dir)
-    server, bound = create_drafter_server(f"{host}:{port}", DrafterWorker(drafter), model, auth_token)
+    text = load_text_codec(target, cache_dir)
+    drafter, model = make_drafter(draft, text, cache_dir)
+    worker = DrafterWorker(drafter, text=text)
+    server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token)
+    _metrics_port(worker.metrics.registry, host, metrics_port)
     server.start()
     print(f"drafter serving {draft} on {host}:{bound}", flush=True)
     _wait_for_signal()
@@ -67,6 +80,7 @@ class OrchestratorOptions:
     session_ttl_s: int = 3600
     profile: str | None = None
     auth_token: str | None = None
+    http_port: int | None = None  # the OpenAI-compatible HTTP door and /metrics (None = off)
 
 
 async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: asyncio.Event | None = None):
@@ -88,6 +102,13 @@ async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: as
     pipeline = Pipeline(load_text_codec(options.target, cache_dir), store, config)
     server, bound = await create_orchestrator_server(f"{options.host}:{options.port}", pipeline,
                                                      auth_token=options.auth_token)
+    runner = None
+    if options.http_port is not None:
+        from services.http import start_http
+
+        runner, http_port = await start_http(pipeline, options.host, options.http_port,
+                                             (pipeline.text.name, options.target), options.auth_token)
+        print(f"OpenAI-compatible HTTP on http://{options.host}:{http_port}/v1 (metrics: /metrics)", flush=True)
     await server.start()
     print(f"orchestrator on {options.host}:{bound} (drafters {options.drafters}, verifiers {options.verifiers}, "
           f"redis {options.redis_url})", flush=True)
@@ -96,6 +117,8 @@ async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: as
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if runner is not None:
+        await runner.cleanup()
     await server.stop(grace=2)
     await pipeline.close()
     await store.close()
@@ -179,22 +202,31 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
-                extra_orchestrator: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Stack:
+                extra_orchestrator: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                http_port: int | None = None) -> Stack:
+    """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
+    workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics)."""
     from specgrove.local_redis import LocalRedis, free_port
 
     redis = None
     if not redis_url:
         redis = LocalRedis()
         redis_url = redis.url
-    ports = {"orchestrator": port or free_port(), "drafter": free_port(), "verifier": free_port()}
+    ports = {"orchestrator": port or free_port(), "drafter": free_port(), "verifier": free_port(),
+             "verifier_metrics": free_port(), "drafter_metrics": free_port()}
+    http = ()
+    if http_port is not None:
+        ports["http"] = http_port or free_port()
+        http = ("--http-port", str(ports["http"]))
     commands = {
         "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
-                                 "--link-delay-ms", str(link_delay_ms)),
-        "drafter": role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target),
+                                 "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"])),
+        "drafter": role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
+                                "--metrics-port", str(ports["drafter_metrics"])),
         "orchestrator": role_command(
             "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
             "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",
-            "--mode", mode, "--draft-len", str(draft_len), *extra_orchestrator),
+            "--mode", mode, "--draft-len", str(draft_len), *http, *extra_orchestrator),
     }
     stack = Stack(f"127.0.0.1:{ports['orchestrator']}", redis, ports, commands, worker_env(env), log_dir)
     try:

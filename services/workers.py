@@ -57,7 +57,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         with telemetry.tracer().start_as_current_span("verify pass"):  # compute only, not the stream's arrival
             result, verify_ms, features = self.worker.verify(
                 header.session_id, header.step, codec.unpack_ids(header.context),
-                codec.params_from_pb(header.sampling), header.seed, tree, features_from,
+                codec.params_from_pb(header.sampling), header.seed, tree, features_from, header.output_start,
             )
         reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
         reply.timing.verify_ms = verify_ms
@@ -116,7 +116,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                 return codec.features_from_pb(block)
 
         levels = self.worker.levels(r.session_id, r.step, ids, params, r.seed, list(request.plan.shape_parents),
-                                    budget, fetch)
+                                    budget, fetch, r.output_start)
         tracer = telemetry.tracer()
         parent = otel_context.get_current()  # the messages are pulled on a gRPC thread
 
@@ -152,6 +152,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         reply.timing.tree_bytes = timing["bytes"]
         reply.timing.feature_bytes = timing["feature_bytes"]
         reply.timing.round_ms = (time.perf_counter() - started) * 1000
+        self.worker.metrics.record_pass(timing["size"], timing["draft_ms"] / 1000)
         return reply
 
     def Release(self, request, context):

@@ -37,7 +37,25 @@ def _params(args) -> SamplingParams:
         max_new_tokens=args.max_new_tokens,
         stop_token_ids=tuple(args.stop_token_id),
         stop=tuple(args.stop),
+        grammar=_grammar(args),
     )
+
+
+def _grammar(args):
+    """--json-schema (a file or inline JSON) or --regex: structured output."""
+    from specgrove.grammar import GrammarSpec
+
+    if getattr(args, "regex", None):
+        return GrammarSpec.regex(args.regex)
+    if getattr(args, "json_schema", None):
+        text = args.json_schema
+        if not text.lstrip().startswith("{") and Path(text).is_file():
+            text = Path(text).read_text()
+        try:
+            return GrammarSpec.json_schema(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"specgrove: --json-schema is neither a file nor JSON: {exc}") from exc
+    return None
 
 
 def cmd_generate(args) -> int:
@@ -80,7 +98,7 @@ def _generate_remote(args, params: SamplingParams) -> int:
             "tree_depth": args.tree_depth}
     sampling = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p, "seed": params.seed,
                 "max_new_tokens": params.max_new_tokens, "stop": list(params.stop),
-                "stop_token_ids": list(params.stop_token_ids)}
+                "stop_token_ids": list(params.stop_token_ids), "grammar": params.grammar}
     tokens: list[int] = []
     try:
         for response in client.stream(args.prompt, chat=args.chat, session_id=args.session or "",
@@ -172,6 +190,7 @@ def cmd_bench(args) -> int:
         tree_auto=args.tree_auto,
         stop_policies=tuple(p for p in args.stop_policies.split(",") if p),
         modes=tuple(m for m in args.modes.split(",") if m),
+        structured=args.structured,
         grpc_chain_lens=tuple(int(k) for k in args.grpc_chain_lens.split(",") if k),
         grpc_tree=args.grpc_tree,
         grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
@@ -270,7 +289,7 @@ def cmd_serve(args) -> int:
         if option != "cache_dir" and os.environ.get(variable) and getattr(args, option) in (None, []):
             value = os.environ[variable]
             setattr(args, option, value.split(",") if option in ("drafter", "verifier") else
-                    int(value) if option in ("port", "draft_len") else value)
+                    int(value) if option in ("port", "draft_len", "http_port", "metrics_port") else value)
     for option, default in (("host", "127.0.0.1"), ("port", 50051), ("target", DEFAULT_TARGET),
                             ("mode", "chain"), ("draft_len", 4)):
         if getattr(args, option) is None:
@@ -279,9 +298,10 @@ def cmd_serve(args) -> int:
     telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
     if args.role == "verifier":
         roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms,
-                             args.min_pass_ms)
+                             args.min_pass_ms, args.metrics_port)
     elif args.role == "drafter":
-        roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token)
+        roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
+                            args.metrics_port)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -290,7 +310,7 @@ def cmd_serve(args) -> int:
             redis_url=args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             mode=args.mode, draft_len=args.draft_len, stop_policy=args.stop_policy,
             draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s, profile=args.profile,
-            auth_token=token)
+            auth_token=token, http_port=args.http_port)
         roles.serve_orchestrator(options, args.cache_dir)
     return 0
 
@@ -314,10 +334,17 @@ def cmd_up(args) -> int:
 
     stack = roles.start_stack(args.port, args.target, args.draft or DEFAULT_DRAFT, args.cache_dir,
                               redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
-                              draft_len=args.draft_len, link_delay_ms=args.link_delay_ms)
-    print(f"specgrove up: orchestrator on {stack.address} (drafter :{stack.ports['drafter']}, verifier "
-          f":{stack.ports['verifier']}, redis {'REDIS_URL' if os.environ.get('REDIS_URL') else stack.redis.url}); "
-          "Ctrl-C stops everything", flush=True)
+                              draft_len=args.draft_len, link_delay_ms=args.link_delay_ms,
+                              http_port=args.http_port if args.http_port >= 0 else None)
+    p = stack.ports
+    print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
+          f"redis {'REDIS_URL' if os.environ.get('REDIS_URL') else stack.redis.url}); Ctrl-C stops everything",
+          flush=True)
+    if "http" in p:
+        print(f"  OpenAI-compatible API: http://127.0.0.1:{p['http']}/v1 (orchestrator metrics: "
+              f"http://127.0.0.1:{p['http']}/metrics)", flush=True)
+    print(f"  worker metrics: verifier http://127.0.0.1:{p['verifier_metrics']}/metrics, "
+          f"drafter http://127.0.0.1:{p['drafter_metrics']}/metrics", flush=True)
     try:
         roles._wait_for_signal()
     finally:
@@ -355,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"'smollm2-feature', 'smollm2-draft', 'ngram', 'ngram+MODEL', 'smollm2:layers=N' or a "
                           f"model directory (default {DEFAULT_DRAFT})")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    shape = gen.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", default=None, help="structured output: a JSON schema (file or inline JSON)")
+    shape.add_argument("--regex", default=None, help="structured output: the output must match this regex")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     gen.add_argument("--server", default=None, help="HOST:PORT of an orchestrator (specgrove up): generate over gRPC")
     gen.add_argument("--session", default=None, help="with --server: resume this session id")
@@ -408,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--link-delay-ms", type=float, default=0.0, help="verifier: delay every Verify (a slow link)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,
                        help="verifier: every pass lasts at least this long (emulates a GPU-bound large target)")
+    serve.add_argument("--http-port", type=int, default=None,
+                       help="orchestrator: serve the OpenAI-compatible API and /metrics on this port (0 = any)")
+    serve.add_argument("--metrics-port", type=int, default=None, help="drafter/verifier: serve /metrics on this port")
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="local Redis + verifier + drafter + orchestrator on loopback")
@@ -417,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", choices=["ar", "chain", "tree"], default="chain")
     up.add_argument("--draft-len", type=int, default=4)
     up.add_argument("--link-delay-ms", type=float, default=0.0)
+    up.add_argument("--http-port", type=int, default=8000,
+                    help="the OpenAI-compatible API and /metrics (0 = any free port, -1 = off)")
     up.add_argument("--ray", action="store_true", help="run the roles as Ray actors (a local cluster unless --address)")
     up.add_argument("--address", default=None, help="with --ray: the Ray cluster to join (e.g. ray://head:10001)")
     up.add_argument("--drafter-accelerator", default=None, help="with --ray: drafter GPU type, e.g. L4")
@@ -435,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval_draft)
 
     bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
-    bench.add_argument("--workload", choices=["humaneval", "chat"], default="humaneval")
+    bench.add_argument("--workload", choices=["humaneval", "chat", "json"], default="humaneval")
+    bench.add_argument("--structured", action="store_true",
+                       help="json workload: constrain answers by their schema (SpecGrove modes; ratios vs specgrove-ar)")
     bench.add_argument("--num-prompts", type=int, default=8)
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--temperature", type=float, default=0.0)

@@ -32,7 +32,8 @@ class Client:
                session_id: str = "", resume_from: int = 0, timeout: float | None = None,
                mode: str | None = None, draft_len: int | None = None, tree_budget: int | None = None,
                tree_depth: int | None = None, **sampling) -> Iterator[generate_pb2.GenerateResponse]:
-        """Sampling keywords: temperature, top_k, top_p, seed, max_new_tokens, stop, stop_token_ids."""
+        """Sampling keywords: temperature, top_k, top_p, seed, max_new_tokens, stop, stop_token_ids,
+        grammar (a ``specgrove.grammar.GrammarSpec``: structured output)."""
         request = generate_pb2.GenerateRequest(chat=chat, session_id=session_id, resume_from=resume_from)
         if prompt is not None:
             request.text = prompt
@@ -43,6 +44,8 @@ class Client:
                 continue
             if name in ("stop", "stop_token_ids"):
                 getattr(request.sampling, name).extend(value)
+            elif name == "grammar":
+                request.sampling.grammar.kind, request.sampling.grammar.source = value.kind, value.source
             else:
                 setattr(request.sampling, name, value)
         for name, value in (("mode", mode), ("draft_len", draft_len), ("tree_budget", tree_budget),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from drafter.budget import DraftBudget
+from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
 from specgrove.v1 import generate_pb2, speculate_pb2
@@ -34,6 +35,7 @@ def params_from_pb(pb: generate_pb2.SamplingParams) -> SamplingParams:
         max_new_tokens=pb.max_new_tokens if pb.HasField("max_new_tokens") else DEFAULT_MAX_NEW_TOKENS,
         stop_token_ids=tuple(pb.stop_token_ids),
         stop=tuple(pb.stop),
+        grammar=GrammarSpec(pb.grammar.kind, pb.grammar.source) if pb.HasField("grammar") else None,
     )
 
 
@@ -44,6 +46,8 @@ def params_to_pb(params: SamplingParams) -> generate_pb2.SamplingParams:
     )
     if params.seed is not None:
         pb.seed = params.seed
+    if params.grammar is not None:
+        pb.grammar.kind, pb.grammar.source = params.grammar.kind, params.grammar.source
     return pb
 
 

@@ -36,9 +36,11 @@ SERVE_ENV = {
     "mode": ("SPECGROVE_MODE", "default speculation mode: ar | chain | tree (orchestrator)"),
     "draft_len": ("SPECGROVE_DRAFT_LEN", "default chain length K (orchestrator)"),
     "cache_dir": ("SPECGROVE_CACHE_DIR", "model directory / cache (a mounted volume; nothing is downloaded)"),
+    "http_port": ("SPECGROVE_HTTP_PORT", "OpenAI-compatible HTTP API and /metrics port (orchestrator; unset = off)"),
+    "metrics_port": ("SPECGROVE_METRICS_PORT", "Prometheus /metrics port (drafter, verifier; unset = off)"),
 }
 SERVE_ENV_EXTRA = {  # read elsewhere at the edge, listed for the deployment table
-    "OTEL_EXPORTER_OTLP_ENDPOINT": "OTLP collector endpoint; traces and metrics are exported when set",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "OTLP collector endpoint; traces are exported when set (metrics: Prometheus /metrics)",
     "SPECGROVE_AUTH_TOKEN": "bearer token every gRPC call must carry (health and reflection excepted)",
     "SPECGROVE_LOG_LEVEL": "log level: DEBUG, INFO, WARNING (default), ERROR",
     "SPECGROVE_TRACE_FILE": "write spans as JSON lines to this file (benchmarks)",

@@ -48,9 +48,13 @@ class TextCodec:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def chat_prompt(self, text: str) -> list[int]:
+        return self.chat_messages([{"role": "user", "content": text}])
+
+    def chat_messages(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation ([{"role", "content"}], roles system/user/assistant) through the chat
+        template, ready for the assistant's reply."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidArgument("chat", f"model {self.name!r} has no chat template; send a plain prompt")
-        messages = [{"role": "user", "content": text}]
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.encode(rendered)
 

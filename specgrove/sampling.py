@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.grammar import GrammarSpec
 
 MAX_TEMPERATURE = 100.0
 MAX_STOP_STRINGS = 16
@@ -30,6 +31,7 @@ class SamplingParams:
     max_new_tokens: int = 128  # generation stops after this many tokens
     stop_token_ids: tuple[int, ...] = ()  # extra ids that end generation (EOS always does)
     stop: tuple[str, ...] = field(default=())  # strings that end generation, cut from the text
+    grammar: GrammarSpec | None = None  # structured output: p and q are masked by it (specgrove.grammar)
 
     @property
     def greedy(self) -> bool:
@@ -67,6 +69,8 @@ class SamplingParams:
                 raise InvalidArgument("stop", f"each stop string must be a non-empty string, got {text!r}")
             if len(text) > MAX_STOP_STRING_CHARS:
                 raise OutOfRange("stop", f"each stop string must be at most {MAX_STOP_STRING_CHARS} characters")
+        if self.grammar is not None:
+            self.grammar.validate()
         return self
 
 

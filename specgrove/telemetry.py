@@ -1,5 +1,5 @@
-"""OpenTelemetry set-up and the few helpers every role uses: tracer, meters with vLLM's metric
-names, and trace-context propagation over gRPC metadata.
+"""OpenTelemetry set-up and the few helpers every role uses: the tracer and trace-context
+propagation over gRPC metadata (metrics are Prometheus': ``specgrove.metrics``).
 
 Exporters are chosen at the edge (CLI / tests): OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
 set, a JSON-lines file when ``SPECGROVE_TRACE_FILE`` is set (one span per line: what the
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 
-from opentelemetry import metrics, propagate, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -47,29 +45,22 @@ class JsonLinesExporter(SpanExporter):
         pass
 
 
-def setup(service_name: str, environ: dict[str, str], span_exporter: SpanExporter | None = None,
-          metric_readers: list | None = None) -> None:
-    """Install the global tracer and meter providers once per process."""
+def setup(service_name: str, environ: dict[str, str], span_exporter: SpanExporter | None = None) -> None:
+    """Install the global tracer provider once per process."""
     global _configured
     if _configured:
         return
     _configured = True
-    resource = Resource.create({"service.name": service_name})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if span_exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     if environ.get("SPECGROVE_TRACE_FILE"):
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(environ["SPECGROVE_TRACE_FILE"])))
-    readers = list(metric_readers or [])
     if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     trace.set_tracer_provider(provider)
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
 
 
 def tracer():
@@ -86,36 +77,3 @@ def inject_metadata() -> list[tuple[str, str]]:
 def extract_context(metadata) -> object:
     """A context whose parent is the caller's span, from gRPC invocation metadata."""
     return propagate.extract({k: v for k, v in (metadata or ())})
-
-
-@dataclass
-class SpecDecodeMetrics:
-    """vLLM's speculative-decoding counters plus latency histograms."""
-
-    num_drafts: object
-    num_draft_tokens: object
-    num_accepted_tokens: object
-    num_accepted_tokens_per_pos: object
-    time_to_first_token: object
-    time_per_output_token: object
-
-    @classmethod
-    def create(cls) -> "SpecDecodeMetrics":
-        meter = metrics.get_meter(TRACER_NAME)
-        return cls(
-            meter.create_counter("spec_decode_num_drafts", description="rounds with a draft"),
-            meter.create_counter("spec_decode_num_draft_tokens", description="draft tokens proposed"),
-            meter.create_counter("spec_decode_num_accepted_tokens", description="draft tokens accepted"),
-            meter.create_counter("spec_decode_num_accepted_tokens_per_pos",
-                                 description="accepted draft tokens by position (attribute position)"),
-            meter.create_histogram("time_to_first_token_seconds", unit="s"),
-            meter.create_histogram("time_per_output_token_seconds", unit="s"),
-        )
-
-    def record_round(self, num_drafted: int, num_accepted: int) -> None:
-        if num_drafted:
-            self.num_drafts.add(1)
-            self.num_draft_tokens.add(num_drafted)
-            self.num_accepted_tokens.add(num_accepted)
-            for pos in range(num_accepted):
-                self.num_accepted_tokens_per_pos.add(1, {"position": pos})

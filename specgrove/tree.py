@@ -69,6 +69,13 @@ class TokenTree:
             node = int(self.parents[node])
         return path[::-1]
 
+    def paths(self) -> list[list[int]]:
+        """Each node's tokens from the root's child down to the node itself (parents come first)."""
+        tokens, out = self.tokens.tolist(), []
+        for node, parent in enumerate(self.parents.tolist()):
+            out.append((out[parent] if parent >= 0 else []) + [tokens[node]])
+        return out
+
     @classmethod
     def from_lists(cls, tokens: list[int], parents: list[int], q: dict[int, dict[int, float]] | None = None) -> "TokenTree":
         """Builder for tests: q maps a row (0 = root, i + 1 = node i) to {token: probability}."""

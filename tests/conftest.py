@@ -3,10 +3,25 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from specgrove.config import default_cache_dir
 from specgrove.models import load_model
 from specgrove.tiny import UPPER, build_tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def _intra_op_threads(request):
+    """Tiny models run on one intra-op thread: on a 2-core machine a second one mostly waits for a
+    core (tiny-model tests ran 10-20x slower under load). Tests marked slow (the real model) keep
+    every thread."""
+    before = torch.get_num_threads()
+    if request.node.get_closest_marker("slow") is None:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

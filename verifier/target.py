@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from drafter.proposal import Proposal
+from specgrove.grammar import Constraint, constrain
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams, warp
 from specgrove.tree import TokenTree, VerifyResult
@@ -17,6 +18,7 @@ class TargetSession:
 
     def __init__(self, model: CausalLM, keep_features: bool = False):
         self.sequence = CachedSequence(model, keep_features=keep_features)
+        self.constraint: Constraint | None = None  # structured output: every row of p is masked by its path
 
     def features(self, count: int) -> torch.Tensor:  # [count, H]
         """The target's features of the first ``count`` cached tokens (keep_features=True)."""
@@ -29,6 +31,7 @@ class TargetSession:
         """Chain: return (number of accepted draft tokens, the recovered or bonus token)."""
         k = len(proposal.tokens)
         logits = self.sequence.logits_for(context + proposal.tokens, num_logits=k + 1)  # [K+1, V]
+        logits = constrain(logits, self.constraint, context, [proposal.tokens[:i] for i in range(k + 1)])
         if params.greedy:  # argmax only: no warping, residual or sampling over the vocabulary
             return verify_chain_greedy(logits, proposal.tokens)
         p = warp(logits, params)  # [K+1, V]
@@ -44,6 +47,7 @@ class TargetSession:
         logits = self.sequence.tree_logits(
             context, tree.tokens.tolist(), tree.parents.tolist(), 0, tree.size, with_root=True
         )  # [N + 1, V]
+        logits = constrain(logits, self.constraint, context, [[]] + tree.paths())
         p = logits if params.greedy else warp(logits, params)  # greedy verification reads only the argmax
         result = verify_tree(tree, p, params.greedy, generator)
         self.sequence.keep_path(result.accepted_nodes)

@@ -10,6 +10,8 @@ from collections import OrderedDict
 import torch
 
 from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.grammar import for_session
+from specgrove.metrics import WorkerMetrics
 from specgrove.models import CausalLM
 from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator
 from specgrove.tree import TokenTree, VerifyResult
@@ -27,18 +29,25 @@ class VerifierWorker:
         self.min_pass_ms = min_pass_ms
         self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
         self._lock = threading.Lock()  # one forward pass at a time on this model
+        self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int, tree: TokenTree,
-        features_from: int | None = None,
+        features_from: int | None = None, output_start: int = 0,
     ) -> tuple[VerifyResult, float, torch.Tensor | None]:
         """(result, verify milliseconds, features). A fresh or restarted worker prefills from
         `context`. features_from: also return the target's features of the confirmed tokens from
-        that index to the last accepted one ([len(context) + accepted − features_from, H])."""
+        that index to the last accepted one ([len(context) + accepted − features_from, H]).
+        output_start: where the output begins in context (a grammar in params constrains it)."""
         self.check(context, tree)
+        self.metrics.waiting.inc()
         with self._lock:
+            self.metrics.waiting.dec()
             start = time.perf_counter()
             session = self._session(session_id)
+            if session.constraint is None and params.grammar is not None:
+                session.constraint = for_session(params.grammar, self.model.tokenizer, self.model.vocab_size,
+                                                 output_start)
             result = session.verify_tree(context, tree, params, round_generator(seed, step, VERIFY_STREAM))
             spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
             if spare > 0:
@@ -46,7 +55,10 @@ class VerifierWorker:
             features = None
             if features_from is not None:
                 features = session.features(len(context) + len(result.accepted_tokens))[features_from:]
-            return result, (time.perf_counter() - start) * 1000, features
+            elapsed = time.perf_counter() - start
+            self.metrics.record_pass(tree.size + 1, elapsed)
+            self._record_cache()
+            return result, elapsed * 1000, features
 
     def prefix_features(self, session_id: str, context: list[int], start: int) -> torch.Tensor:
         """The target's features of context[start : len(context) − 1] ([n, H]); prefills as needed."""
@@ -72,6 +84,10 @@ class VerifierWorker:
     def release(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
+            self._record_cache()
+
+    def _record_cache(self) -> None:
+        self.metrics.record_cache(len(self._sessions), sum(len(s.sequence.tokens) for s in self._sessions.values()))
 
     def _session(self, session_id: str) -> TargetSession:
         session = self._sessions.pop(session_id, None) or TargetSession(self.model, keep_features=True)

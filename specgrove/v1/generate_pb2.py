@@ -24,41 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspecgrove/v1/generate.proto\x12\x0cspecgrove.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xe8\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\x11\n\x0f_max_new_tokens\"\xa8\x01\n\x12SpeculationOptions\x12\x11\n\x04mode\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tdraft_len\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btree_budget\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\ntree_depth\x18\x04 \x01(\x05H\x03\x88\x01\x01\x42\x07\n\x05_modeB\x0c\n\n_draft_lenB\x0e\n\x0c_tree_budgetB\r\n\x0b_tree_depth\"\xf6\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12+\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x16.specgrove.v1.TokenIdsH\x00\x12\x0c\n\x04\x63hat\x18\x03 \x01(\x08\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x35\n\x0bspeculation\x18\x05 \x01(\x0b\x32 .specgrove.v1.SpeculationOptions\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bresume_from\x18\x07 \x01(\rB\x08\n\x06prompt\"s\n\x10SpeculationStats\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bnum_drafted\x18\x02 \x01(\r\x12\x14\n\x0cnum_accepted\x18\x03 \x01(\r\x12\x11\n\ttree_size\x18\x04 \x01(\r\x12\x12\n\ntree_depth\x18\x05 \x01(\r\"z\n\x05\x43hunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12-\n\x05stats\x18\x05 \x01(\x0b\x32\x1e.specgrove.v1.SpeculationStats\"\x80\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x18\n\x10num_draft_tokens\x18\x04 \x01(\r\x12\x1b\n\x13num_accepted_tokens\x18\x05 \x01(\r\"\xa2\x01\n\nCompletion\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.specgrove.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.specgrove.v1.Usage\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"q\n\x10GenerateResponse\x12$\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x13.specgrove.v1.ChunkH\x00\x12.\n\ncompletion\x18\x02 \x01(\x0b\x32\x18.specgrove.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\rAbortResponse\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x8c\x01\n\tModelInfo\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x64raft\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x13\n\x0bmax_context\x18\x04 \x01(\r\x12\x12\n\nvocab_hash\x18\x05 \x01(\t\x12\x10\n\x08\x64rafters\x18\x06 \x03(\t\x12\x11\n\tverifiers\x18\x07 \x03(\t*\xca\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x05\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x06\x32\xe9\x01\n\x0cOrchestrator\x12K\n\x08Generate\x12\x1d.specgrove.v1.GenerateRequest\x1a\x1e.specgrove.v1.GenerateResponse0\x01\x12@\n\x05\x41\x62ort\x12\x1a.specgrove.v1.AbortRequest\x1a\x1b.specgrove.v1.AbortResponse\x12J\n\x0cGetModelInfo\x12!.specgrove.v1.GetModelInfoRequest\x1a\x17.specgrove.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspecgrove/v1/generate.proto\x12\x0cspecgrove.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x90\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12&\n\x07grammar\x18\x08 \x01(\x0b\x32\x15.specgrove.v1.GrammarB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\x11\n\x0f_max_new_tokens\"\'\n\x07Grammar\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"\xa8\x01\n\x12SpeculationOptions\x12\x11\n\x04mode\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tdraft_len\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btree_budget\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\ntree_depth\x18\x04 \x01(\x05H\x03\x88\x01\x01\x42\x07\n\x05_modeB\x0c\n\n_draft_lenB\x0e\n\x0c_tree_budgetB\r\n\x0b_tree_depth\"\xf6\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12+\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x16.specgrove.v1.TokenIdsH\x00\x12\x0c\n\x04\x63hat\x18\x03 \x01(\x08\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x35\n\x0bspeculation\x18\x05 \x01(\x0b\x32 .specgrove.v1.SpeculationOptions\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bresume_from\x18\x07 \x01(\rB\x08\n\x06prompt\"s\n\x10SpeculationStats\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bnum_drafted\x18\x02 \x01(\r\x12\x14\n\x0cnum_accepted\x18\x03 \x01(\r\x12\x11\n\ttree_size\x18\x04 \x01(\r\x12\x12\n\ntree_depth\x18\x05 \x01(\r\"z\n\x05\x43hunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12-\n\x05stats\x18\x05 \x01(\x0b\x32\x1e.specgrove.v1.SpeculationStats\"\x80\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x18\n\x10num_draft_tokens\x18\x04 \x01(\r\x12\x1b\n\x13num_accepted_tokens\x18\x05 \x01(\r\"\xa2\x01\n\nCompletion\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.specgrove.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.specgrove.v1.Usage\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"q\n\x10GenerateResponse\x12$\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x13.specgrove.v1.ChunkH\x00\x12.\n\ncompletion\x18\x02 \x01(\x0b\x32\x18.specgrove.v1.CompletionH\x00\x42\x07\n\x05\x65vent\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\rAbortResponse\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x8c\x01\n\tModelInfo\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x64raft\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x13\n\x0bmax_context\x18\x04 \x01(\r\x12\x12\n\nvocab_hash\x18\x05 \x01(\t\x12\x10\n\x08\x64rafters\x18\x06 \x03(\t\x12\x11\n\tverifiers\x18\x07 \x03(\t*\xca\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x05\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x06\x32\xe9\x01\n\x0cOrchestrator\x12K\n\x08Generate\x12\x1d.specgrove.v1.GenerateRequest\x1a\x1e.specgrove.v1.GenerateResponse0\x01\x12@\n\x05\x41\x62ort\x12\x1a.specgrove.v1.AbortRequest\x1a\x1b.specgrove.v1.AbortResponse\x12J\n\x0cGetModelInfo\x12!.specgrove.v1.GetModelInfoRequest\x1a\x17.specgrove.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specgrove.v1.generate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1618
-  _globals['_FINISHREASON']._serialized_end=1820
+  _globals['_FINISHREASON']._serialized_start=1699
+  _globals['_FINISHREASON']._serialized_end=1901
   _globals['_TOKENIDS']._serialized_start=45
   _globals['_TOKENIDS']._serialized_end=68
   _globals['_SAMPLINGPARAMS']._serialized_start=71
-  _globals['_SAMPLINGPARAMS']._serialized_end=303
-  _globals['_SPECULATIONOPTIONS']._serialized_start=306
-  _globals['_SPECULATIONOPTIONS']._serialized_end=474
-  _globals['_GENERATEREQUEST']._serialized_start=477
-  _globals['_GENERATEREQUEST']._serialized_end=723
-  _globals['_SPECULATIONSTATS']._serialized_start=725
-  _globals['_SPECULATIONSTATS']._serialized_end=840
-  _globals['_CHUNK']._serialized_start=842
-  _globals['_CHUNK']._serialized_end=964
-  _globals['_USAGE']._serialized_start=967
-  _globals['_USAGE']._serialized_end=1095
-  _globals['_COMPLETION']._serialized_start=1098
-  _globals['_COMPLETION']._serialized_end=1260
-  _globals['_GENERATERESPONSE']._serialized_start=1262
-  _globals['_GENERATERESPONSE']._serialized_end=1375
-  _globals['_ABORTREQUEST']._serialized_start=1377
-  _globals['_ABORTREQUEST']._serialized_end=1411
-  _globals['_ABORTRESPONSE']._serialized_start=1413
-  _globals['_ABORTRESPONSE']._serialized_end=1449
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1451
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1472
-  _globals['_MODELINFO']._serialized_start=1475
-  _globals['_MODELINFO']._serialized_end=1615
-  _globals['_ORCHESTRATOR']._serialized_start=1823
-  _globals['_ORCHESTRATOR']._serialized_end=2056
+  _globals['_SAMPLINGPARAMS']._serialized_end=343
+  _globals['_GRAMMAR']._serialized_start=345
+  _globals['_GRAMMAR']._serialized_end=384
+  _globals['_SPECULATIONOPTIONS']._serialized_start=387
+  _globals['_SPECULATIONOPTIONS']._serialized_end=555
+  _globals['_GENERATEREQUEST']._serialized_start=558
+  _globals['_GENERATEREQUEST']._serialized_end=804
+  _globals['_SPECULATIONSTATS']._serialized_start=806
+  _globals['_SPECULATIONSTATS']._serialized_end=921
+  _globals['_CHUNK']._serialized_start=923
+  _globals['_CHUNK']._serialized_end=1045
+  _globals['_USAGE']._serialized_start=1048
+  _globals['_USAGE']._serialized_end=1176
+  _globals['_COMPLETION']._serialized_start=1179
+  _globals['_COMPLETION']._serialized_end=1341
+  _globals['_GENERATERESPONSE']._serialized_start=1343
+  _globals['_GENERATERESPONSE']._serialized_end=1456
+  _globals['_ABORTREQUEST']._serialized_start=1458
+  _globals['_ABORTREQUEST']._serialized_end=1492
+  _globals['_ABORTRESPONSE']._serialized_start=1494
+  _globals['_ABORTRESPONSE']._serialized_end=1530
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1532
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1553
+  _globals['_MODELINFO']._serialized_start=1556
+  _globals['_MODELINFO']._serialized_end=1696
+  _globals['_ORCHESTRATOR']._serialized_start=1904
+  _globals['_ORCHESTRATOR']._serialized_end=2137
 # @@protoc_insertion_point(module_scope)

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RoundContext(_message.Message):
-    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from")
+    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from", "output_start")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FROM_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_START_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     context: bytes
     sampling: _generate_pb2.SamplingParams
     seed: int
     features_from: int
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ...) -> None: ...
+    output_start: int
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ..., output_start: _Optional[int] = ...) -> None: ...
 
 class FeatureBlock(_message.Message):
     __slots__ = ("start", "dim", "fp16")

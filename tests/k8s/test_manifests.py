@@ -67,7 +67,13 @@ def test_every_container_has_probes_limits_and_cli_compatible_settings(overlay):
                 assert env["name"] in ENV_NAMES, env["name"]
             if container["args"][0] in ROLES if container.get("args") else False:
                 assert container["args"][0] in roles
-                assert [p["containerPort"] for p in container["ports"]] == [port]
+                ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+                assert ports["grpc"] == port and set(ports) <= {"grpc", "http", "metrics"}
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                scraped = ports.get("metrics", ports.get("http"))  # /metrics: a worker's port, the orchestrator's HTTP
+                assert env.get("SPECGROVE_METRICS_PORT" if "metrics" in ports else "SPECGROVE_HTTP_PORT") == str(scraped)
+                annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+                assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(scraped)
                 for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                     assert container[probe]["grpc"]["port"] == port  # native gRPC probes on grpc.health.v1
 

@@ -40,7 +40,8 @@ class InProcessStack:
         from services.server import create_drafter_server, create_orchestrator_server, create_verifier_server
         from verifier.worker import VerifierWorker
 
-        self.verifier, vport = create_verifier_server("127.0.0.1:0", VerifierWorker(target, min_pass_ms=min_pass_ms),
+        self.verifier_worker = VerifierWorker(target, min_pass_ms=min_pass_ms)
+        self.verifier, vport = create_verifier_server("127.0.0.1:0", self.verifier_worker,
                                                       auth_token=auth_token, link_delay_ms=link_delay_ms)
         self.verifier.start()
         self.drafter = None

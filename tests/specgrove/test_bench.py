@@ -88,6 +88,17 @@ def test_workloads_load():
     assert len(chat_prompts(100)) == 12 and all(p.chat for p in chat_prompts(2))
 
 
+def test_the_json_workload_carries_schemas_and_structured_runs_only_specgrove_modes():
+    from specgrove.grammar import GrammarSpec
+    from specgrove.workloads import load_workload
+
+    prompts = load_workload("json", 3)
+    assert len(prompts) == 3 and all(p.chat and p.schema for p in prompts)
+    GrammarSpec.json_schema(prompts[0].schema).validate()  # the schema compiles
+    modes = BenchConfig(workload="json", structured=True, draft_lens=(4,)).mode_names()
+    assert modes == ["specgrove-ar", "chain-k4"]  # transformers' generate takes no grammar
+
+
 @pytest.mark.slow
 def test_quick_bench_runs_end_to_end(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
