@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-import specgrove.cli as cli
+import specgrove_apps.cli as cli
 
 
 def test_cache_dir_from_the_command_line_is_a_path(monkeypatch):

@@ -9,11 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-from specgrove.assemble import EngineSpec, assemble
 from specgrove.config import (DEFAULT_DRAFT, DEFAULT_TARGET, DRAFT_TRAIN_CONFIG, FEATURE_TRAIN_CONFIG, SHIPPED_DRAFT,
                               SHIPPED_FEATURE_DRAFT, default_cache_dir)
 from specgrove.errors import SpecGroveError
 from specgrove.sampling import SamplingParams
+from specgrove_apps.assemble import EngineSpec, assemble
 
 DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number, with a docstring."
 
@@ -90,7 +90,7 @@ def _generate_remote(args, params: SamplingParams) -> int:
 
     import grpc
 
-    from specgrove.client import Client
+    from specgrove_apps.client import Client
 
     client = Client(args.server, auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None)
     started = time.perf_counter()
@@ -141,7 +141,7 @@ def cmd_demo(args) -> int:
     from pathlib import Path
 
     from services.roles import start_stack
-    from specgrove.client import Client
+    from specgrove_apps.client import Client
 
     draft = args.draft or DEFAULT_DRAFT
     modes = ["ar", "chain"] + ([] if draft == "ngram" else ["tree"])  # trees need a draft model
@@ -173,7 +173,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from specgrove.bench import BenchConfig, format_table, plot, run_bench
+    from specgrove_apps.bench import BenchConfig, format_table, plot, run_bench
 
     if args.quick:  # a smoke run: under 2 minutes on 2 cores
         args.num_prompts, args.max_new_tokens, args.draft_lens, args.grpc_chain_lens = 2, 24, "4", "4"
@@ -215,7 +215,7 @@ def cmd_bench(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from drafter.factory import make_drafter
-    from specgrove.calibrate import calibrate, profile_path
+    from specgrove_apps.calibrate import calibrate, profile_path
     from specgrove.models import load_model
 
     loaded: dict = {}  # a layer-slice draft shares the target's weights
@@ -234,7 +234,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_eval_draft(args) -> int:
-    from drafter.eval_draft import evaluate
+    from specgrove_apps.eval_draft import evaluate
     from drafter.factory import make_drafter
     from specgrove.models import load_model
     from specgrove.workloads import load_workload
