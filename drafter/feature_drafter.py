@@ -15,6 +15,7 @@ import torch
 from drafter import feature_draft
 from drafter.model_drafter import ModelDrafter, ModelDraftSession
 from specgrove.models import common_prefix_length
+from specgrove.proposal import Proposal
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
 
@@ -148,8 +149,6 @@ class FeatureDraftSession(ModelDraftSession):
 
     def propose(self, context, max_tokens, params, generator, budget=None):
         if not self.sequence.ready(context) and not self._looked_up(context, max_tokens):
-            from drafter.proposal import Proposal
-
             return Proposal.empty(self.sequence.model.vocab_size)  # the first round: plain decoding
         return super().propose(context, max_tokens, params, generator, budget)
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from drafter.draft_model import WEIGHTS_FILE
+from specgrove.draft_model import WEIGHTS_FILE
 
 
 def sha256(path: Path) -> str:

@@ -8,11 +8,11 @@ from typing import Iterator
 
 import torch
 
-from drafter.budget import DraftBudget
 from drafter.ngram import lookup
-from drafter.proposal import Proposal
+from specgrove.budget import DraftBudget
 from specgrove.grammar import Constraint, constrain
 from specgrove.models import CachedSequence, CausalLM
+from specgrove.proposal import Proposal
 from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
 from specgrove.tree import TokenTree, VerifyResult, children_of
 

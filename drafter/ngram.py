@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from drafter.proposal import Proposal
+from specgrove.proposal import Proposal
 from specgrove.sampling import SamplingParams
 
 

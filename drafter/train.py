@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from drafter import corpus
-from drafter.draft_model import DraftInfo, build, save
+from specgrove.draft_model import DraftInfo, build, save
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import threading
 from collections import OrderedDict
 from typing import Iterator
 
-from drafter.budget import DraftBudget
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
+from specgrove.budget import DraftBudget
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator

@@ -15,13 +15,13 @@ from typing import Iterator
 
 import torch
 
-from drafter.proposal import Drafter, Proposal
 from orchestrator.stop_policy import StaticPolicy
 from orchestrator.tree_plan import TreePlan
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.grammar import for_session
 from specgrove.models import CausalLM
 from specgrove.output import GenerationOutput
+from specgrove.proposal import Drafter, Proposal
 from specgrove.sampling import SamplingParams, make_generator
 from verifier.target import TargetSession
 

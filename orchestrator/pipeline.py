@@ -26,10 +26,11 @@ from orchestrator.session_store import Session, SessionStore
 from orchestrator.stop_policy import make_policy
 from specgrove import codec, telemetry
 from specgrove.errors import InvalidArgument, OutOfRange, ResourceExhausted, SpecGroveError, Unavailable
+from specgrove.generate import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.metrics import OrchestratorMetrics
 from specgrove.models import TextCodec
 from specgrove.output import GenerationOutput
-from specgrove.sampling import SamplingParams, make_generator
+from specgrove.sampling import make_generator
 from specgrove.tree import VerifyResult
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 
@@ -69,46 +70,6 @@ class PipelineConfig:
     prior_acceptance: tuple[float, ...] = tuple(DEFAULT_PRIOR_ACCEPTANCE)
     verify_ratio: dict | None = None  # the verify-cost curve from a calibration profile
     auth_token: str | None = None  # sent to the workers (they check it when they have one)
-
-
-@dataclass(frozen=True)
-class GenerateCall:
-    """A Generate request in domain terms."""
-
-    prompt_text: str | None
-    prompt_ids: list[int] | None
-    chat: bool
-    params: SamplingParams
-    speculation: dict  # mode, draft_len, tree_budget, tree_depth (absent = server default)
-    session_id: str = ""
-    resume_from: int = 0
-
-
-@dataclass
-class ChunkEvent:
-    session_id: str
-    index: int
-    token_ids: list[int]
-    text: str
-    step: int = 0
-    num_drafted: int = 0
-    num_accepted: int = 0
-    tree_size: int = 0
-    tree_depth: int = 0
-
-
-@dataclass
-class CompletionEvent:
-    session_id: str
-    finish_reason: str
-    text: str
-    seed: int
-    prompt_tokens: int
-    completion_tokens: int
-    rounds: int
-    num_draft_tokens: int
-    num_accepted_tokens: int
-    error: str = ""
 
 
 @dataclass

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drafter.budget import DraftBudget
+from specgrove.budget import DraftBudget
 
 POLICIES = ("adaedl", "static", "max-confidence", "heuristic")
 

@@ -16,9 +16,10 @@ import time
 
 from aiohttp import web
 
-from orchestrator.pipeline import CompletionEvent, Pipeline
+from orchestrator.pipeline import Pipeline
 from services import openai_protocol as oai
 from specgrove.errors import InvalidArgument, SpecGroveError
+from specgrove.generate import CompletionEvent
 from specgrove.metrics import CONTENT_TYPE, exposition
 
 log = logging.getLogger(__name__)

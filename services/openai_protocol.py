@@ -17,8 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from orchestrator.pipeline import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.errors import InvalidArgument, NotFound, SpecGroveError
+from specgrove.generate import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.grammar import GrammarSpec
 from specgrove.models import TextCodec
 from specgrove.sampling import SamplingParams

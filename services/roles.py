@@ -188,7 +188,7 @@ class Stack:
 
 
 def role_command(role: str, port: int, cache_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "specgrove.cli", "--cache-dir", str(cache_dir), "serve", role, "--port", str(port),
+    return [sys.executable, "-m", "specgrove_apps.cli", "--cache-dir", str(cache_dir), "serve", role, "--port", str(port),
             *extra]
 
 

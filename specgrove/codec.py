@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from drafter.budget import DraftBudget
+from specgrove.budget import DraftBudget
+from specgrove.generate import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
@@ -130,10 +131,7 @@ def budget_from_pb(pb: speculate_pb2.DraftPlan) -> DraftBudget:
     )
 
 
-def call_from_pb(pb: generate_pb2.GenerateRequest):
-    """GenerateRequest -> orchestrator.pipeline.GenerateCall."""
-    from orchestrator.pipeline import GenerateCall
-
+def call_from_pb(pb: generate_pb2.GenerateRequest) -> GenerateCall:
     spec = {}
     for name in ("mode", "draft_len", "tree_budget", "tree_depth"):
         if pb.speculation.HasField(name):
@@ -147,10 +145,7 @@ def call_from_pb(pb: generate_pb2.GenerateRequest):
     )
 
 
-def event_to_pb(event) -> generate_pb2.GenerateResponse:
-    """orchestrator.pipeline.ChunkEvent | CompletionEvent -> GenerateResponse."""
-    from orchestrator.pipeline import ChunkEvent
-
+def event_to_pb(event: ChunkEvent | CompletionEvent) -> generate_pb2.GenerateResponse:
     if isinstance(event, ChunkEvent):
         return generate_pb2.GenerateResponse(chunk=generate_pb2.Chunk(
             session_id=event.session_id, index=event.index, token_ids=event.token_ids, text=event.text,

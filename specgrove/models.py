@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from specgrove import draft_model
 from specgrove.config import SHIPPED_DRAFT
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
 from specgrove.tree_mask import node_positions, tree_attention_mask
@@ -254,7 +255,7 @@ def load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None = 
         model = truncated(load_model(base, cache_dir, loaded), int(layers))
     elif spec == "smollm2":
         model = _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
-    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / "draft.json").is_file():  # draft_model.DRAFT_FILE
+    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / draft_model.DRAFT_FILE).is_file():
         model = _load_draft(SHIPPED_DRAFT if spec == SHIPPED_DRAFT_NAME else Path(spec).expanduser(), cache_dir, loaded)
     else:
         path = Path(spec).expanduser()
@@ -304,9 +305,7 @@ def truncated(model: CausalLM, num_layers: int) -> CausalLM:
 
 
 def _load_draft(path: Path, cache_dir: Path, loaded: dict[str, CausalLM] | None) -> CausalLM:
-    """A distilled reduced-head draft (drafter/draft_model.py) on its target's embeddings."""
-    from drafter import draft_model
-
+    """A distilled reduced-head draft (specgrove/draft_model.py) on its target's embeddings."""
     if not (path / draft_model.WEIGHTS_FILE).is_file():
         raise ModelLoadError(f"{path}: no trained draft here (run `specgrove train-draft`)")
     info = draft_model.read_info(path)

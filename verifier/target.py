@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from drafter.proposal import Proposal
 from specgrove.grammar import Constraint, constrain
 from specgrove.models import CachedSequence, CausalLM
+from specgrove.proposal import Proposal
 from specgrove.sampling import SamplingParams, warp
 from specgrove.tree import TokenTree, VerifyResult
 from verifier.rejection import verify_chain, verify_chain_greedy

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.eval_draft import evaluate
 from drafter.model_drafter import ModelDrafter
 from specgrove.config import SHIPPED_DRAFT, default_cache_dir
 from specgrove.models import load_model
 from specgrove.workloads import load_workload
+from specgrove_apps.eval_draft import evaluate
 
 # Measured (model card, 8 + 8 prompts × 64 tokens): top-1 agreement 0.36 on HumanEval and 0.20
 # on chat, mean accepted length (K = 4) 1.61 and 1.25. The floors sit well below those, above

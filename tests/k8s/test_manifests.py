@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from specgrove.cli import build_parser
 from specgrove.config import SERVE_ENV, SERVE_ENV_EXTRA
+from specgrove_apps.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = sorted(p.name for p in (ROOT / "k8s" / "overlays").iterdir())

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from drafter.budget import DraftBudget, entropy, entropy_bound
 from drafter.model_drafter import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable
 from orchestrator.stop_policy import AdaEDLConfig, AdaEDLPolicy, HeuristicPolicy, MaxConfidencePolicy, make_policy
 from orchestrator.tree_plan import FixedTree
+from specgrove.budget import DraftBudget, entropy, entropy_bound
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.sampling import SamplingParams
 from tests.orchestrator.test_engine import exact_two_token_marginals, hf_greedy

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from drafter.model_drafter import ModelDrafter
-from specgrove.client import Client
 from specgrove.models import load_model
+from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
 
 

@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from drafter.model_drafter import ModelDrafter
-from specgrove.client import Client
 from specgrove.local_redis import LocalRedis
+from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
 
 OK = {"prompt": "my name is", "max_new_tokens": 8}

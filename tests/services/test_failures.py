@@ -10,9 +10,9 @@ import pytest
 
 from orchestrator.engine import SpeculativeEngine
 from services.roles import start_stack
-from specgrove.client import Client
 from specgrove.models import load_model
 from specgrove.sampling import SamplingParams
+from specgrove_apps.client import Client
 
 PROMPT = "my name is"
 MAX_NEW = 150

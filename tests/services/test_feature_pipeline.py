@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.engine import SpeculativeEngine
-from specgrove.client import Client
 from specgrove.sampling import SamplingParams
+from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
 
 PROMPT = "my name is"

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from drafter.model_drafter import ModelDrafter
 from services.http import start_http
-from specgrove.client import Client
 from specgrove.grammar import GrammarSpec
 from specgrove.metrics import serve_metrics
+from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
 
 MODEL = "tiny"

@@ -10,8 +10,8 @@ import pytest
 from drafter.model_drafter import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
-from specgrove.client import Client
 from specgrove.sampling import SamplingParams
+from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
 
 PROMPT = "my name is"  # greedy runs 56 tokens before EOS on the tiny target

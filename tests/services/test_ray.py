@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.engine import SpeculativeEngine
-from specgrove.client import Client
 from specgrove.sampling import SamplingParams
+from specgrove_apps.client import Client
 
 ray = pytest.importorskip("ray")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from drafter.model_drafter import ModelDrafter
-from specgrove.client import Client
+from specgrove_apps.client import Client
 from tests import exactness as ex
 from tests.services.conftest import InProcessStack
 

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from drafter.model_drafter import ModelDrafter
 from specgrove import telemetry
-from specgrove.client import Client
+from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
 
 

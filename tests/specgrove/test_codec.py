@@ -2,8 +2,8 @@
 
 import torch
 
-from drafter.budget import DraftBudget
 from specgrove import codec
+from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
 from specgrove.v1 import generate_pb2

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from drafter.budget import DraftBudget
+from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 
 

@@ -72,7 +72,7 @@ def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter, po
     from orchestrator.engine import SpeculativeEngine
     from orchestrator.planner import CostProfile, plan_tree
     from orchestrator.tree_plan import AdaptiveTree
-    from specgrove.calibrate import calibrate, profile_path
+    from specgrove_apps.calibrate import calibrate, profile_path
 
     path = Path(spec.profile) if spec.profile else profile_path(cache_dir, target.name, draft.name)
     if path.is_file():

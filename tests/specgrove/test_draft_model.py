@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from drafter import draft_model
 from drafter.model_drafter import ModelDrafter
 from drafter.train import TrainConfig, init_draft, run
 from orchestrator.engine import SpeculativeEngine
+from specgrove import draft_model
 from specgrove.models import CausalLM, load_model
 from specgrove.sampling import SamplingParams
 

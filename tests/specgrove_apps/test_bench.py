@@ -8,16 +8,10 @@ from importlib.resources import files
 import jsonschema
 import pytest
 
-from specgrove.bench import (
-    BenchConfig,
-    Sample,
-    add_ratios,
-    greedy_agreement,
-    per_position_acceptance,
-    summarise,
-)
 from specgrove.errors import InvalidArgument
 from specgrove.workloads import chat_prompts, humaneval_prompts
+from specgrove_apps.bench import BenchConfig
+from specgrove_apps.bench_metrics import Sample, add_ratios, greedy_agreement, per_position_acceptance, summarise
 
 SCHEMA = json.loads(files("specgrove.data").joinpath("bench.schema.json").read_text())
 
@@ -103,7 +97,7 @@ def test_the_json_workload_carries_schemas_and_structured_runs_only_specgrove_mo
 def test_quick_bench_runs_end_to_end(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     subprocess.run(
-        [sys.executable, "-m", "specgrove.cli", "bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(png)],
+        [sys.executable, "-m", "specgrove_apps.cli", "bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(png)],
         check=True, timeout=300,
     )
     report = json.loads(out.read_text())

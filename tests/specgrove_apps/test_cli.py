@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-import specgrove.cli as cli
+import specgrove_apps.cli as cli
+from specgrove_apps.cli import drafts
 
 
 def test_cache_dir_from_the_command_line_is_a_path(monkeypatch):
     """Served roles get --cache-dir as text; every model loader needs a Path."""
     seen = {}
-    monkeypatch.setattr(cli, "cmd_calibrate", lambda args: seen.setdefault("dir", args.cache_dir) and 0)
+    monkeypatch.setattr(drafts, "cmd_calibrate", lambda args: seen.setdefault("dir", args.cache_dir) and 0)
     cli.main(["--cache-dir", "/tmp/somewhere", "calibrate", "--draft", "ngram"])
     assert seen["dir"] == Path("/tmp/somewhere")

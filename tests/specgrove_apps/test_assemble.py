@@ -5,11 +5,11 @@ import json
 import pytest
 
 from orchestrator.planner import CostProfile
-from specgrove.assemble import EngineSpec, assemble
-from specgrove.calibrate import calibrate, measure_verify_ms
-from specgrove.cli import main
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
 from specgrove.models import CachedSequence, load_model, truncated
+from specgrove_apps.assemble import EngineSpec, assemble
+from specgrove_apps.calibrate import calibrate, measure_verify_ms
+from specgrove_apps.cli import main
 
 
 def test_tree_mode_with_ngram_draft_is_refused(tiny_dir, tmp_path):

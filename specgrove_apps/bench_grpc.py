@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from specgrove.bench import Sample
+from specgrove_apps.bench_metrics import Sample
 
 
 def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple[int, ...],
@@ -108,7 +108,7 @@ class GrpcStacks:
 
     def client(self, delay: float):
         from services.roles import start_stack
-        from specgrove.client import Client
+        from specgrove_apps.client import Client
 
         if delay not in self.stacks:
             self.trace_file(delay).unlink(missing_ok=True)

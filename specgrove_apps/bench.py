@@ -12,9 +12,8 @@ is excluded. Metric names follow vLLM's benchmark output where one exists.
 
 from __future__ import annotations
 
-import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -22,98 +21,8 @@ import torch
 from specgrove.errors import InvalidArgument
 from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
-
-
-@dataclass
-class Sample:
-    """One timed generation of one mode on one prompt."""
-
-    prompt: str
-    token_ids: list[int]
-    elapsed_s: float  # request to last token
-    ttft_s: float  # request to first token
-    drafted: list[int] = field(default_factory=list)  # per verify round; empty for non-speculative modes
-    accepted: list[int] = field(default_factory=list)  # per verify round
-    lambdas: list[float] = field(default_factory=list)  # AdaEDL λ per round (adaedl modes only)
-
-    @property
-    def tpot_s(self) -> float:
-        """Time per output token after the first (vLLM's TPOT)."""
-        n = len(self.token_ids)
-        return (self.elapsed_s - self.ttft_s) / (n - 1) if n > 1 else 0.0
-
-
-def per_position_acceptance(drafted: list[int], accepted: list[int]) -> list[float]:
-    """vLLM's per-position rates: rounds that accepted at least i+1 tokens / rounds with a draft."""
-    drafts = sum(1 for d in drafted if d > 0)
-    longest = max(drafted, default=0)
-    if drafts == 0:
-        return []
-    return [sum(1 for a in accepted if a > i) / drafts for i in range(longest)]
-
-
-def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
-    """One result record (without the ratios, which need the baseline)."""
-    tokens = sum(len(s.token_ids) for s in samples)
-    duration = sum(s.elapsed_s for s in samples)
-    record = {
-        "mode": mode,
-        "completed": len(samples),
-        "total_output_tokens": tokens,
-        "duration_s": round(duration, 4),
-        "output_throughput": round(tokens / duration, 3) if duration > 0 else 0.0,
-        "mean_tpot_ms": round(1000 * statistics.fmean(s.tpot_s for s in samples), 3),
-        "median_tpot_ms": round(1000 * statistics.median(s.tpot_s for s in samples), 3),
-        "mean_ttft_ms": round(1000 * statistics.fmean(s.ttft_s for s in samples), 3),
-        "median_ttft_ms": round(1000 * statistics.median(s.ttft_s for s in samples), 3),
-    }
-    if speculative:
-        drafted = [d for s in samples for d in s.drafted]
-        accepted = [a for s in samples for a in s.accepted]
-        rounds = len(drafted)
-        record.update(
-            spec_decode_num_drafts=sum(1 for d in drafted if d > 0),
-            spec_decode_num_draft_tokens=sum(drafted),
-            spec_decode_num_accepted_tokens=sum(accepted),
-            spec_decode_acceptance_length=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,
-            spec_decode_acceptance_rate=round(sum(accepted) / sum(drafted), 4) if sum(drafted) else None,
-            spec_decode_per_position_acceptance_rates=[round(r, 4) for r in per_position_acceptance(drafted, accepted)],
-            mean_draft_len=round(sum(drafted) / rounds, 4) if rounds else None,
-            mean_adaedl_lambda=_mean([lam for s in samples for lam in s.lambdas]),
-        )
-    else:
-        record.update(
-            spec_decode_num_drafts=None,
-            spec_decode_num_draft_tokens=None,
-            spec_decode_num_accepted_tokens=None,
-            spec_decode_acceptance_length=None,
-            spec_decode_acceptance_rate=None,
-            spec_decode_per_position_acceptance_rates=None,
-        )
-    return record
-
-
-def _mean(values: list[float]) -> float | None:
-    return round(sum(values) / len(values), 4) if values else None
-
-
-def add_ratios(records: list[dict], baseline: str = "ar") -> list[dict]:
-    """speedup_vs_ar = output_throughput / the baseline's (None when there is no baseline)."""
-    base = next((r for r in records if r["mode"] == baseline), None)
-    for record in records:
-        ok = base is not None and base["output_throughput"] > 0
-        record["speedup_vs_ar"] = round(record["output_throughput"] / base["output_throughput"], 4) if ok else None
-    return records
-
-
-def greedy_agreement(samples: dict[str, list[Sample]], baseline: str = "ar") -> dict[str, float]:
-    """Per mode, the fraction of prompts whose tokens equal the baseline's (meaningful at T = 0)."""
-    base = samples.get(baseline)
-    if not base:
-        return {}
-    return {
-        mode: sum(a.token_ids == b.token_ids for a, b in zip(runs, base)) / len(base) for mode, runs in samples.items()
-    }
+from specgrove_apps.bench_grpc import GrpcStacks, grpc_mode_names, grpc_runner, parse_mode, round_split
+from specgrove_apps.bench_metrics import Sample, add_ratios, greedy_agreement, summarise
 
 
 # --- mode runners ------------------------------------------------------------------------------
@@ -199,8 +108,6 @@ class BenchConfig:
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
 
     def mode_names(self) -> list[str]:
-        from specgrove.bench_grpc import grpc_mode_names
-
         every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else []) + ["specgrove-ar"]
         if self.structured:  # transformers' generate takes no grammar: constrained plain decoding is the baseline
             every = ["specgrove-ar"]
@@ -216,7 +123,7 @@ class BenchConfig:
 
 def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) -> tuple[object, dict[str, tuple[Runner, bool]]]:
     """Load the models once and make one runner per mode: name -> (runner, is speculative)."""
-    from specgrove.assemble import EngineSpec, assemble
+    from specgrove_apps.assemble import EngineSpec, assemble
     from specgrove.models import load_model
 
     loaded: dict = {}  # every mode shares the loaded target (and draft)
@@ -255,8 +162,6 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
             built = assemble(specs[name], cache_dir, loaded)
             runners[name] = (engine_runner(built.engine), True)
         elif name.startswith("grpc-"):
-            from specgrove.bench_grpc import grpc_runner, parse_mode
-
             spec, delay = parse_mode(name)
             sessions[name] = set()
             runners[name] = (grpc_runner(stacks.client(delay), spec, sessions[name]), True)
@@ -266,8 +171,6 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
 def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
     import tempfile
     from pathlib import Path
-
-    from specgrove.bench_grpc import GrpcStacks, parse_mode, round_split
 
     stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")))
     sessions: dict[str, set[str]] = {}

@@ -1,0 +1,99 @@
+"""The benchmark's arithmetic: one timed generation (``Sample``) and the records made from many,
+with vLLM's metric names (acceptance length, per-position acceptance rates, TPOT, TTFT)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Sample:
+    """One timed generation of one mode on one prompt."""
+
+    prompt: str
+    token_ids: list[int]
+    elapsed_s: float  # request to last token
+    ttft_s: float  # request to first token
+    drafted: list[int] = field(default_factory=list)  # per verify round; empty for non-speculative modes
+    accepted: list[int] = field(default_factory=list)  # per verify round
+    lambdas: list[float] = field(default_factory=list)  # AdaEDL λ per round (adaedl modes only)
+
+    @property
+    def tpot_s(self) -> float:
+        """Time per output token after the first (vLLM's TPOT)."""
+        n = len(self.token_ids)
+        return (self.elapsed_s - self.ttft_s) / (n - 1) if n > 1 else 0.0
+
+
+def per_position_acceptance(drafted: list[int], accepted: list[int]) -> list[float]:
+    """vLLM's per-position rates: rounds that accepted at least i+1 tokens / rounds with a draft."""
+    drafts = sum(1 for d in drafted if d > 0)
+    longest = max(drafted, default=0)
+    if drafts == 0:
+        return []
+    return [sum(1 for a in accepted if a > i) / drafts for i in range(longest)]
+
+
+def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
+    """One result record (without the ratios, which need the baseline)."""
+    tokens = sum(len(s.token_ids) for s in samples)
+    duration = sum(s.elapsed_s for s in samples)
+    record = {
+        "mode": mode,
+        "completed": len(samples),
+        "total_output_tokens": tokens,
+        "duration_s": round(duration, 4),
+        "output_throughput": round(tokens / duration, 3) if duration > 0 else 0.0,
+        "mean_tpot_ms": round(1000 * statistics.fmean(s.tpot_s for s in samples), 3),
+        "median_tpot_ms": round(1000 * statistics.median(s.tpot_s for s in samples), 3),
+        "mean_ttft_ms": round(1000 * statistics.fmean(s.ttft_s for s in samples), 3),
+        "median_ttft_ms": round(1000 * statistics.median(s.ttft_s for s in samples), 3),
+    }
+    if speculative:
+        drafted = [d for s in samples for d in s.drafted]
+        accepted = [a for s in samples for a in s.accepted]
+        rounds = len(drafted)
+        record.update(
+            spec_decode_num_drafts=sum(1 for d in drafted if d > 0),
+            spec_decode_num_draft_tokens=sum(drafted),
+            spec_decode_num_accepted_tokens=sum(accepted),
+            spec_decode_acceptance_length=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,
+            spec_decode_acceptance_rate=round(sum(accepted) / sum(drafted), 4) if sum(drafted) else None,
+            spec_decode_per_position_acceptance_rates=[round(r, 4) for r in per_position_acceptance(drafted, accepted)],
+            mean_draft_len=round(sum(drafted) / rounds, 4) if rounds else None,
+            mean_adaedl_lambda=_mean([lam for s in samples for lam in s.lambdas]),
+        )
+    else:
+        record.update(
+            spec_decode_num_drafts=None,
+            spec_decode_num_draft_tokens=None,
+            spec_decode_num_accepted_tokens=None,
+            spec_decode_acceptance_length=None,
+            spec_decode_acceptance_rate=None,
+            spec_decode_per_position_acceptance_rates=None,
+        )
+    return record
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def add_ratios(records: list[dict], baseline: str = "ar") -> list[dict]:
+    """speedup_vs_ar = output_throughput / the baseline's (None when there is no baseline)."""
+    base = next((r for r in records if r["mode"] == baseline), None)
+    for record in records:
+        ok = base is not None and base["output_throughput"] > 0
+        record["speedup_vs_ar"] = round(record["output_throughput"] / base["output_throughput"], 4) if ok else None
+    return records
+
+
+def greedy_agreement(samples: dict[str, list[Sample]], baseline: str = "ar") -> dict[str, float]:
+    """Per mode, the fraction of prompts whose tokens equal the baseline's (meaningful at T = 0)."""
+    base = samples.get(baseline)
+    if not base:
+        return {}
+    return {
+        mode: sum(a.token_ids == b.token_ids for a, b in zip(runs, base)) / len(base) for mode, runs in samples.items()
+    }

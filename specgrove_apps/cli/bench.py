@@ -1,0 +1,80 @@
+"""``specgrove bench``: every decoding mode side by side on one workload (specgrove_apps.bench)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+from specgrove.sampling import SamplingParams
+
+
+def cmd_bench(args) -> int:
+    from specgrove_apps.bench import BenchConfig, format_table, plot, run_bench
+
+    if args.quick:  # a smoke run: under 2 minutes on 2 cores
+        args.num_prompts, args.max_new_tokens, args.draft_lens, args.grpc_chain_lens = 2, 24, "4", "4"
+    config = BenchConfig(
+        workload=args.workload,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        target=args.target,
+        draft=args.draft,
+        draft_lens=tuple(int(k) for k in args.draft_lens.split(",") if k),
+        tree_budgets=tuple(int(m) for m in args.tree_budgets.split(",") if m),
+        tree_auto=args.tree_auto,
+        stop_policies=tuple(p for p in args.stop_policies.split(",") if p),
+        modes=tuple(m for m in args.modes.split(",") if m),
+        structured=args.structured,
+        grpc_chain_lens=tuple(int(k) for k in args.grpc_chain_lens.split(",") if k),
+        grpc_tree=args.grpc_tree,
+        grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
+        link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
+    )
+    if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets:
+        # the drafter and verifier processes take turns with this one: idle threads must sleep
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
+    config.mode_names()  # rejects unknown modes before loading models
+    report = run_bench(config, args.cache_dir, progress=not args.no_progress)
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+
+def add_parser(sub) -> None:
+    """The bench subcommand and its flags."""
+    bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
+    bench.add_argument("--workload", choices=["humaneval", "chat", "json"], default="humaneval")
+    bench.add_argument("--structured", action="store_true",
+                       help="json workload: constrain answers by their schema (SpecGrove modes; ratios vs specgrove-ar)")
+    bench.add_argument("--num-prompts", type=int, default=8)
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--target", default=DEFAULT_TARGET)
+    bench.add_argument("--draft", default=DEFAULT_DRAFT)
+    bench.add_argument("--draft-lens", default="2,4,6", help="comma-separated K values for chain modes")
+    bench.add_argument("--tree-budgets", default="", help="comma-separated tree sizes (needs a model draft)")
+    bench.add_argument("--tree-auto", action="store_true", help="add a tree mode sized by the planner")
+    bench.add_argument("--stop-policies", default="",
+                       help="comma-separated chain-<policy> modes: adaedl,max-confidence,heuristic,static (K <= 8)")
+    bench.add_argument("--grpc-chain-lens", default="", help="comma-separated K: grpc-chain-kK modes over gRPC")
+    bench.add_argument("--grpc-tree", action="store_true", help="a grpc-tree mode (network-aware planner)")
+    bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
+    bench.add_argument("--link-delays", default="0", help="comma-separated injected link delays (ms) for gRPC modes")
+    bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
+    bench.add_argument("--json", default=None, help="write the report as JSON to this path")
+    bench.add_argument("--plot", default=None, help="write a PNG plot to this path")
+    bench.add_argument("--quick", action="store_true", help="2 prompts, 24 tokens, K = 4: a smoke run")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=cmd_bench)
