@@ -266,16 +266,10 @@ def init_from_target(c: FeatureDraftConfig, target_model, layer: int = -1) -> Fe
 
 
 def load(path: Path, target_model) -> FeatureDraft:
-    from safetensors.torch import load_file
+    from specgrove.draft_model import load_weights
 
     c = FeatureDraftConfig.read(path)
-    model = FeatureDraft(c, target_model.get_input_embeddings())
-    state = {k: v.float() for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("embed_tokens.")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    return model.eval()
+    return load_weights(FeatureDraft(c, target_model.get_input_embeddings()), path, borrowed="embed_tokens.")
 
 
 def save(model: FeatureDraft, path: Path, dtype=torch.bfloat16) -> None:

@@ -88,14 +88,21 @@ def build(config, info: DraftInfo, embed_tokens: nn.Embedding):
 
 def load(path: Path, target_model):
     """Load a draft directory onto `target_model` (a transformers LlamaForCausalLM) embeddings."""
-    from safetensors.torch import load_file
     from transformers import LlamaConfig
 
     config = LlamaConfig.from_pretrained(path)
     model = build(config, read_info(path), target_model.get_input_embeddings())
+    return load_weights(model, path, borrowed="model.embed_tokens.")
+
+
+def load_weights(model: torch.nn.Module, path: Path, borrowed: str) -> torch.nn.Module:
+    """A draft's own weights (``path``/model.safetensors, read as fp32) into ``model``; only the
+    parameters under ``borrowed`` (the target's embeddings) may be missing. Returns it in eval mode."""
+    from safetensors.torch import load_file
+
     state = {k: v.float() for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("model.embed_tokens.")]
+    missing = [k for k in missing if not k.startswith(borrowed)]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     return model.eval()

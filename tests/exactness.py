@@ -15,7 +15,6 @@ unrelated random draft almost never is).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,18 +43,6 @@ SAMPLING = {  # case id -> SamplingParams fields
     "T1-p0.9": dict(temperature=1.0, top_p=0.9),
     "T1.5-p0.95": dict(temperature=1.5, top_p=0.95),
 }
-
-
-@contextmanager
-def one_thread():
-    """Run tiny models on one intra-op thread: on a shared 2-core machine a second thread only
-    waits for a core (it made these passes ~10× slower under load), and nothing here needs it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build_models(root: Path) -> tuple[Path, Path]:

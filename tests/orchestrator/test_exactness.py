@@ -35,12 +35,6 @@ ADAEDL_LAMBDA = {"T0.5": 0.5, "T1-k6-p0.9": 0.5, "T1.5": 0.38}
 BROKEN_CASE = "T1-k6-p0.9"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with ex.one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return ex.load_models(tmp_path_factory.mktemp("exactness"))

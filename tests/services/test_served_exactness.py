@@ -26,12 +26,6 @@ TREE = dict(mode="tree", tree_budget=8, tree_depth=4)  # pinned: every round dra
 TOP_N = 6  # the drafter sends q truncated to its top 6 tokens (of 11), as it sends its top 64 of a real vocabulary
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with ex.one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return ex.load_models(tmp_path_factory.mktemp("served_exactness"))
