@@ -131,14 +131,12 @@ def _sampling(body: dict, chat: bool) -> SamplingParams:
     ids = body.get("stop_token_ids") or []
     if not isinstance(ids, list):
         raise InvalidArgument("stop_token_ids", "must be a list of token ids")
-    params = SamplingParams(
-        temperature=_get(body, "temperature", float, 1.0), top_k=_get(body, "top_k", int, 0),
+    top_k = _get(body, "top_k", int, 0)
+    return SamplingParams(
+        temperature=_get(body, "temperature", float, 1.0), top_k=0 if top_k == -1 else top_k,  # -1: vLLM's "off"
         top_p=_get(body, "top_p", float, 1.0), seed=_get(body, "seed", int, None), max_new_tokens=max_tokens,
         stop_token_ids=tuple(ids), stop=stops, grammar=_grammar(body),
     )
-    if params.top_k == -1:  # vLLM's "off"
-        params = SamplingParams(**{**params.__dict__, "top_k": 0})
-    return params
 
 
 def _grammar(body: dict) -> GrammarSpec | None:

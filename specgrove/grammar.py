@@ -78,15 +78,10 @@ class GrammarSpec:
             grammar = self.llguidance_grammar()
         except (ValueError, TypeError, RuntimeError) as exc:
             raise InvalidArgument("grammar", f"does not compile: {exc}") from exc
-        ok, message = _check(llguidance, grammar)
-        if not ok:
-            raise InvalidArgument("grammar", f"does not compile: {message}")
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+        if is_error:
+            raise InvalidArgument("grammar", f"does not compile: {'; '.join(map(str, messages))}")
         return self
-
-
-def _check(llguidance, grammar: str) -> tuple[bool, str]:
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    return not is_error, "; ".join(messages) if isinstance(messages, list) else str(messages)
 
 
 def grammar_tokenizer(tokenizer, vocab_size: int):

@@ -12,7 +12,6 @@ import urllib.request
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from drafter.model_drafter import ModelDrafter
 from services.http import start_http
@@ -20,6 +19,7 @@ from specgrove.grammar import GrammarSpec
 from specgrove.metrics import serve_metrics
 from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
+from tests.specgrove.test_metrics import parse
 
 MODEL = "tiny"
 REGEX = r"(ab|ba|c)[a-e ]{2,6}\."
@@ -150,9 +150,7 @@ def test_structured_output_follows_the_regex_and_equals_constrained_plain_decodi
 
 def scrape(url: str) -> dict[str, float]:
     """name{labels} -> value, parsed as Prometheus' text format."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return parse(urllib.request.urlopen(url, timeout=10).read().decode())
 
 
 def test_every_role_serves_prometheus_metrics_with_vllm_names(served, client):

@@ -14,10 +14,14 @@ from specgrove.metrics import OrchestratorMetrics, WorkerMetrics, exposition
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "specgrove-dashboard.json"
 
 
-def samples(registry) -> dict[str, float]:
-    text = exposition(registry).decode()
+def parse(text: str) -> dict[str, float]:
+    """Prometheus exposition text -> {name + JSON labels: value} (the client library's own parser)."""
     return {s.name + json.dumps(s.labels, sort_keys=True): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def samples(registry) -> dict[str, float]:
+    return parse(exposition(registry).decode())
 
 
 def test_rounds_and_finishes_are_counted_with_vllm_names():
