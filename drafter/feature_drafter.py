@@ -15,7 +15,6 @@ import torch
 from drafter import feature_draft
 from drafter.model_drafter import ModelDrafter, ModelDraftSession
 from specgrove.models import common_prefix_length
-from specgrove.proposal import Proposal
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
 
@@ -146,11 +145,6 @@ class FeatureDraftSession(ModelDraftSession):
         if start <= len(held) and len(features):
             base = held[:start] if len(held) else held.new_zeros(0, features.shape[1])
             self.sequence.set_features(torch.cat([base.float(), features.float()]))
-
-    def propose(self, context, max_tokens, params, generator, budget=None):
-        if not self.sequence.ready(context) and not self._looked_up(context, max_tokens):
-            return Proposal.empty(self.sequence.model.vocab_size)  # the first round: plain decoding
-        return super().propose(context, max_tokens, params, generator, budget)
 
     def grow_levels(self, context, shape_parents, params, generator, budget=None):
         if not self.sequence.ready(context):  # the first round: prompt lookup, else an empty tree

@@ -1,5 +1,5 @@
-"""A draft model proposing a chain (K single-token steps) or a token tree (one batched pass per
-level, tree attention), on its own KV cache, with q warped exactly like p."""
+"""A draft model growing a token tree (one batched pass per level, tree attention; a chain is a
+tree of width one) on its own KV cache, with q warped exactly like p."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from drafter.ngram import lookup
 from specgrove.budget import DraftBudget
 from specgrove.grammar import Constraint, constrain
 from specgrove.models import CachedSequence, CausalLM
-from specgrove.proposal import Proposal
-from specgrove.sampling import SamplingParams, sample, sample_without_replacement, truncate_top_n, warp
+from specgrove.sampling import SamplingParams, sample_without_replacement, truncate_top_n, warp
 from specgrove.tree import TokenTree, VerifyResult, children_of
 
 DEFAULT_TOP_N = 64  # the proposal q is truncated to its top-N tokens (exactness holds regardless)
@@ -45,33 +44,6 @@ class ModelDraftSession:
 
     def _looked_up(self, context: list[int], max_tokens: int) -> list[int]:
         return lookup(context, max_tokens, LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM) if self.lookup else []
-
-    def propose(
-        self, context: list[int], max_tokens: int, params: SamplingParams, generator: torch.Generator,
-        budget: DraftBudget | None = None,
-    ) -> Proposal:
-        found = self._looked_up(context, max_tokens)
-        if found:  # one-hot q on the looked-up tokens: exact, as for the n-gram drafter
-            return Proposal(found, torch.nn.functional.one_hot(torch.tensor(found), self.sequence.model.vocab_size).float())
-        tokens: list[int] = []
-        rows: list[torch.Tensor] = []
-        for _ in range(max_tokens):
-            logits = self.sequence.logits_for(context + tokens, num_logits=1)  # [1, V]
-            logits = constrain(logits, self.constraint, context, [tokens])
-            if params.greedy:  # q is one-hot on the argmax: no warping or sampling over the vocabulary
-                q = None
-                tokens.append(int(logits[0].argmax()))
-            else:
-                q = warp(logits, params)[0]  # [V]
-                tokens.append(int(sample(q, generator)))
-                rows.append(q)
-            if budget is not None and budget.stops(logits[0], q, params.greedy):
-                break  # the token stays; the chain ends here
-        if not tokens:
-            return Proposal.empty(self.sequence.model.vocab_size)
-        if params.greedy:  # the one-hot q each token was drawn from (verification reads only tokens)
-            return Proposal(tokens, torch.nn.functional.one_hot(torch.tensor(tokens), self.sequence.model.vocab_size).float())
-        return Proposal(tokens, torch.stack(rows))
 
     def propose_tree(
         self, context: list[int], shape_parents: list[int], params: SamplingParams, generator: torch.Generator,

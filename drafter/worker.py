@@ -10,6 +10,7 @@ from typing import Iterator
 
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
+from specgrove.errors import StaleRound
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator
@@ -28,6 +29,7 @@ class DrafterWorker:
         self.vocab_size = drafter.vocab_size
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, object] = OrderedDict()
+        self._steps: dict[str, int] = {}  # session -> its latest round here
         self.lock = threading.RLock()  # one forward pass at a time on this model
         self.metrics = WorkerMetrics("draft", max_sessions)
 
@@ -44,25 +46,34 @@ class DrafterWorker:
         one session's rounds never overlap, the orchestrator runs them in order).
 
         fetch_features(start) -> (start, features [n, H]): the target's features of context[start:−1],
-        asked of the verifier when a feature-level draft lacks them (fresh worker, plain rounds)."""
-        session = self._session(session_id)
+        asked of the verifier when a feature-level draft lacks them (fresh worker, plain rounds).
+        A round older than the session's latest is refused (StaleRound), as by the verifier."""
+        session = self._session(session_id, step)
         if params.grammar is not None and getattr(session, "constraint", False) is None:
             session.constraint = for_session(params.grammar, getattr(self.text, "tokenizer", None), self.vocab_size,
                                              output_start)
         if self.needs_features and fetch_features is not None and session.feature_count() < len(context) - 1:
             session.add_features(*fetch_features(session.feature_count()))
-        generator = round_generator(seed, step, DRAFT_STREAM)
+        generator = None if params.greedy else round_generator(seed, step, DRAFT_STREAM)  # greedy draws nothing
         if isinstance(self.drafter, ModelDrafter):
-            yield from session.grow_levels(context, shape_parents, params, generator, budget)
+            for level in session.grow_levels(context, shape_parents, params, generator, budget):
+                yield level
+                if self._steps.get(session_id) != step:  # a newer round took the session: draw no more
+                    raise StaleRound(f"session {session_id}: round {step} was overtaken by round "
+                                     f"{self._steps.get(session_id)}")
             return
         depth = min(budget.max_len, max(depths_of(shape_parents), default=0))
-        proposal = session.propose(context, depth, params, generator, budget)
-        if proposal.tokens:  # the n-gram drafter's chain: one-hot q
-            yield one_hot_chain(proposal.tokens)
+        tokens = session.propose(context, depth, params, generator, budget)
+        if tokens:  # prompt lookup's chain: one-hot q
+            yield one_hot_chain(tokens)
 
-    def accept(self, session_id: str, result: VerifyResult, features: tuple[int, object] | None = None) -> None:
+    def accept(self, session_id: str, step: int, result: VerifyResult,
+               features: tuple[int, object] | None = None) -> None:
         """After the verdict: trim the draft's cache; a feature-level draft also keeps the target's
-        features of the newly confirmed tokens, (start, [n, H])."""
+        features of the newly confirmed tokens, (start, [n, H]). Ignored unless ``step`` is the
+        session's latest round (a newer round owns the cache)."""
+        if self._steps.get(session_id) != step:
+            return
         session = self._sessions.get(session_id)
         if session is not None and hasattr(session, "accept"):
             session.accept(result)
@@ -75,16 +86,22 @@ class DrafterWorker:
 
     def release(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+        self._steps.pop(session_id, None)
         self.metrics.record_cache(len(self._sessions), 0)
 
-    def _session(self, session_id: str):
+    def _session(self, session_id: str, step: int):
         with self.lock:
+            if step < self._steps.get(session_id, 0):
+                raise StaleRound(f"session {session_id}: round {step} is older than round "
+                                 f"{self._steps[session_id]}, already drafted here")
+            self._steps[session_id] = step
             return self._session_locked(session_id)
 
     def _session_locked(self, session_id: str):
         session = self._sessions.pop(session_id, None) or self.drafter.open()
         self._sessions[session_id] = session
         while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+            evicted, _ = self._sessions.popitem(last=False)
+            self._steps.pop(evicted, None)
         self.metrics.record_cache(len(self._sessions), 0)  # draft caches are small; their tokens are not counted
         return session

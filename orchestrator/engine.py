@@ -1,32 +1,34 @@
-"""The in-process speculative decoding loop: draft, verify, emit, until a stop rule fires.
+"""The in-process session loop: the round core (rounds.py) driving a drafter worker and a
+verifier worker directly, the same workers the gRPC roles serve (no transport in between).
 
-One round = the drafter proposes up to K tokens (chain) or a token tree (tree mode) from its own
-KV cache, the target scores every proposed position in one forward pass, and rejection sampling
-keeps the accepted path plus one recovered or bonus token. K = 0 (no drafter) is plain
-autoregressive decoding through the chain path. Each generation owns one seeded
-``torch.Generator``, so a seeded request is reproducible.
+One round = the planner's tree (a chain of K, a Sequoia tree, or nothing: a plain K = 0 step)
+is drawn level by level by the drafter from its own KV cache, the target scores the root and
+every node in one forward pass, and rejection sampling keeps the accepted path plus one
+recovered or bonus token. Each round's randomness comes from generators keyed by (seed, round,
+worker), as on the served path, so a seeded request gives the same tokens in process and served.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import torch
-
+from drafter.model_drafter import tree_from_levels
+from drafter.worker import DrafterWorker
+from orchestrator.acceptance import AcceptanceStats
+from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats
+from orchestrator.rounds import RoundPlan, SessionRounds, Speculation, check_request, planner_for
+from orchestrator.sequoia import TreeShape
 from orchestrator.stop_policy import StaticPolicy
-from orchestrator.tree_plan import TreePlan
-from specgrove.errors import InvalidArgument, OutOfRange
-from specgrove.grammar import for_session
+from specgrove.errors import InvalidArgument
 from specgrove.models import CausalLM
 from specgrove.output import GenerationOutput
-from specgrove.proposal import Drafter, Proposal
+from specgrove.proposal import Drafter
 from specgrove.sampling import SamplingParams, make_generator
-from verifier.target import TargetSession
-
-MAX_DRAFT_LEN = 32
-
+from specgrove.tree import TokenTree, VerifyResult
+from verifier.worker import VerifierWorker, empty_tree
 
 @dataclass
 class RoundStats:
@@ -35,6 +37,7 @@ class RoundStats:
     num_emitted: int  # tokens that reached the output (accepted + 1, fewer if a stop rule cut it)
     draft_limit: int = 0  # the policy's most draft tokens (chain) or levels (tree) for this round
     lam: float | None = None  # AdaEDL's threshold λ used for this round
+    verdict: VerifyResult | None = None  # the round's verification walk (tests read it)
 
 
 @dataclass
@@ -58,8 +61,14 @@ class GenerationResult:
 
     @property
     def mean_accepted_length(self) -> float:
-        """vLLM's acceptance length: tokens per target verify pass (1 + accepted drafts)."""
-        return sum(r.num_accepted + 1 for r in self.rounds) / len(self.rounds) if self.rounds else 0.0
+        """vLLM's acceptance length: 1 + accepted draft tokens per round that drafted (1 if none did)."""
+        drafting = [r for r in self.rounds if r.num_drafted]
+        return 1 + sum(r.num_accepted for r in drafting) / max(1, len(drafting)) if self.rounds else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Tokens emitted per target verify pass, plain K = 0 rounds included."""
+        return sum(r.num_emitted for r in self.rounds) / len(self.rounds) if self.rounds else 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -79,6 +88,7 @@ class GenerationResult:
             "tokens_per_s": round(self.tokens_per_s, 3),
             "num_rounds": len(self.rounds),
             "mean_accepted_length": round(self.mean_accepted_length, 4),
+            "tokens_per_round": round(self.tokens_per_round, 4),
             "acceptance_rate": round(self.acceptance_rate, 4),
             "num_draft_tokens": sum(r.num_drafted for r in self.rounds),
             "num_accepted_tokens": sum(r.num_accepted for r in self.rounds),
@@ -106,118 +116,100 @@ class Chunk:
 
 class SpeculativeEngine:
     def __init__(
-        self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4, tree: TreePlan | None = None,
-        policy_factory=None,
+        self, target: CausalLM, drafter: Drafter | None = None, draft_len: int = 4, tree: TreeShape | None = None,
+        policy_factory=None, *, speculation: Speculation | None = None, link: LinkStats | None = None,
+        acceptance: AcceptanceStats | None = None,
     ):
-        """Chain mode with draft_len K (0 = plain decoding); tree mode when a TreePlan is given.
+        """Chain mode with draft_len K (0 = plain decoding); tree mode pinned to ``tree``'s shape;
+        or any ``speculation`` (the planner's trees, pinned sizes...). link: measured costs (a
+        calibration profile's) for the tree planner, else it measures them itself; acceptance:
+        the estimate shared by this engine's generations (a prior until verify results arrive).
 
         policy_factory(max_len) makes each generation's draft-length policy (stop_policy.py);
         the default drafts exactly K tokens (or the tree's full depth).
         """
-        if tree is not None:
-            if not getattr(drafter, "grows_trees", False):
-                raise InvalidArgument("draft", "tree mode needs a draft model; this drafter proposes chains only")
-            draft_len = tree.max_depth
-        if drafter is None:
-            draft_len = 0
-        if not 0 <= draft_len <= MAX_DRAFT_LEN:
-            raise OutOfRange("draft_len", f"must be in [0, {MAX_DRAFT_LEN}], got {draft_len}")
+        if speculation is None:
+            speculation = Speculation("tree", shape=tree) if tree is not None else Speculation("chain", draft_len)
+        self.speculation = speculation.validated(drafter is not None, getattr(drafter, "grows_trees", False))
         if drafter is not None and drafter.vocab_size != target.vocab_size:
             raise InvalidArgument(
                 "draft", f"draft has {drafter.vocab_size} logits but the target has {target.vocab_size}"
             )
         self.target = target
         self.drafter = drafter
-        self.draft_len = draft_len
-        self.tree = tree
         self.policy_factory = policy_factory or StaticPolicy
+        self.link = link or LinkStats()
+        self.acceptance = acceptance or AcceptanceStats(list(DEFAULT_PRIOR_ACCEPTANCE))
+        feeds = getattr(drafter, "needs_features", False)
+        self.verifier = VerifierWorker(target, keep_features=feeds)
+        self.drafts = DrafterWorker(drafter, text=target) if drafter is not None else None
+
+    @property
+    def draft_len(self) -> int:
+        return self.speculation.max_len
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Validate before any model work; raise InvalidArgument / OutOfRange."""
-        params.validate(vocab_size=self.target.vocab_size, max_new_tokens_limit=self.target.max_positions)
-        if not prompt_ids:
-            raise InvalidArgument("prompt", "must contain at least one token")
-        if any(not 0 <= t < self.target.vocab_size for t in prompt_ids):
-            raise OutOfRange("prompt", f"token ids must be in [0, {self.target.vocab_size})")
-        needed = len(prompt_ids) + params.max_new_tokens + self.draft_len
-        if needed > self.target.max_positions:
-            raise OutOfRange(
-                "prompt",
-                f"{len(prompt_ids)} prompt tokens + max_new_tokens {params.max_new_tokens} + draft length "
-                f"{self.draft_len} = {needed} exceeds the target's context of {self.target.max_positions}",
-            )
+        check_request(prompt_ids, params, self.speculation, self.target.vocab_size, self.target.max_positions)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
         """Validate now (raising before any model work), then return the generation to iterate."""
         self.check_request(prompt_ids, params)
-        generator, seed = make_generator(params.seed)
+        _, seed = make_generator(params.seed)
         result = GenerationResult([], "", "", seed, len(prompt_ids))
-        return Generation(result, self._rounds(prompt_ids, params, generator, result))
+        return Generation(result, self._rounds(list(prompt_ids), params, result))
 
-    def _rounds(
-        self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator, result: GenerationResult
-    ) -> Iterator[Chunk]:
+    def _rounds(self, prompt: list[int], params: SamplingParams, result: GenerationResult) -> Iterator[Chunk]:
         """Run rounds until a stop rule fires, yielding one Chunk per round and filling result."""
         start = time.perf_counter()
+        session_id = uuid.uuid4().hex
         output = GenerationOutput(self.target.decode, self.target.eos_token_ids, params)
-        feeds_features = getattr(self.drafter, "needs_features", False)
-        target = TargetSession(self.target, keep_features=feeds_features)
-        draft = self.drafter.open() if self.drafter is not None else None
-        policy = self.policy_factory(self.draft_len)
-        tree_plan = self.tree.for_session() if self.tree is not None else None
-        target.constraint = for_session(params.grammar, self.target.tokenizer, self.target.vocab_size, len(prompt_ids))
-        if draft is not None and hasattr(draft, "constraint"):
-            draft.constraint = target.constraint  # drafts follow the grammar too
-        context = list(prompt_ids)
-        while output.finish_reason is None:
-            budget = policy.budget()
-            if feeds_features:  # the target's features of the confirmed context (all but the last token)
-                draft.set_features(target.features(min(len(context) - 1, len(target.sequence.tokens))))
-            if tree_plan is not None:
-                new_tokens, num_drafted, num_accepted, depth = self._tree_round(
-                    context, draft, target, params, generator, budget, tree_plan
-                )
-                policy.observe(depth, num_accepted)  # per level: the chain analogue of acceptance
-            else:
-                new_tokens, num_drafted, num_accepted = self._chain_round(
-                    context, draft, target, params, generator, budget,
-                    room=params.max_new_tokens - len(output.token_ids) - 1,
-                )
-                policy.observe(num_drafted, num_accepted)
-            emitted = []
-            for token in new_tokens:
-                emitted.append(token)
-                if output.add(token):
-                    break
-            context.extend(emitted)
-            stats = RoundStats(num_drafted, num_accepted, len(emitted), budget.max_len, budget.lam)
-            result.rounds.append(stats)
-            delta = output.release()
-            now = time.perf_counter()
-            if len(result.rounds) == 1:
-                result.ttft_s = now - start
-            result.token_ids, result.text = output.token_ids, output.text
-            result.finish_reason = output.finish_reason or ""
-            result.elapsed_s = now - start
-            yield Chunk(emitted, delta, stats)
+        spec = self.speculation
+        core = SessionRounds(spec, output, planner_for(spec, self.link, self.acceptance), self.policy_factory(spec.max_len))
+        try:
+            while core.finish_reason is None:
+                plan = core.plan()
+                verdict, tree, depth = self._round(session_id, plan, prompt + output.token_ids, params, result.seed,
+                                                   len(prompt))
+                outcome = core.commit(plan, verdict, tree.size, depth)
+                stats = RoundStats(outcome.drafted, outcome.accepted, len(outcome.emitted), outcome.draft_limit,
+                                   outcome.lam, verdict)
+                result.rounds.append(stats)
+                now = time.perf_counter()
+                result.ttft_s = result.ttft_s or now - start
+                result.token_ids, result.text = output.token_ids, output.text
+                result.finish_reason = output.finish_reason or ""
+                result.elapsed_s = now - start
+                yield Chunk(outcome.emitted, outcome.text, stats)
+        finally:
+            self.verifier.release(session_id)
+            if self.drafts is not None:
+                self.drafts.release(session_id)
 
-    def _chain_round(self, context, draft, target, params, generator, budget, room: int):
-        k = min(budget.max_len, room)  # drafts beyond the remaining token budget would be wasted
-        if draft is not None and k > 0:
-            proposal = draft.propose(context, k, params, generator, budget)
+    def _round(self, session_id: str, plan: RoundPlan, context: list[int], params: SamplingParams, seed: int,
+               output_start: int) -> tuple[VerifyResult, TokenTree, int]:
+        """Draft the plan's tree, verify it, trim the draft cache: (verdict, tree, levels drawn).
+        The costs measured here feed the planner (network time 0)."""
+        t0 = time.perf_counter()
+        tree, depth = empty_tree(), 0
+        feeds = self.drafts is not None and self.drafts.needs_features
+        if plan.shape is not None and self.drafts is not None:
+            def fetch(start: int):
+                return start, self.verifier.prefix_features(session_id, context, start)
+
+            levels = list(self.drafts.levels(session_id, plan.step, context, params, seed, list(plan.shape.parents),
+                                             plan.budget, fetch if feeds else None, output_start))
+            tree, depth = tree_from_levels(levels), len(levels)
+        draft_ms = (time.perf_counter() - t0) * 1000
+        features_from = len(context) - 1 if feeds and tree.size else None
+        verdict, verify_ms, features = self.verifier.verify(session_id, plan.step, context, params, seed, tree,
+                                                            features_from, output_start)
+        if tree.size:
+            self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)
+            self.link.observe_tree(draft_ms + verify_ms, draft_ms, verify_ms, tree.size, depth, 0)
         else:
-            proposal = Proposal.empty(self.target.vocab_size)
-        num_accepted, next_token = target.verify(context, proposal, params, generator)
-        return proposal.tokens[:num_accepted] + [next_token], len(proposal.tokens), num_accepted
-
-    def _tree_round(self, context, draft, target, params, generator, budget, tree_plan):
-        shape = tree_plan.shape()
-        tree = draft.propose_tree(context, list(shape.parents), params, generator, budget)
-        result = target.verify_tree(context, tree, params, generator)
-        draft.accept(result)
-        tree_plan.observe(result)
-        depth = max(tree.depths(), default=0)
-        return result.accepted_tokens + [result.next_token], tree.size, len(result.accepted_tokens), depth
+            self.link.observe_plain(verify_ms, verify_ms)
+        return verdict, tree, depth
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
         generation = self.stream(prompt_ids, params)

@@ -1,12 +1,15 @@
 """The orchestrator's session loop over remote workers (asyncio): validate, create or resume the
-session in Redis, then rounds of draft → stream → verify until a stop rule fires.
+session in Redis, then drive the round core (rounds.py, shared with the in-process engine) with
+rounds of draft → stream → verify until a stop rule fires.
 
 Each round the planner picks a tree (or K = 0), the stop policy a budget; the drafter grows the
 tree and streams it to the verifier, and the round's tokens are committed to Redis by step
 before the client sees them. A failed or slow drafter turns the round into a plain decoding
 step on the verifier (retrying the drafter after ``drafter_retry_s``); a failed verifier is
-retried with backoff (a restarted one re-prefills from the context, which comes from Redis);
-when every attempt fails the client gets ``UNAVAILABLE`` and can resume the session later.
+marked down and the session moves to the next one (which re-prefills from the context, which
+comes from Redis), its lease renewed while it waits; a Redis outage is ridden through for
+``redis_retry_s`` (every store call is idempotent). When every attempt fails the client gets
+``UNAVAILABLE`` and can resume the session later.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from orchestrator.acceptance import AcceptanceStats
-from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats, RoundPlanner
+from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats
+from orchestrator.rounds import RoundOutcome, RoundPlan, SessionRounds, Speculation, check_request, planner_for
 from orchestrator.session_store import Session, SessionStore
 from orchestrator.stop_policy import make_policy
 from specgrove import codec, telemetry
@@ -31,13 +35,12 @@ from specgrove.metrics import OrchestratorMetrics
 from specgrove.models import TextCodec
 from specgrove.output import GenerationOutput
 from specgrove.sampling import make_generator
+from specgrove.tls import TlsConfig, open_channel
 from specgrove.tree import VerifyResult
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MODES = ("ar", "chain", "tree")
-MAX_DRAFT_LEN = 32
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -64,20 +67,33 @@ class PipelineConfig:
     adaedl_lambda: float = 0.5
     draft_timeout_ms: int = 5000  # a Draft call slower than this falls back to K = 0
     verify_timeout_ms: int = 30000
-    drafter_retry_s: float = 2.0  # how long a failed drafter is skipped
-    verifier_retry_s: float = 30.0  # how long a failing verifier is retried before UNAVAILABLE
-    max_sessions: int = 64  # concurrent generations; more get RESOURCE_EXHAUSTED
+    drafter_retry_s: float = 2.0  # how long a failed drafter (or verifier) is skipped
+    verifier_retry_s: float = 30.0  # how long the verifiers are retried (each in turn) before UNAVAILABLE
+    redis_retry_s: float = 10.0  # how long a Redis outage is ridden through before UNAVAILABLE
+    max_sessions: int = 64  # concurrent generations; more wait in a queue, then get RESOURCE_EXHAUSTED
+    queue_timeout_s: float = 2.0  # how long a generation waits for a free slot
     prior_acceptance: tuple[float, ...] = tuple(DEFAULT_PRIOR_ACCEPTANCE)
     verify_ratio: dict | None = None  # the verify-cost curve from a calibration profile
     auth_token: str | None = None  # sent to the workers (they check it when they have one)
+    tls: TlsConfig | None = None  # TLS (mTLS with a client certificate) to the workers; None: plaintext
+
+
+@dataclass
+class _Placement:
+    """Where a session's rounds run; the verifier moves when it fails (the next one re-prefills
+    from the context, which comes from Redis)."""
+
+    drafter: str
+    verifier: str
 
 
 @dataclass
 class _Run:
     session: Session
-    speculation: dict
+    speculation: Speculation
     resume_from: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this run's lease token
+    place: _Placement | None = None  # the workers its rounds ran on (their caches are freed at the end)
 
 
 class Pipeline:
@@ -88,37 +104,22 @@ class Pipeline:
         self.metrics = OrchestratorMetrics()  # served as /metrics on the HTTP port
         self.links: dict[tuple[str, str], LinkStats] = {}  # per drafter–verifier pair, shared by sessions
         self.acceptance = AcceptanceStats(list(config.prior_acceptance))  # global, across sessions
-        self._drafter_down_until: dict[str, float] = {}
+        self._down_until: dict[str, float] = {}  # worker address -> skipped until (it failed)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._active = 0
+        self._slots = asyncio.Semaphore(config.max_sessions)  # FIFO: waiters are served in order
         self._next = 0
         self._auth = [("authorization", f"Bearer {config.auth_token}")] if config.auth_token else []
 
     # ------------------------------------------------------------------ validation, sessions
 
-    def _speculation(self, raw: dict) -> dict:
-        spec = {"mode": raw.get("mode") or self.config.mode, "draft_len": raw.get("draft_len", self.config.draft_len),
-                "tree_budget": raw.get("tree_budget"), "tree_depth": raw.get("tree_depth")}
-        if spec["mode"] not in MODES:
-            raise InvalidArgument("speculation.mode", f"must be one of {', '.join(MODES)}, got {spec['mode']!r}")
-        if not 0 <= spec["draft_len"] <= MAX_DRAFT_LEN:
-            raise OutOfRange("speculation.draft_len", f"must be in [0, {MAX_DRAFT_LEN}], got {spec['draft_len']}")
-        if spec["tree_budget"] is not None and not 1 <= spec["tree_budget"] <= 128:
-            raise OutOfRange("speculation.tree_budget", f"must be in [1, 128], got {spec['tree_budget']}")
-        if spec["tree_depth"] is not None and not 1 <= spec["tree_depth"] <= 12:
-            raise OutOfRange("speculation.tree_depth", f"must be in [1, 12], got {spec['tree_depth']}")
-        if spec["mode"] != "ar" and not self.config.drafters:
-            spec["mode"] = "ar"  # no drafter deployed: plain decoding on the verifier
-        return spec
+    def _speculation(self, raw: dict) -> Speculation:
+        spec = Speculation.from_dict(raw, self.config.mode, self.config.draft_len)
+        return spec.validated(can_draft=bool(self.config.drafters))  # no drafter deployed: plain decoding
 
     def _prompt(self, call: GenerateCall) -> list[int]:
         if call.prompt_ids is not None:
-            ids = list(call.prompt_ids)
-            if not ids:
-                raise InvalidArgument("prompt", "token_ids must hold at least one token")
-            if any(not 0 <= t < self.text.vocab_size for t in ids):
-                raise OutOfRange("prompt", f"token ids must be in [0, {self.text.vocab_size})")
-            return ids
+            return list(call.prompt_ids)  # checked with the rest of the request
         if not call.prompt_text:
             raise InvalidArgument("prompt", "send text or token_ids (or a session_id to resume)")
         return self.text.chat_prompt(call.prompt_text) if call.chat else self.text.encode(call.prompt_text)
@@ -130,32 +131,39 @@ class Pipeline:
             if call.resume_from > len(session.tokens):
                 raise OutOfRange("resume_from", f"session {session.id} has {len(session.tokens)} tokens, "
                                                 f"got resume_from={call.resume_from}")
-            self._reserve()
+            await self._reserve()
             return _Run(session, self._speculation(session.speculation), call.resume_from)
         params = call.params.validate(vocab_size=self.text.vocab_size, max_new_tokens_limit=self.text.max_positions)
         spec = self._speculation(call.speculation)
         prompt = self._prompt(call)
-        margin = {"ar": 0, "chain": spec["draft_len"]}.get(spec["mode"], spec["tree_budget"] or 64)
-        needed = len(prompt) + params.max_new_tokens + margin
-        if needed > self.text.max_positions:
-            raise OutOfRange("prompt", f"{len(prompt)} prompt tokens + max_new_tokens {params.max_new_tokens} + "
-                                       f"draft margin {margin} = {needed} exceeds the target's context of "
-                                       f"{self.text.max_positions}")
-        self._reserve()
+        check_request(prompt, params, spec, self.text.vocab_size, self.text.max_positions)
+        await self._reserve()
         try:
             await self.store.ping()
             _, seed = make_generator(params.seed)
-            session_id = await self.store.create(prompt, params, seed, spec)
+            session_id = await self.store.create(prompt, params, seed, spec.to_dict())
             return _Run(await self.store.load(session_id), spec, 0)
         except BaseException:
-            self._active -= 1
+            self._free()
             raise
 
-    def _reserve(self) -> None:
-        """Count a generation against max_sessions (released when its run ends)."""
-        if self._active >= self.config.max_sessions:
-            raise ResourceExhausted(f"{self._active} generations running (limit {self.config.max_sessions}); retry later")
+    async def _reserve(self) -> None:
+        """Count a generation against max_sessions, first come first served: wait up to
+        ``queue_timeout_s`` for a slot, then RESOURCE_EXHAUSTED. ``_free`` gives it back."""
+        self.metrics.waiting.inc()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.config.queue_timeout_s)
+        except asyncio.TimeoutError:
+            raise ResourceExhausted(f"{self._active} generations running (limit {self.config.max_sessions}) and "
+                                    f"none ended within {self.config.queue_timeout_s:g} s; retry later") from None
+        finally:
+            self.metrics.waiting.dec()
         self._active += 1
+        self.metrics.running.set(self._active)
+
+    def _free(self) -> None:
+        self._active -= 1
+        self._slots.release()
         self.metrics.running.set(self._active)
 
     # ------------------------------------------------------------------ the loop
@@ -190,8 +198,9 @@ class Pipeline:
             async for event in self._rounds(run, output, time_remaining):
                 yield event
         finally:
-            self._active -= 1
-            self.metrics.running.set(self._active)
+            self._free()
+            if run.place is not None:  # on every end, a client's disconnect included
+                asyncio.ensure_future(self._release_workers(run.session.id, run.place.drafter, run.place.verifier))
             try:
                 await asyncio.shield(self.store.release(run.session.id, run.token))
             except Exception:  # noqa: BLE001 - Redis may be the thing that failed
@@ -205,133 +214,170 @@ class Pipeline:
             await asyncio.sleep(0.2)
 
     async def _rounds(self, run: _Run, output: GenerationOutput, time_remaining) -> AsyncIterator:
-        s, spec, cfg = run.session, run.speculation, self.config
-        span = telemetry.trace.get_current_span()
-        span.set_attributes({
-            "gen_ai.operation.name": "text_completion", "gen_ai.system": "specgrove",
-            "gen_ai.request.model": self.text.name, "gen_ai.request.temperature": s.params.temperature,
-            "gen_ai.request.top_p": s.params.top_p, "gen_ai.request.top_k": s.params.top_k,
-            "gen_ai.request.max_tokens": s.params.max_new_tokens, "gen_ai.request.seed": s.seed,
-            "gen_ai.usage.input_tokens": len(s.prompt), "specgrove.session_id": s.id,
-            "specgrove.mode": spec["mode"],
-        })
-        tree_mode = spec["mode"] == "tree"
-        policy = make_policy(cfg.stop_policy, max(8, spec["tree_depth"] or 0) if tree_mode else max(1, spec["draft_len"]),
-                             cfg.adaedl_gamma, cfg.adaedl_lambda)
-        if "lambda" in s.controller and hasattr(policy, "lam"):
-            policy.lam, policy.acceptance = s.controller["lambda"], s.controller["running_acceptance"]
-        drafter, verifier = self._placement(s.id)
-        link = self.links.setdefault((drafter, verifier), LinkStats(verify_ratio=dict(cfg.verify_ratio or {}) or
-                                                                    LinkStats().verify_ratio))
-        planner = RoundPlanner(spec["mode"], link, AcceptanceStats(self.acceptance.vector()),
-                               draft_len=spec["draft_len"], fixed_size=spec["tree_budget"],
-                               fixed_depth=spec["tree_depth"])
-        tokens = list(s.tokens)
-        step, drafted_total, accepted_total = s.step, s.drafted, s.accepted
-        started = time.perf_counter()
-        first_at = None
-        finish = None
-        if await self.store.cancelled(s.id):  # later rounds learn it from the commit
-            finish = "cancelled"
-        first_round = True  # its passes include prefill: not a sample of per-round costs
-        while output.finish_reason is None and finish is None:
+        """The round core driven over the workers: plan, draft + verify remotely, commit to Redis
+        (which also renews the lease), then stream the round to the client."""
+        s, spec = run.session, run.speculation
+        self._trace_request(s, spec)
+        place = run.place = self._placement(s.id)
+        link = self.links.setdefault((place.drafter, place.verifier),
+                                     LinkStats(verify_ratio=dict(self.config.verify_ratio or {}) or LinkStats().verify_ratio))
+        core = SessionRounds(spec, output, planner_for(spec, link, self.acceptance), self._policy(s, spec), s.step)
+        started, first_at, first_step = time.perf_counter(), None, s.step + 1
+        cancelled = await self._redis(lambda: self.store.cancelled(s.id), s.id)
+        finish = "cancelled" if cancelled else None  # later rounds learn it from the commit
+        while core.finish_reason is None and finish is None:
             remaining = time_remaining()
             if remaining is not None and remaining < 2 * max(link.plain_ms or 0, 50) / 1000:
                 finish = "time_limit"
                 break
-            choice = planner.next()
-            budget = policy.budget()
-            room = s.params.max_new_tokens - len(output.token_ids) - 1
-            shape = choice.shape
-            if shape is not None and spec["mode"] == "chain":
-                shape = shape.chain(min(budget.max_len, room)) if min(budget.max_len, room) > 0 else None
+            plan = core.plan()
             with telemetry.tracer().start_as_current_span("round") as round_span:
-                result, drafted, depth = await self._round(s, step + 1, s.prompt + tokens, shape, budget,
-                                                           drafter, verifier, link, measure=not first_round)
-                round_span.set_attributes({"specgrove.step": step + 1, "specgrove.tree_size": drafted,
-                                           "specgrove.tree_depth": depth, "specgrove.plan": choice.reason,
-                                           "specgrove.accepted": len(result.accepted_tokens)})
-            first_round = False
-            emitted = []
-            for token in result.accepted_tokens + [result.next_token]:
-                emitted.append(token)
-                if output.add(token):
-                    break
-            accepted = len(result.accepted_tokens)
-            if drafted:
-                policy.observe(depth if tree_mode else drafted, accepted)
-                planner.observe(result)
-                self.acceptance.observe(result)
-            committed, cancelled = await self.store.append(s.id, step + 1, emitted, policy.state(), drafted,
-                                                           accepted, run.token)  # also renews the lease
-            if committed != step + 1:
-                raise SessionBusy(f"session {s.id}: round {step + 1} was committed by another stream")
-            if cancelled and output.finish_reason is None:
+                result, drafted, depth = await self._round(run, plan, s.prompt + output.token_ids, place, link,
+                                                           measure=plan.step > first_step)  # 1st: prefill
+                outcome = core.commit(plan, result, drafted, depth)
+                round_span.set_attributes({"specgrove.step": plan.step, "specgrove.tree_size": drafted,
+                                           "specgrove.tree_depth": depth, "specgrove.plan": plan.reason,
+                                           "specgrove.accepted": outcome.accepted})
+            if await self._commit(run, outcome, core.policy) and core.finish_reason is None:
                 finish = "cancelled"  # Abort: this round's tokens still reach the client
-            step += 1
-            index = len(tokens)
-            tokens += emitted
-            drafted_total += drafted
-            accepted_total += accepted
-            self.metrics.record_round(drafted, accepted, len(emitted))
+            self.metrics.record_round(drafted, outcome.accepted, len(outcome.emitted))
             if first_at is None:
                 first_at = time.perf_counter()
                 self.metrics.ttft.observe(first_at - started)
-            yield ChunkEvent(s.id, index, emitted, output.release(), step, drafted, accepted, drafted, depth)
-        finish = finish or output.finish_reason
-        if first_at is not None and len(tokens) > 1:
-            self.metrics.tpot.observe((time.perf_counter() - first_at) / max(1, len(tokens) - 1))
+            yield ChunkEvent(s.id, outcome.index, outcome.emitted, outcome.text, outcome.step, drafted,
+                             outcome.accepted, drafted, depth)
+        finish = finish or core.finish_reason
+        n = len(output.token_ids)
+        if first_at is not None and n > 1:
+            self.metrics.tpot.observe((time.perf_counter() - first_at) / max(1, n - 1))
         self.metrics.record_finish(finish, len(s.prompt), time.perf_counter() - started)
-        await self.store.finish(s.id, finish)
-        asyncio.ensure_future(self._release_workers(s.id, drafter, verifier))
-        s.tokens, s.step, s.drafted, s.accepted = tokens, step, drafted_total, accepted_total
-        span.set_attributes({"gen_ai.usage.output_tokens": len(tokens), "gen_ai.response.finish_reasons": [finish]})
-        yield self._completion(s, output, finish, len(tokens))
+        await self._redis(lambda: self.store.finish(s.id, finish), s.id)
+        telemetry.trace.get_current_span().set_attributes({"gen_ai.usage.output_tokens": n,
+                                                           "gen_ai.response.finish_reasons": [finish]})
+        yield self._completion(s, output, finish, n)
+
+    def _trace_request(self, s: Session, spec: Speculation) -> None:
+        telemetry.trace.get_current_span().set_attributes({
+            "gen_ai.operation.name": "text_completion", "gen_ai.system": "specgrove",
+            "gen_ai.request.model": self.text.name, "gen_ai.request.temperature": s.params.temperature,
+            "gen_ai.request.top_p": s.params.top_p, "gen_ai.request.top_k": s.params.top_k,
+            "gen_ai.request.max_tokens": s.params.max_new_tokens, "gen_ai.request.seed": s.seed,
+            "gen_ai.usage.input_tokens": len(s.prompt), "specgrove.session_id": s.id, "specgrove.mode": spec.mode,
+        })
+
+    def _policy(self, s: Session, spec: Speculation):
+        """The session's draft-length policy, with AdaEDL's λ restored from Redis when resumed."""
+        cfg = self.config
+        policy = make_policy(cfg.stop_policy, max(1, spec.max_len), cfg.adaedl_gamma, cfg.adaedl_lambda)
+        if "lambda" in s.controller and hasattr(policy, "lam"):
+            policy.lam, policy.acceptance = s.controller["lambda"], s.controller["running_acceptance"]
+        return policy
+
+    async def _commit(self, run: _Run, outcome: RoundOutcome, policy) -> bool:
+        """Append the round to Redis by step; the session's totals follow. True when Abort was asked."""
+        s = run.session
+        committed, cancelled = await self._redis(lambda: self.store.append(
+            s.id, outcome.step, outcome.emitted, policy.state(), outcome.drafted, outcome.accepted, run.token), s.id)
+        if committed != outcome.step:
+            raise SessionBusy(f"session {s.id}: round {outcome.step} was committed by another stream")
+        s.tokens = s.tokens + outcome.emitted
+        s.step, s.drafted, s.accepted = outcome.step, s.drafted + outcome.drafted, s.accepted + outcome.accepted
+        return cancelled
 
     def _completion(self, s: Session, output: GenerationOutput, finish: str, n: int) -> CompletionEvent:
         return CompletionEvent(s.id, finish, output.text, s.seed, len(s.prompt), n, s.step, s.drafted, s.accepted)
 
     # ------------------------------------------------------------------ one round on the workers
 
-    def _placement(self, session_id: str) -> tuple[str, str]:
+    def _placement(self, session_id: str) -> _Placement:
+        """Round-robin over the workers, skipping verifiers that failed in the last seconds."""
         self._next += 1
         drafters = self.config.drafters or ("",)
-        return drafters[self._next % len(drafters)], self.config.verifiers[self._next % len(self.config.verifiers)]
+        verifiers = [v for v in self.config.verifiers if self._live(v)]
+        verifiers = verifiers or list(self.config.verifiers)
+        return _Placement(drafters[self._next % len(drafters)], verifiers[self._next % len(verifiers)])
+
+    async def _redis(self, call: Callable, session_id: str):
+        """A session-store call, ridden through a Redis outage of up to ``redis_retry_s`` (every
+        call is idempotent: a commit by step is applied once however often it is sent)."""
+        import redis.exceptions
+
+        give_up, attempt = time.monotonic() + self.config.redis_retry_s, 0
+        while True:
+            try:
+                return await call()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                attempt += 1
+                if time.monotonic() >= give_up:
+                    raise Unavailable(f"session store unreachable for {self.config.redis_retry_s:.0f}s ({exc}); "
+                                      f"resume session {session_id} later") from exc
+                telemetry.trace.get_current_span().add_event("redis retry", {"attempt": attempt})
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = open_channel(address, self.config.tls, CHANNEL_OPTIONS, aio=True)
         return self._channels[address]
 
-    async def _round(self, s: Session, step: int, context: list[int], shape, budget, drafter: str, verifier: str,
+    async def _round(self, run: _Run, plan: RoundPlan, context: list[int], place: _Placement,
                      link: LinkStats, measure: bool = True) -> tuple[VerifyResult, int, int]:
         """(result, draft tokens proposed, tree depth). Falls back to K = 0 when the drafter fails."""
-        round_pb = speculate_pb2.RoundContext(session_id=s.id, step=step, context=codec.pack_ids(context),
+        s, drafter = run.session, place.drafter
+        round_pb = speculate_pb2.RoundContext(session_id=s.id, step=plan.step, context=codec.pack_ids(context),
                                               sampling=codec.params_to_pb(s.params), seed=s.seed,
                                               output_start=len(s.prompt))
-        if shape is not None and shape.size and drafter and time.monotonic() >= self._drafter_down_until.get(drafter, 0):
-            request = speculate_pb2.DraftRequest(round=round_pb, plan=codec.budget_to_pb(budget, list(shape.parents)),
-                                                 verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms)
-            stub = speculate_pb2_grpc.DrafterStub(self._channel(drafter))
-            t0 = time.perf_counter()
-            try:
-                reply = await stub.Draft(request, timeout=self.config.draft_timeout_ms / 1000,
-                                         metadata=telemetry.inject_metadata() + self._auth)
-            except grpc.aio.AioRpcError as err:  # whatever the drafter's failure, the verifier can go on alone
-                log.warning("drafter %s failed (%s: %s); plain decoding, retrying it in %.1fs",
-                            drafter, err.code().name, err.details(), self.config.drafter_retry_s)
-                telemetry.trace.get_current_span().add_event("drafter failed", {"code": err.code().name})
-                self._drafter_down_until[drafter] = time.monotonic() + self.config.drafter_retry_s
-            else:
-                rtt = (time.perf_counter() - t0) * 1000
-                if measure:
-                    link.observe_tree(rtt, reply.timing.draft_ms, reply.timing.verify_ms, reply.tree_size,
-                                      reply.tree_depth, reply.timing.tree_bytes)
-                return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
-        stub = speculate_pb2_grpc.VerifierStub(self._channel(verifier))
+        shape = plan.shape
+        if drafter and not self._live(drafter):
+            drafter = place.drafter = self._next_live(self.config.drafters, drafter)  # move if one is live
+        if shape is not None and shape.size and drafter and self._live(drafter):
+            drafted = await self._draft_round(round_pb, plan, drafter, place.verifier, link, measure)
+            if drafted is not None:
+                return drafted
+        return await self._plain_round(run, round_pb, place, link, measure)
+
+    def _live(self, address: str) -> bool:
+        return time.monotonic() >= self._down_until.get(address, 0)
+
+    def _mark_down(self, address: str) -> None:
+        self._down_until[address] = time.monotonic() + self.config.drafter_retry_s
+
+    def _next_live(self, pool: tuple[str, ...], current: str) -> str:
+        """The next worker after ``current`` in ``pool`` that is not marked down (the next one
+        when all are)."""
+        start = pool.index(current) if current in pool else -1
+        ordered = [pool[(start + i) % len(pool)] for i in range(1, len(pool) + 1)]
+        return next((a for a in ordered if self._live(a)), ordered[0])
+
+    async def _draft_round(self, round_pb, plan: RoundPlan, drafter: str, verifier: str, link: LinkStats,
+                           measure: bool) -> tuple[VerifyResult, int, int] | None:
+        """The drafter grows the tree and streams it to the verifier; None when the drafter failed."""
+        request = speculate_pb2.DraftRequest(round=round_pb, plan=codec.budget_to_pb(plan.budget, list(plan.shape.parents)),
+                                             verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms)
+        stub = speculate_pb2_grpc.DrafterStub(self._channel(drafter))
+        t0 = time.perf_counter()
+        try:
+            reply = await stub.Draft(request, timeout=self.config.draft_timeout_ms / 1000,
+                                     metadata=telemetry.inject_metadata() + self._auth)
+        except grpc.aio.AioRpcError as err:  # whatever the drafter's failure, the verifier can go on alone
+            log.warning("drafter %s failed (%s: %s); plain decoding, retrying it in %.1fs",
+                        drafter, err.code().name, err.details(), self.config.drafter_retry_s)
+            telemetry.trace.get_current_span().add_event("drafter failed", {"code": err.code().name})
+            self._mark_down(drafter)
+            return None
+        if measure:
+            link.observe_tree((time.perf_counter() - t0) * 1000, reply.timing.draft_ms, reply.timing.verify_ms,
+                              reply.tree_size, reply.tree_depth, reply.timing.tree_bytes)
+        return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
+
+    async def _plain_round(self, run: _Run, round_pb, place: _Placement, link: LinkStats,
+                           measure: bool) -> tuple[VerifyResult, int, int]:
+        """A K = 0 step on the verifier. A failing verifier is marked down and the step moves to
+        the next one (which re-prefills from the context); the lease is renewed while retrying."""
+        s, verifiers = run.session, self.config.verifiers
         error, attempt = None, 0
         give_up = time.monotonic() + self.config.verifier_retry_s
         while time.monotonic() < give_up:
+            stub = speculate_pb2_grpc.VerifierStub(self._channel(place.verifier))
             t0 = time.perf_counter()
             try:
                 reply = await stub.Decode(round_pb, timeout=self.config.verify_timeout_ms / 1000,
@@ -340,14 +386,25 @@ class Pipeline:
                 if err.code() not in RETRYABLE:
                     raise
                 error, attempt = err, attempt + 1
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                log.warning("verifier %s failed (%s); session %s moves on", place.verifier, err.code().name, s.id)
+                self._mark_down(place.verifier)
+                place.verifier = self._next_live(self.config.verifiers, place.verifier)
+                await self._renew(run)
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt // len(verifiers))))
                 continue
             if measure:
                 link.observe_plain((time.perf_counter() - t0) * 1000, reply.timing.verify_ms)
             return codec.result_from_pb(reply), 0, 0
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"
-        raise Unavailable(f"verifier {verifier} unreachable for {self.config.verifier_retry_s:.0f}s ({last}); "
+        raise Unavailable(f"no verifier answered for {self.config.verifier_retry_s:.0f}s ({last}); "
                           f"resume session {s.id} later")
+
+    async def _renew(self, run: _Run) -> None:
+        """Keep the session's lease while its round waits for a worker (best effort)."""
+        try:
+            await self.store.acquire(run.session.id, run.token)
+        except Exception:  # noqa: BLE001 - Redis may be down too; the commit renews it later
+            pass
 
     async def _release_workers(self, session_id: str, drafter: str, verifier: str) -> None:
         """Free the finished session's KV caches on the workers (best effort; LRU evicts otherwise)."""

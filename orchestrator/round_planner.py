@@ -61,6 +61,14 @@ class LinkStats:
         self.plain_ms = ewma(self.plain_ms, rtt_ms, self.alpha)
         self.verify_1_ms = ewma(self.verify_1_ms, verify_ms, self.alpha)
 
+    @classmethod
+    def from_profile(cls, profile: CostProfile) -> "LinkStats":
+        """Costs already measured (a calibration profile): the planner plans from the first round."""
+        one = profile.verify_time(1)
+        return cls(verify_ratio={n: ms / one for n, ms in profile.verify_ms.items()},
+                   draft_level_ms=profile.draft_level_ms, verify_1_ms=one, network_ms=profile.network_ms,
+                   plain_ms=one + profile.network_ms)
+
     @property
     def measured(self) -> bool:
         return None not in (self.draft_level_ms, self.verify_1_ms, self.network_ms, self.plain_ms)
@@ -91,28 +99,37 @@ class RoundChoice:
 
 
 class RoundPlanner:
-    """Each round's tree for one session. mode: 'ar' (always K = 0), 'chain' (a chain of
-    draft_len; the stop policy may end it early), 'tree' (the network-aware planner; size and
-    depth may be pinned)."""
+    """Each round's tree for one session, in process and over the network alike. mode: 'ar'
+    (always K = 0), 'chain' (a chain of draft_len; the stop policy may end it early), 'tree' (the
+    hardware- and network-aware planner; size and depth may be pinned, or the shape itself).
+    Verify results feed the session's acceptance estimate and, when given, a shared one."""
 
     def __init__(self, mode: str, link: LinkStats, acceptance: AcceptanceStats, draft_len: int = 4,
                  fixed_size: int | None = None, fixed_depth: int | None = None, max_size: int = 64,
-                 max_depth: int = 8, replan_every: int = 4, probe_every: int = 16):
-        self.mode, self.link, self.acceptance = mode, link, acceptance
+                 max_depth: int = 8, replan_every: int = 4, probe_every: int = 16,
+                 fixed_shape: TreeShape | None = None, shared: AcceptanceStats | None = None):
+        self.mode, self.link, self.acceptance, self.shared = mode, link, acceptance, shared
         self.draft_len, self.fixed_size, self.fixed_depth = draft_len, fixed_size, fixed_depth
+        self.fixed_shape = fixed_shape
         self.max_size, self.max_depth = max_size, max_depth
         self.replan_every, self.probe_every = replan_every, probe_every
         self.plan: Plan | None = None
         self._since_plan = 0
         self._plain_rounds = 0
+        self._pinned: TreeShape | None = None
 
     def next(self) -> RoundChoice:
         if self.mode == "ar" or (self.mode == "chain" and self.draft_len == 0):
             return RoundChoice(None, "ar")
         if self.mode == "chain":
             return RoundChoice(TreeShape.chain(self.draft_len), "fixed")
-        if self.fixed_size and self.fixed_depth:  # pinned: the same shape every round (reproducible)
-            return RoundChoice(self._shape(self.fixed_size, self.fixed_depth), "fixed")
+        if self.fixed_shape is not None:
+            return RoundChoice(self.fixed_shape, "fixed")
+        if self.fixed_size and self.fixed_depth:  # pinned: Sequoia's shape of that size for the acceptance seen
+            if self._pinned is None or self._since_plan >= self.replan_every:
+                self._pinned, self._since_plan = self._shape(self.fixed_size, self.fixed_depth), 0
+            self._since_plan += 1
+            return RoundChoice(self._pinned, "fixed")
         if self.link.plain_ms is None:
             return RoundChoice(None, "measure")  # one plain step measures the K = 0 alternative
         if not self.link.measured:
@@ -132,6 +149,8 @@ class RoundPlanner:
 
     def observe(self, result: VerifyResult) -> None:
         self.acceptance.observe(result)
+        if self.shared is not None:
+            self.shared.observe(result)
 
     def _shape(self, size: int, depth: int) -> TreeShape:
         size = self.fixed_size or size

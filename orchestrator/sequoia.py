@@ -62,6 +62,15 @@ class TreeShape:
             raise ValueError("parents must be breadth-first: each parent index is −1 or an earlier node")
         return cls(parents, float(data["expected_tokens"]))
 
+    def within_depth(self, depth: int) -> "TreeShape":
+        """The nodes at most ``depth`` levels deep (their ancestors are too, so parents remap)."""
+        depths = self.depths
+        if max(depths, default=0) <= depth:
+            return self
+        kept = [i for i, d in enumerate(depths) if d <= depth]
+        new_index = {old: new for new, old in enumerate(kept)}
+        return TreeShape(tuple(-1 if self.parents[i] < 0 else new_index[self.parents[i]] for i in kept), 0.0)
+
     @classmethod
     def chain(cls, length: int, acceptance: "list[float] | None" = None) -> "TreeShape":
         expected = 1.0 + sum(acceptance[0] ** i for i in range(1, length + 1)) if acceptance else 0.0

@@ -1,15 +1,18 @@
 """Sessions in Redis (redis-py asyncio): the truth of every generation.
 
 Keys, both expiring after ``ttl_s`` of inactivity:
-- ``sg:s:{id}`` (hash): prompt (packed int32), params / speculation / placement / controller
+- ``specgrove:{ID}`` (hash): prompt (packed int32), params / speculation / placement / controller
   (JSON), seed, step (rounds committed), status (running | done), finish_reason, usage counters,
   cancel flag;
-- ``sg:s:{id}:tok`` (string): confirmed token ids, packed int32, appended once per step.
+- ``specgrove:{ID}:tokens`` (string): confirmed token ids, packed int32, appended once per step.
 
 ``append`` is a Lua script: it appends a round's tokens only when the stored step is exactly the
 previous one, so a replayed round (a retry, a second orchestrator) never duplicates tokens.
-A short lease key (``sg:s:{id}:owner``, renewed every round) holds the token of the one stream
-generating the session; appends by any other stream are refused.
+A short lease key (``specgrove:{ID}:owner``, renewed every round) holds the token of the one
+stream generating the session; appends by any other stream are refused.
+
+``{ID}`` is a Redis Cluster hash tag: only the session id is hashed, so a session's keys share
+one slot and the script and the MULTI blocks, which touch several of them, run on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -100,7 +103,15 @@ class SessionStore:
 
     @staticmethod
     def key(session_id: str) -> str:
-        return f"sg:s:{session_id}"
+        return f"specgrove:{{{session_id}}}"
+
+    @staticmethod
+    def tokens_key(session_id: str) -> str:
+        return f"specgrove:{{{session_id}}}:tokens"
+
+    @staticmethod
+    def owner_key(session_id: str) -> str:
+        return f"specgrove:{{{session_id}}}:owner"
 
     async def ping(self) -> None:
         try:
@@ -117,17 +128,16 @@ class SessionStore:
                 "speculation": json.dumps(speculation), "step": 0, "status": "running", "finish_reason": "",
                 "controller": "{}", "drafted": 0, "accepted": 0, "cancel": 0, "created": time.time(),
             })
-            pipe.set(key + ":tok", b"")
+            pipe.set(self.tokens_key(session_id), b"")
             pipe.expire(key, self.ttl_s)
-            pipe.expire(key + ":tok", self.ttl_s)
+            pipe.expire(self.tokens_key(session_id), self.ttl_s)
             await pipe.execute()
         return session_id
 
     async def load(self, session_id: str) -> Session:
-        key = self.key(session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(key)
-            pipe.get(key + ":tok")
+            pipe.hgetall(self.key(session_id))
+            pipe.get(self.tokens_key(session_id))
             raw, tokens = await pipe.execute()
         if not raw:
             raise NotFound(f"session {session_id!r} does not exist or has expired")
@@ -146,8 +156,8 @@ class SessionStore:
         the owner's lease, in one round trip. Returns (stored step afterwards, cancel flag): the
         step is `step` when this call committed it, something else when it was already committed
         or another writer moved on, −3 when another stream holds the lease."""
-        key = self.key(session_id)
-        result, cancel = await self._append(keys=[key, key + ":tok", key + ":owner"], args=[
+        keys = [self.key(session_id), self.tokens_key(session_id), self.owner_key(session_id)]
+        result, cancel = await self._append(keys=keys, args=[
             step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted, owner, self.lease_ms])
         if result == -2:
             raise NotFound(f"session {session_id!r} expired while generating")
@@ -171,10 +181,10 @@ class SessionStore:
     async def acquire(self, session_id: str, token: str) -> bool:
         """Take or renew the generation lease for `token` (one per generating stream); False when
         another stream holds it. Atomic (Lua)."""
-        return bool(await self._acquire(keys=[self.key(session_id) + ":owner"], args=[token, self.lease_ms]))
+        return bool(await self._acquire(keys=[self.owner_key(session_id)], args=[token, self.lease_ms]))
 
     async def release(self, session_id: str, token: str) -> None:
-        await self._release(keys=[self.key(session_id) + ":owner"], args=[token])
+        await self._release(keys=[self.owner_key(session_id)], args=[token])
 
     async def close(self) -> None:
         await self.redis.aclose()

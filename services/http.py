@@ -10,7 +10,6 @@ session, map events out.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -40,12 +39,13 @@ def create_app(pipeline: Pipeline, served_names: tuple[str, ...], auth_token: st
 
 
 async def start_http(pipeline: Pipeline, host: str, port: int, served_names: tuple[str, ...],
-                     auth_token: str | None = None) -> tuple[web.AppRunner, int]:
-    """Serve on host:port (0 = any free port); returns (runner to clean up, bound port)."""
+                     auth_token: str | None = None, ssl_context=None) -> tuple[web.AppRunner, int]:
+    """Serve on host:port (0 = any free port), HTTPS with ``ssl_context`` (``specgrove.tls.ssl_context``);
+    returns (runner to clean up, bound port)."""
     runner = web.AppRunner(create_app(pipeline, served_names, auth_token), handler_cancellation=True,
                            access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]
 
@@ -84,8 +84,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     pipeline = request.app[PIPELINE]
     try:
         body = await request.json()
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument("body", f"not valid JSON: {exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError on a body that is not UTF-8
+        raise InvalidArgument("body", f"not valid UTF-8 JSON: {exc}") from exc
     parsed = oai.parse(body, chat, pipeline.text, request.app[SERVED])
     run = await pipeline.open(parsed.call)  # every request error is raised here, before any work
     events = pipeline.run(run, lambda: None)

@@ -11,7 +11,7 @@ import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from specgrove import telemetry
-from specgrove.errors import SpecGroveError
+from specgrove.errors import InvalidArgument, SpecGroveError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,23 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "timed out"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def decoding(handler, behavior, stream_request: bool):
+    """``behavior`` taking raw bytes: the interceptor parses the request itself, so a malformed
+    message (bad wire format, invalid UTF-8 in a string field) is INVALID_ARGUMENT through the
+    one status table, not gRPC's own INTERNAL."""
+    deserializer = handler.request_deserializer
+
+    def decode(data: bytes):
+        try:
+            return deserializer(data) if deserializer else data
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise InvalidArgument("request", f"malformed message: {type(exc).__name__}: {exc}") from exc
+
+    if stream_request:
+        return lambda requests, context: behavior((decode(m) for m in requests), context)
+    return lambda request, context: behavior(decode(request), context)
 
 
 def _authorised(metadata, token: str | None, method: str) -> bool:
@@ -100,22 +117,35 @@ class ServerInterceptor(grpc.ServerInterceptor):
                         fail(context, current, exc)
             return wrapped
 
-        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
+            return grpc.unary_unary_rpc_method_handler(unary(decoding(handler, handler.unary_unary, False)), **kw)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kw)
+            return grpc.stream_unary_rpc_method_handler(unary(decoding(handler, handler.stream_unary, True)), **kw)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kw)
-        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kw)
+            return grpc.unary_stream_rpc_method_handler(streaming(decoding(handler, handler.unary_stream, False)), **kw)
+        return grpc.stream_stream_rpc_method_handler(streaming(decoding(handler, handler.stream_stream, True)), **kw)
+
+
+def client_key(metadata, peer: str) -> str:
+    """Who a call is from, for per-client limits: its bearer token when it sends one, else its
+    peer address without the port (connections from one host count together)."""
+    auth = dict(metadata or ()).get("authorization")
+    if auth:
+        return f"token:{auth}"
+    host = peer.rsplit(":", 1)[0] if peer.count(":") and not peer.startswith("unix") else peer
+    return f"peer:{host}"
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):
-    """The asyncio server (orchestrator)."""
+    """The asyncio server (orchestrator). max_streams: concurrent server-streaming calls
+    (Generate) per client (``client_key``); more get RESOURCE_EXHAUSTED before any work."""
 
-    def __init__(self, role: str, auth_token: str | None = None):
+    def __init__(self, role: str, auth_token: str | None = None, max_streams: int | None = None):
         self.role = role
         self.auth_token = auth_token
+        self.max_streams = max_streams
+        self._streams: dict[str, int] = {}  # client -> open streams (one event loop: no lock)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -151,19 +181,33 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         def streaming(behavior):
             async def wrapped(request, context):
                 await guard(context)
-                with span(context) as current:
-                    try:
-                        async for item in behavior(request, context):
-                            yield item
-                    except (grpc.aio.AbortError, asyncio.CancelledError):
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        await fail(context, current, exc)
+                client = client_key(context.invocation_metadata(), context.peer())
+                open_now = self._streams.get(client, 0)
+                if self.max_streams is not None and open_now >= self.max_streams:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"max_streams_per_client: {open_now} streams open from this client "
+                                        f"(limit {self.max_streams}); retry later")
+                self._streams[client] = open_now + 1
+                try:
+                    with span(context) as current:
+                        try:
+                            async for item in behavior(request, context):
+                                yield item
+                        except (grpc.aio.AbortError, asyncio.CancelledError):
+                            raise
+                        except Exception as exc:  # noqa: BLE001
+                            await fail(context, current, exc)
+                finally:
+                    left = self._streams[client] - 1
+                    if left:
+                        self._streams[client] = left
+                    else:
+                        del self._streams[client]
             return wrapped
 
-        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
+            return grpc.unary_unary_rpc_method_handler(unary(decoding(handler, handler.unary_unary, False)), **kw)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kw)
+            return grpc.unary_stream_rpc_method_handler(streaming(decoding(handler, handler.unary_stream, False)), **kw)
         raise NotImplementedError(f"{method}: streaming requests are not used by the orchestrator")

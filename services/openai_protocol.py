@@ -257,7 +257,7 @@ def speculation(done: CompletionEvent) -> dict:
     """The extension block: how speculation went (vLLM's acceptance length: tokens per round)."""
     return {"session_id": done.session_id, "seed": done.seed, "rounds": done.rounds,
             "num_draft_tokens": done.num_draft_tokens, "num_accepted_tokens": done.num_accepted_tokens,
-            "acceptance_length": round(done.completion_tokens / done.rounds, 4) if done.rounds else 0.0}
+            "tokens_per_round": round(done.completion_tokens / done.rounds, 4) if done.rounds else 0.0}
 
 
 def finish_of(event: CompletionEvent) -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from orchestrator.pipeline import Pipeline
 from specgrove import codec
+from specgrove.limits import DEFAULT_LIMITS, Limits
 from specgrove.v1 import generate_pb2, generate_pb2_grpc
 
 
 class OrchestratorServicer(generate_pb2_grpc.OrchestratorServicer):
-    def __init__(self, pipeline: Pipeline, draft_name: str = ""):
+    def __init__(self, pipeline: Pipeline, draft_name: str = "", limits: Limits = DEFAULT_LIMITS):
         self.pipeline = pipeline
         self.draft_name = draft_name
+        self.limits = limits
 
     async def Generate(self, request, context):
-        run = await self.pipeline.open(codec.call_from_pb(request))
+        run = await self.pipeline.open(codec.call_from_pb(request, self.limits))
         async for event in self.pipeline.run(run, context.time_remaining):
             yield codec.event_to_pb(event)
 

@@ -60,7 +60,8 @@ class RoleServer:
             from services.server import create_verifier_server
             from verifier.worker import VerifierWorker
 
-            self.server, port = create_verifier_server(bind, VerifierWorker(load_model(o["target"], self.cache_dir)))
+            self.server, port = create_verifier_server(bind, VerifierWorker(load_model(o["target"], self.cache_dir)),
+                                                       o.get("auth_token"), tls=o.get("tls"))
             self.server.start()
         elif self.role == "drafter":
             from drafter.factory import make_drafter
@@ -69,7 +70,8 @@ class RoleServer:
             from specgrove.models import load_text_codec
 
             drafter, model = make_drafter(o["draft"], load_text_codec(o["target"], self.cache_dir), self.cache_dir)
-            self.server, port = create_drafter_server(bind, DrafterWorker(drafter), model)
+            self.server, port = create_drafter_server(bind, DrafterWorker(drafter), model, o.get("auth_token"),
+                                                      tls=o.get("tls"), verifiers=tuple(o.get("verifiers", ())))
             self.server.start()
         else:
             port = self._start_orchestrator(bind)
@@ -86,9 +88,11 @@ class RoleServer:
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
         async def start():
-            config = PipelineConfig(tuple(o["drafters"]), tuple(o["verifiers"]), mode=o["mode"], draft_len=o["draft_len"])
+            config = PipelineConfig(tuple(o["drafters"]), tuple(o["verifiers"]), mode=o["mode"], draft_len=o["draft_len"],
+                                    auth_token=o.get("auth_token"), tls=o.get("tls"))
             pipeline = Pipeline(load_text_codec(o["target"], self.cache_dir), SessionStore(o["redis_url"]), config)
-            server, port = await create_orchestrator_server(bind, pipeline)
+            server, port = await create_orchestrator_server(bind, pipeline, auth_token=o.get("auth_token"),
+                                                            tls=o.get("tls"))
             await server.start()
             return server, port
 
@@ -179,6 +183,7 @@ class RayStack:
     redis: object
     connected: bool  # this process called ray.init() and disconnects on stop
     cluster: LocalRayCluster | None = None  # the local cluster started for this stack
+    workers: dict[str, str] | None = None  # role -> address of the drafter and verifier actors
 
     def stop(self) -> None:
         import ray
@@ -200,7 +205,10 @@ class RayStack:
 def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | None = None,
                     redis_url: str | None = None, mode: str = "chain", draft_len: int = 4,
                     drafter_accelerator: str | None = None, verifier_accelerator: str | None = None,
-                    cluster_timeout: float = 300.0) -> RayStack:
+                    cluster_timeout: float = 300.0, auth_token: str | None = None, tls=None) -> RayStack:
+    """auth_token, tls (a ``specgrove.tls.TlsConfig``, its files readable on every node): as for
+    ``specgrove serve``; every actor requires the token and sends it on. The verifier starts
+    first: the drafter streams only to it."""
     import ray
 
     connected, cluster = False, None
@@ -233,22 +241,23 @@ def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | Non
             return {"num_gpus": 1, "accelerator_type": accelerator, "num_cpus": 1}
         return {"num_cpus": 1, "resources": {resource: 1}}
 
-    opts = {"target": target, "draft": draft}
+    opts = {"target": target, "draft": draft, "auth_token": auth_token, "tls": tls}
     actors = {
         "verifier": actor.options(**placement(verifier_accelerator, VERIFIER_RESOURCE)).remote("verifier", str(cache_dir), opts),
-        "drafter": actor.options(**placement(drafter_accelerator, DRAFTER_RESOURCE)).remote("drafter", str(cache_dir), opts),
     }
     try:
-        verifier_addr, drafter_addr = ray.get([actors["verifier"].start.remote(), actors["drafter"].start.remote()],
-                                              timeout=600)
-        orch_opts = {"target": target, "drafters": [drafter_addr], "verifiers": [verifier_addr],
+        verifier_addr = ray.get(actors["verifier"].start.remote(), timeout=600)
+        actors["drafter"] = actor.options(**placement(drafter_accelerator, DRAFTER_RESOURCE)).remote(
+            "drafter", str(cache_dir), {**opts, "verifiers": [verifier_addr]})
+        drafter_addr = ray.get(actors["drafter"].start.remote(), timeout=600)
+        orch_opts = {**opts, "drafters": [drafter_addr], "verifiers": [verifier_addr],
                      "redis_url": redis_url, "mode": mode, "draft_len": draft_len}
         actors["orchestrator"] = actor.options(num_cpus=1).remote("orchestrator", str(cache_dir), orch_opts)
         orch_addr = ray.get(actors["orchestrator"].start.remote(), timeout=300)
     except BaseException:
         RayStack("", actors, redis, connected, cluster).stop()
         raise
-    return RayStack(orch_addr, actors, redis, connected, cluster)
+    return RayStack(orch_addr, actors, redis, connected, cluster, {"drafter": drafter_addr, "verifier": verifier_addr})
 
 
 if __name__ == "__main__":

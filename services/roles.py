@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from specgrove.limits import DEFAULT_LIMITS, Limits
+from specgrove.tls import TlsConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +25,12 @@ def _wait_for_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+
+
+def _secured(tls: TlsConfig | None) -> str:
+    if tls is None or not tls.serves_tls:
+        return ""
+    return " (TLS, client certificates required)" if tls.client_ca else " (TLS)"
 
 
 def _metrics_port(registry, host: str, port: int | None) -> None:
@@ -33,22 +42,27 @@ def _metrics_port(registry, host: str, port: int | None) -> None:
 
 
 def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_token: str | None,
-                   link_delay_ms: float = 0.0, min_pass_ms: float = 0.0, metrics_port: int | None = None) -> None:
+                   link_delay_ms: float = 0.0, min_pass_ms: float = 0.0, metrics_port: int | None = None,
+                   tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS,
+                   max_kv_tokens: int | None = None) -> None:
     from services.server import create_verifier_server
     from specgrove.models import load_model
     from verifier.worker import VerifierWorker
 
-    worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms)
-    server, bound = create_verifier_server(f"{host}:{port}", worker, auth_token, link_delay_ms)
+    worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms, max_kv_tokens=max_kv_tokens)
+    server, bound = create_verifier_server(f"{host}:{port}", worker, auth_token, link_delay_ms, tls=tls,
+                                           limits=limits)
     _metrics_port(worker.metrics.registry, host, metrics_port)
     server.start()
-    print(f"verifier serving {target} on {host}:{bound}", flush=True)
+    print(f"verifier serving {target} on {host}:{bound}{_secured(tls)}", flush=True)
     _wait_for_signal()
     server.stop(grace=2).wait()
 
 
 def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
-                  metrics_port: int | None = None) -> None:
+                  metrics_port: int | None = None, tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
+                  limits: Limits = DEFAULT_LIMITS) -> None:
+    """verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any."""
     from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
     from services.server import create_drafter_server
@@ -57,10 +71,13 @@ def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path
     text = load_text_codec(target, cache_dir)
     drafter, model = make_drafter(draft, text, cache_dir)
     worker = DrafterWorker(drafter, text=text)
-    server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token)
+    server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token, tls=tls, verifiers=verifiers,
+                                          limits=limits)
+    if not verifiers:
+        log.warning("drafter: no --verifier given: it streams to whichever verifier a Draft request names")
     _metrics_port(worker.metrics.registry, host, metrics_port)
     server.start()
-    print(f"drafter serving {draft} on {host}:{bound}", flush=True)
+    print(f"drafter serving {draft} on {host}:{bound}{_secured(tls)}", flush=True)
     _wait_for_signal()
     server.stop(grace=2).wait()
 
@@ -81,6 +98,10 @@ class OrchestratorOptions:
     profile: str | None = None
     auth_token: str | None = None
     http_port: int | None = None  # the OpenAI-compatible HTTP door and /metrics (None = off)
+    tls: TlsConfig | None = None  # its servers (gRPC and HTTP) and its channels to the workers
+    limits: Limits = DEFAULT_LIMITS  # message size, prompt ids, stop strings, streams per client
+    max_sessions: int = 64  # concurrent generations; more queue for queue_timeout_s, then RESOURCE_EXHAUSTED
+    queue_timeout_s: float = 2.0
 
 
 async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: asyncio.Event | None = None):
@@ -97,20 +118,25 @@ async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: as
     config = PipelineConfig(tuple(options.drafters), tuple(options.verifiers), mode=options.mode,
                             draft_len=options.draft_len, stop_policy=options.stop_policy,
                             draft_timeout_ms=options.draft_timeout_ms, verify_ratio=ratio,
-                            auth_token=options.auth_token)
+                            auth_token=options.auth_token, tls=options.tls, max_sessions=options.max_sessions,
+                            queue_timeout_s=options.queue_timeout_s)
     store = SessionStore(options.redis_url, ttl_s=options.session_ttl_s)
     pipeline = Pipeline(load_text_codec(options.target, cache_dir), store, config)
     server, bound = await create_orchestrator_server(f"{options.host}:{options.port}", pipeline,
-                                                     auth_token=options.auth_token)
+                                                     auth_token=options.auth_token, tls=options.tls,
+                                                     limits=options.limits)
     runner = None
     if options.http_port is not None:
         from services.http import start_http
+        from specgrove.tls import ssl_context
 
         runner, http_port = await start_http(pipeline, options.host, options.http_port,
-                                             (pipeline.text.name, options.target), options.auth_token)
-        print(f"OpenAI-compatible HTTP on http://{options.host}:{http_port}/v1 (metrics: /metrics)", flush=True)
+                                             (pipeline.text.name, options.target), options.auth_token,
+                                             ssl_context(options.tls))
+        scheme = "https" if options.tls and options.tls.serves_tls else "http"
+        print(f"OpenAI-compatible HTTP on {scheme}://{options.host}:{http_port}/v1 (metrics: /metrics)", flush=True)
     await server.start()
-    print(f"orchestrator on {options.host}:{bound} (drafters {options.drafters}, verifiers {options.verifiers}, "
+    print(f"orchestrator on {options.host}:{bound}{_secured(options.tls)} (drafters {options.drafters}, verifiers {options.verifiers}, "
           f"redis {options.redis_url})", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -130,13 +156,16 @@ def serve_orchestrator(options: OrchestratorOptions, cache_dir: Path) -> None:
 
 # ---------------------------------------------------------------------- specgrove up
 
-def wait_healthy(address: str, timeout: float = 300.0, process: subprocess.Popen | None = None) -> None:
-    """Block until address answers grpc.health.v1 with SERVING."""
+def wait_healthy(address: str, timeout: float = 300.0, process: subprocess.Popen | None = None,
+                 tls: TlsConfig | None = None) -> None:
+    """Block until address answers grpc.health.v1 with SERVING (over TLS when ``tls.ca`` is set)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from specgrove.tls import open_channel
+
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -161,12 +190,17 @@ class Stack:
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    @property
+    def tls(self) -> TlsConfig:
+        """What the roles read from the environment: TLS when SPECGROVE_TLS_* are set in ``env``."""
+        return TlsConfig.from_env(self.env)
+
     def start(self, role: str, wait: bool = True) -> None:
         out = open(self.log_dir / f"{role}.log", "a") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
         self.processes[role] = subprocess.Popen(self.commands[role], env=self.env, stdout=out,
                                                 stderr=subprocess.STDOUT)
         if wait:
-            wait_healthy(f"127.0.0.1:{self.ports[role]}", process=self.processes[role])
+            wait_healthy(f"127.0.0.1:{self.ports[role]}", process=self.processes[role], tls=self.tls)
 
     def kill(self, role: str) -> None:
         """SIGKILL: the role dies without any clean-up (a crash)."""
@@ -203,14 +237,15 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
                 extra_orchestrator: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                http_port: int | None = None) -> Stack:
+                http_port: int | None = None, redis_dir: Path | None = None) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
-    workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics)."""
+    workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
+    redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory)."""
     from specgrove.local_redis import LocalRedis, free_port
 
     redis = None
     if not redis_url:
-        redis = LocalRedis()
+        redis = LocalRedis.shared(redis_dir) if redis_dir else LocalRedis()
         redis_url = redis.url
     ports = {"orchestrator": port or free_port(), "drafter": free_port(), "verifier": free_port(),
              "verifier_metrics": free_port(), "drafter_metrics": free_port()}
@@ -222,7 +257,8 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
                                  "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"])),
         "drafter": role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
-                                "--metrics-port", str(ports["drafter_metrics"])),
+                                "--metrics-port", str(ports["drafter_metrics"]),
+                                "--verifier", f"127.0.0.1:{ports['verifier']}"),  # the only one it streams to
         "orchestrator": role_command(
             "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
             "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",
@@ -233,7 +269,7 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         for role in ("verifier", "drafter", "orchestrator"):
             stack.start(role, wait=False)
         for role in ("verifier", "drafter", "orchestrator"):
-            wait_healthy(f"127.0.0.1:{ports[role]}", process=stack.processes[role])
+            wait_healthy(f"127.0.0.1:{ports[role]}", process=stack.processes[role], tls=stack.tls)
     except BaseException:
         stack.stop()
         raise

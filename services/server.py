@@ -11,9 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.interceptors import AioServerInterceptor, ServerInterceptor
+from specgrove.limits import DEFAULT_LIMITS, Limits
+from specgrove.tls import TlsConfig, add_port
 from specgrove.v1 import generate_pb2, generate_pb2_grpc, speculate_pb2, speculate_pb2_grpc
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class LinkDelay(grpc.ServerInterceptor):
@@ -45,47 +45,47 @@ def _health(server, names: list[str], aio: bool):
     return servicer
 
 
-def _bind(server, addr: str) -> int:
-    port = server.add_insecure_port(addr)
-    if port == 0:
-        raise RuntimeError(f"cannot bind {addr}")
-    return port
-
-
 def create_verifier_server(addr: str, worker, auth_token: str | None = None, link_delay_ms: float = 0.0,
-                           threads: int = 8):
+                           threads: int = 8, tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS):
     from services.workers import VerifierServicer
 
     interceptors = [LinkDelay(link_delay_ms), ServerInterceptor("verifier", auth_token)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), interceptors=interceptors,
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+                         options=limits.grpc_options())
     speculate_pb2_grpc.add_VerifierServicer_to_server(VerifierServicer(worker), server)
     name = speculate_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
     status = _health(server, [name], aio=False)
     status.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, _bind(server, addr)
+    return server, add_port(server, addr, tls)
 
 
-def create_drafter_server(addr: str, worker, model=None, auth_token: str | None = None, threads: int = 8):
+def create_drafter_server(addr: str, worker, model=None, auth_token: str | None = None, threads: int = 8,
+                          tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
+                          limits: Limits = DEFAULT_LIMITS):
+    """verifiers: the only addresses its Draft calls may stream to (empty: any)."""
     from services.workers import DrafterServicer
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
                          interceptors=[ServerInterceptor("drafter", auth_token)],
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model, auth_token=auth_token), server)
+                         options=limits.grpc_options())
+    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model, auth_token=auth_token, tls=tls,
+                                                                     verifiers=verifiers, limits=limits), server)
     name = speculate_pb2.DESCRIPTOR.services_by_name["Drafter"].full_name
     status = _health(server, [name], aio=False)
     status.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, _bind(server, addr)
+    return server, add_port(server, addr, tls)
 
 
-async def create_orchestrator_server(addr: str, pipeline, draft_name: str = "", auth_token: str | None = None):
+async def create_orchestrator_server(addr: str, pipeline, draft_name: str = "", auth_token: str | None = None,
+                                     tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS):
     """An asyncio server; the caller awaits ``server.start()``."""
     from services.orchestrator import OrchestratorServicer
 
-    server = grpc.aio.server(interceptors=[AioServerInterceptor("orchestrator", auth_token)])
-    generate_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(pipeline, draft_name), server)
+    server = grpc.aio.server(interceptors=[AioServerInterceptor("orchestrator", auth_token,
+                                                                limits.max_streams_per_client)],
+                             options=limits.grpc_options())
+    generate_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(pipeline, draft_name, limits), server)
     name = generate_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
     status = _health(server, [name], aio=True)
     await status.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, _bind(server, addr)
+    return server, add_port(server, addr, tls)

@@ -8,13 +8,15 @@ from __future__ import annotations
 import threading
 import time
 
-import grpc
 from opentelemetry import context as otel_context
 
 from drafter.model_drafter import Level, tree_from_levels
 from drafter.worker import DrafterWorker
+from services.auth import allow_verifier
 from specgrove import codec, telemetry
 from specgrove.errors import InvalidArgument
+from specgrove.limits import DEFAULT_LIMITS, Limits
+from specgrove.tls import open_channel
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 from verifier.worker import VerifierWorker, empty_tree
 
@@ -33,15 +35,13 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         first = next(messages, None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("tree", "the stream must start with a header")
-        try:
-            levels = []
-            for message in messages:
-                if not message.HasField("level"):
-                    raise InvalidArgument("tree", "only one header per stream")
-                levels.append(Level(*codec.level_from_pb(message.level)))
-            tree = tree_from_levels(levels)
-        except (AssertionError, RuntimeError, IndexError, ValueError) as exc:
-            raise InvalidArgument("tree", f"malformed tree: {exc}") from exc
+        levels = []
+        for message in messages:
+            if not message.HasField("level"):
+                raise InvalidArgument("tree", "only one header per stream")
+            levels.append(message.level)
+        checked = codec.tree_levels_from_pb(levels, self.worker.model.vocab_size)  # InvalidArgument / OutOfRange
+        tree = tree_from_levels([Level(*parts) for parts in checked])
         return self._verify(first.header, tree)
 
     def Decode(self, request, context):
@@ -74,78 +74,85 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
 
 
 class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
-    def __init__(self, worker: DrafterWorker, model=None, channel_options=None, auth_token: str | None = None):
+    def __init__(self, worker: DrafterWorker, model=None, channel_options=None, auth_token: str | None = None,
+                 tls=None, verifiers=(), limits: Limits = DEFAULT_LIMITS):
         self.worker = worker
+        self._tls, self._verifiers = tls, frozenset(verifiers)  # verifiers: the only ones it streams to (empty: any)
         self._auth = [("authorization", f"Bearer {auth_token}")] if auth_token else []
         self.model = model
         self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
         self._stubs_lock = threading.Lock()
         from orchestrator.pipeline import CHANNEL_OPTIONS
 
-        self._channel_options = channel_options or CHANNEL_OPTIONS
+        self._channel_options = [*(channel_options or CHANNEL_OPTIONS), *limits.grpc_options()]  # to the verifiers
 
     def _verifier(self, address: str) -> speculate_pb2_grpc.VerifierStub:
+        allow_verifier(address, self._verifiers)
         with self._stubs_lock:
             if address not in self._stubs:
                 self._stubs[address] = speculate_pb2_grpc.VerifierStub(
-                    grpc.insecure_channel(address, options=self._channel_options))
+                    open_channel(address, self._tls, self._channel_options))
             return self._stubs[address]
 
     def Draft(self, request, context):
+        """Grow the round's tree, streaming each level to the verifier as it is drawn; return its verdict."""
         r = request.round
         if not request.verifier:
             raise InvalidArgument("verifier", "the address of the verifier to stream to is required")
-        params = codec.params_from_pb(r.sampling)
-        budget = codec.budget_from_pb(request.plan)
-        started = time.perf_counter()
-        timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0, "feature_bytes": 0}
-        ids = codec.unpack_ids(r.context)
         verifier = self._verifier(request.verifier)
-        header_round = speculate_pb2.RoundContext()
-        header_round.CopyFrom(r)
+        ids = codec.unpack_ids(r.context)
+        header = speculate_pb2.RoundContext()
+        header.CopyFrom(r)
+        timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0, "feature_bytes": 0}
         fetch = None
         if self.worker.needs_features:  # the verifier answers with the new tokens' features
-            header_round.features_from = len(ids) - 1
+            header.features_from = len(ids) - 1
+            fetch = self._feature_fetcher(verifier, r, context, timing)
+        levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
+                                    list(request.plan.shape_parents), codec.budget_from_pb(request.plan), fetch,
+                                    r.output_start)
+        started = time.perf_counter()
+        timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
+                                context.time_remaining()) if t is not None]
+        reply = verifier.Verify(self._messages(header, levels, timing), timeout=min(timeouts) if timeouts else None,
+                                metadata=telemetry.inject_metadata() + self._auth)
+        return self._finish(r, reply, timing, started)
 
-            def fetch(start: int):
-                ask = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=r.context,
-                                                 features_from=start)
-                block = verifier.Features(ask, timeout=context.time_remaining(),
-                                          metadata=telemetry.inject_metadata() + self._auth)
-                timing["feature_bytes"] += block.ByteSize()
-                return codec.features_from_pb(block)
+    def _feature_fetcher(self, verifier, r, context, timing: dict):
+        def fetch(start: int):  # the target's features of context[start:−1], asked of the verifier
+            ask = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=r.context,
+                                             features_from=start)
+            block = verifier.Features(ask, timeout=context.time_remaining(),
+                                      metadata=telemetry.inject_metadata() + self._auth)
+            timing["feature_bytes"] += block.ByteSize()
+            return codec.features_from_pb(block)
 
-        levels = self.worker.levels(r.session_id, r.step, ids, params, r.seed, list(request.plan.shape_parents),
-                                    budget, fetch, r.output_start)
-        tracer = telemetry.tracer()
-        parent = otel_context.get_current()  # the messages are pulled on a gRPC thread
+        return fetch
 
-        def messages():
-            header = speculate_pb2.TreeMessage(header=header_round)
-            timing["bytes"] += header.ByteSize()
-            yield header
-            while True:
-                with tracer.start_as_current_span("draft level", context=parent), self.worker.lock:
-                    t0 = time.perf_counter()  # the model is shared by sessions: one level at a time
-                    level = next(levels, None)
-                    timing["draft_ms"] += (time.perf_counter() - t0) * 1000
-                if level is None:
-                    return
+    def _messages(self, header, levels, timing: dict):
+        """The Verify stream: the header, then each level as soon as it is drawn (on a gRPC thread)."""
+        tracer, parent = telemetry.tracer(), otel_context.get_current()
+        message = speculate_pb2.TreeMessage(header=header)
+        while message is not None:
+            timing["bytes"] += message.ByteSize()
+            yield message
+            with tracer.start_as_current_span("draft level", context=parent), self.worker.lock:
+                t0 = time.perf_counter()  # the model is shared by sessions: one level at a time
+                level = next(levels, None)
+                timing["draft_ms"] += (time.perf_counter() - t0) * 1000
+            message = None
+            if level is not None:
                 timing["size"] += len(level.tokens)
                 timing["depth"] += 1
                 message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
-                timing["bytes"] += message.ByteSize()
-                yield message
 
-        timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
-                                context.time_remaining()) if t is not None]
-        reply = verifier.Verify(messages(), timeout=min(timeouts) if timeouts else None,
-                                metadata=telemetry.inject_metadata() + self._auth)
+    def _finish(self, r, reply, timing: dict, started: float):
+        """Trim the draft cache to the verdict (this round's only), and report the round's costs."""
         features = codec.features_from_pb(reply.features) if reply.HasField("features") else None
         timing["feature_bytes"] += reply.features.ByteSize() if features is not None else 0
         reply.ClearField("features")  # the drafter's business, not the orchestrator's
         with self.worker.lock:
-            self.worker.accept(r.session_id, codec.result_from_pb(reply), features)
+            self.worker.accept(r.session_id, r.step, codec.result_from_pb(reply), features)
         telemetry.trace.get_current_span().set_attributes({
             "specgrove.tree_bytes": timing["bytes"], "specgrove.tree_size": timing["size"]})
         reply.timing.draft_ms = timing["draft_ms"]

@@ -7,6 +7,9 @@ kept, but ends its branch (a chain stops after it; a tree node gets no children)
 - entropy rule (AdaEDL): stop when 1 − sqrt(γ·H(q)) < λ, i.e. when H(q) > (1 − λ)² / γ,
   H in nats. 1 − sqrt(γ·H) approximates a lower bound on the token's acceptance probability.
 - confidence rule (llama.cpp's draft p-min): stop when max q < min_confidence.
+- min_gain (model-free lookups): propose only when the draft expects at least this many of its
+  tokens accepted; the planner sets it to what the verify pass costs beyond a plain step, in
+  plain steps (a 5-token pass costing 1.6 plain ones needs 0.6 accepted tokens to pay).
 In greedy mode the warped q is one-hot (H = 0), so both rules read the draft's plain softmax.
 """
 
@@ -24,6 +27,7 @@ class DraftBudget:
     gamma: float | None = None  # entropy rule scale (AdaEDL γ); None = rule off
     lam: float | None = None  # entropy rule threshold λ
     min_confidence: float | None = None  # confidence rule threshold; None = rule off
+    min_gain: float | None = None  # a lookup is proposed only if it expects this many accepted tokens
 
     def stops(self, logits: torch.Tensor, q: torch.Tensor | None, greedy: bool) -> bool:
         """logits [V] raw draft logits; q [V] the warped distribution the token was drafted from

@@ -3,12 +3,16 @@ levels, verify results and draft budgets. No math, no I/O."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from specgrove.budget import DraftBudget
+from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.generate import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.grammar import GrammarSpec
+from specgrove.limits import DEFAULT_LIMITS, Limits
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
 from specgrove.v1 import generate_pb2, speculate_pb2
@@ -75,14 +79,51 @@ def level_to_pb(tokens: list[int], parents: list[int], q_rows: dict[int, tuple[t
 
 
 def level_from_pb(pb: speculate_pb2.TreeLevel) -> tuple[list[int], list[int], dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-    width = pb.q_width
-    ids = torch.tensor(list(pb.q_ids), dtype=torch.long).view(len(pb.q_rows), width)
-    probs = torch.tensor(list(pb.q_probs), dtype=torch.float32).view(len(pb.q_rows), width)
+    """One level's (tokens, parents, q rows); raises InvalidArgument on a level whose fields do not
+    line up (a rogue or broken drafter). Links between levels are checked by ``tree_levels_from_pb``."""
+    width, rows = pb.q_width, list(pb.q_rows)
+    if len(pb.tokens) != len(pb.parents):
+        raise InvalidArgument("tree", f"a level has {len(pb.tokens)} tokens but {len(pb.parents)} parents")
+    if len(pb.q_ids) != len(rows) * width or len(pb.q_probs) != len(rows) * width:
+        raise InvalidArgument("tree", f"q_ids ({len(pb.q_ids)}) and q_probs ({len(pb.q_probs)}) must each hold "
+                                      f"q_rows × q_width = {len(rows)} × {width} values")
+    if len(set(rows)) != len(rows):
+        raise InvalidArgument("tree", "a q row appears twice in a level")
+    if any(i < -1 for i in pb.q_ids):
+        raise InvalidArgument("tree", "q_ids must be token ids or -1 (padding)")
+    if any(not (math.isfinite(q) and 0.0 <= q <= 1.0) for q in pb.q_probs):
+        raise InvalidArgument("tree", "q_probs must be probabilities in [0, 1]")
+    ids = torch.tensor(list(pb.q_ids), dtype=torch.long).view(len(rows), width)
+    probs = torch.tensor(list(pb.q_probs), dtype=torch.float32).view(len(rows), width)
     q_rows = {}
-    for i, row in enumerate(pb.q_rows):
+    for i, row in enumerate(rows):
         keep = ids[i] >= 0
         q_rows[int(row)] = (ids[i][keep], probs[i][keep])
     return list(pb.tokens), list(pb.parents), q_rows
+
+
+def tree_levels_from_pb(levels: list[speculate_pb2.TreeLevel], vocab_size: int):
+    """The levels of a Verify stream, checked as one tree: every parent an earlier node (or −1),
+    every q row the root or an existing node and sent once, every token and q id in the vocabulary.
+    Raises InvalidArgument / OutOfRange, so a malformed tree never reaches the verifier's math."""
+    out, seen_rows, nodes = [], set(), 0
+    for pb in levels:
+        tokens, parents, q_rows = level_from_pb(pb)
+        for parent in parents:
+            if not -1 <= parent < nodes:
+                raise InvalidArgument("tree", f"node {nodes} has parent {parent}: parents must be earlier nodes or -1")
+            nodes += 1
+        if any(not 0 <= t < vocab_size for t in tokens):
+            raise OutOfRange("tree", f"token ids must be in [0, {vocab_size})")
+        for row, (ids, _) in q_rows.items():
+            if row > nodes or row in seen_rows:
+                raise InvalidArgument("tree", f"q row {row} is not the root (0) or a node sent so far (1..{nodes}), "
+                                              "or was sent twice")
+            if ids.numel() and int(ids.max()) >= vocab_size:
+                raise OutOfRange("tree", f"q ids must be in [0, {vocab_size})")
+            seen_rows.add(row)
+        out.append((tokens, parents, q_rows))
+    return out
 
 
 def result_to_pb(result: VerifyResult, tree_size: int, tree_depth: int) -> speculate_pb2.RoundReply:
@@ -119,6 +160,8 @@ def budget_to_pb(budget: DraftBudget, shape_parents: list[int]) -> speculate_pb2
         pb.gamma, pb.lam = budget.gamma, budget.lam
     if budget.min_confidence is not None:
         pb.min_confidence = budget.min_confidence
+    if budget.min_gain is not None:
+        pb.min_gain = budget.min_gain
     return pb
 
 
@@ -128,19 +171,29 @@ def budget_from_pb(pb: speculate_pb2.DraftPlan) -> DraftBudget:
         gamma=pb.gamma if pb.HasField("gamma") else None,
         lam=pb.lam if pb.HasField("lam") else None,
         min_confidence=pb.min_confidence if pb.HasField("min_confidence") else None,
+        min_gain=pb.min_gain if pb.HasField("min_gain") else None,
     )
 
 
-def call_from_pb(pb: generate_pb2.GenerateRequest) -> GenerateCall:
+def call_from_pb(pb: generate_pb2.GenerateRequest, limits: Limits = DEFAULT_LIMITS) -> GenerateCall:
+    """The call, with the checks that need no model: ``chat`` needs text, and the serving
+    process's limits on prompt ids and stop strings (text prompts meet the context-length check
+    once encoded)."""
+    which = pb.WhichOneof("prompt")
+    if pb.chat and which == "token_ids":
+        raise InvalidArgument("chat", "applies the chat template to text; send text, or token_ids without chat")
+    if which == "token_ids" and len(pb.token_ids.ids) > limits.max_prompt_tokens:
+        raise OutOfRange("token_ids", f"at most {limits.max_prompt_tokens} prompt tokens, got {len(pb.token_ids.ids)}")
     spec = {}
     for name in ("mode", "draft_len", "tree_budget", "tree_depth"):
         if pb.speculation.HasField(name):
             spec[name] = getattr(pb.speculation, name)
-    which = pb.WhichOneof("prompt")
+    params = params_from_pb(pb.sampling)
+    params.check_limits(limits)  # the rest of SamplingParams.validate runs with the model's sizes
     return GenerateCall(
         prompt_text=pb.text if which == "text" else None,
         prompt_ids=list(pb.token_ids.ids) if which == "token_ids" else None,
-        chat=pb.chat, params=params_from_pb(pb.sampling), speculation=spec,
+        chat=pb.chat, params=params, speculation=spec,
         session_id=pb.session_id, resume_from=pb.resume_from,
     )
 

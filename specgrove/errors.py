@@ -46,6 +46,13 @@ class NotFound(SpecGroveError):
     code = "NOT_FOUND"
 
 
+class PermissionDenied(SpecGroveError):
+    """The caller is known but may not do this (e.g. a drafter asked to stream to a verifier it
+    was not configured with)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class ResourceExhausted(SpecGroveError):
     """A server limit is reached (sessions, queue); retry later."""
 
@@ -56,3 +63,9 @@ class Unavailable(SpecGroveError):
     """A dependency (Redis, a worker) cannot be reached; retry later."""
 
     code = "UNAVAILABLE"
+
+
+class StaleRound(SpecGroveError):
+    """A worker got a round older than one it already ran for the session (an abandoned call)."""
+
+    code = "ABORTED"

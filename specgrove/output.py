@@ -27,8 +27,15 @@ class GenerationOutput:
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
         self._text = ""  # decoded text of token_ids, cut at a stop string once one is found
+        self._committed = 0  # length of the text of token_ids[:_read] (the rest may still change)
+        self._prefix = 0  # incremental decoding (as vLLM's detokenizer): tokens _prefix.._read are
+        self._read = 0  # decoded again with the new ones, so a tokenizer's joins come out right
         self._released = 0  # characters of _text already streamed
         self._frozen = False  # True once _text was cut at a stop string
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._max_new_tokens
 
     @property
     def text(self) -> str:
@@ -44,7 +51,7 @@ class GenerationOutput:
             self.finish_reason = "stop"
         if self._stops:
             searched = max(0, len(self._text) - max(map(len, self._stops)))
-            self._text = self._decode(self.token_ids)
+            self._detokenize(final=False)
             hits = [i for i in (self._text.find(s, searched) for s in self._stops) if i >= 0]
             if hits:
                 self._text = self._text[: min(hits)]
@@ -54,14 +61,29 @@ class GenerationOutput:
             self.finish_reason = "length"
         return self.finish_reason is not None
 
+    def _detokenize(self, final: bool) -> None:
+        """Decode the tokens not yet in the text, O(new tokens) per call. A trailing incomplete
+        UTF-8 character waits for the token that completes it (unless this is the end)."""
+        if self._frozen or self._read == len(self.token_ids):
+            return
+        before = self._decode(self.token_ids[self._prefix : self._read])
+        after = self._decode(self.token_ids[self._prefix :])
+        if not after.startswith(before):  # a join that rewrote earlier text: decode it all
+            self._text = self._decode(self.token_ids)
+            self._prefix = self._read = len(self.token_ids)
+            self._committed = len(self._text)
+        elif final or not after.endswith(REPLACEMENT):
+            self._text = self._text[: self._committed] + after[len(before) :]
+            self._prefix, self._read = self._read, len(self.token_ids)
+            self._committed = len(self._text)
+        else:  # shown up to the incomplete character; decoded again with the next token
+            self._text = self._text[: self._committed] + after[len(before) :].rstrip(REPLACEMENT)
+
     def release(self) -> str:
         """The text not streamed yet that can no longer change."""
-        if not self._frozen:
-            self._text = self._decode(self.token_ids)
+        self._detokenize(final=self.finish_reason is not None)
         end = len(self._text)
         if self.finish_reason is None:
-            while end > self._released and self._text[end - 1] == REPLACEMENT:
-                end -= 1  # a multi-byte character still being completed
             end = min(end, len(self._text) - self._stop_prefix_at_end())
         end = max(end, self._released)
         delta = self._text[self._released : end]

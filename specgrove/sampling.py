@@ -15,10 +15,9 @@ import torch
 
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.grammar import GrammarSpec
+from specgrove.limits import DEFAULT_LIMITS, Limits
 
 MAX_TEMPERATURE = 100.0
-MAX_STOP_STRINGS = 16
-MAX_STOP_STRING_CHARS = 256
 MAX_SEED = 2**63 - 1
 
 
@@ -37,7 +36,8 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def validate(self, vocab_size: int | None = None, max_new_tokens_limit: int = 8192) -> "SamplingParams":
+    def validate(self, vocab_size: int | None = None, max_new_tokens_limit: int = 8192,
+                 limits: Limits = DEFAULT_LIMITS) -> "SamplingParams":
         """Raise ``InvalidArgument``/``OutOfRange`` naming the first bad field; return self."""
         _check_number("temperature", self.temperature)
         if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
@@ -62,16 +62,23 @@ class SamplingParams:
             if token_id < 0 or (vocab_size is not None and token_id >= vocab_size):
                 bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
                 raise OutOfRange("stop_token_ids", f"each id must be in {bound}, got {token_id}")
-        if len(self.stop) > MAX_STOP_STRINGS:
-            raise OutOfRange("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        self.check_limits(limits)
         for text in self.stop:
             if not isinstance(text, str) or not text:
                 raise InvalidArgument("stop", f"each stop string must be a non-empty string, got {text!r}")
-            if len(text) > MAX_STOP_STRING_CHARS:
-                raise OutOfRange("stop", f"each stop string must be at most {MAX_STOP_STRING_CHARS} characters")
         if self.grammar is not None:
             self.grammar.validate()
         return self
+
+    def check_limits(self, limits: Limits) -> None:
+        """The server's limits on stop strings (OutOfRange); ``validate`` applies the defaults, the
+        gRPC codec a serving process's own."""
+        if len(self.stop) > limits.max_stop_strings:
+            raise OutOfRange("stop", f"at most {limits.max_stop_strings} stop strings, got {len(self.stop)}")
+        longest = max(map(len, self.stop), default=0)
+        if longest > limits.max_stop_string_chars:
+            raise OutOfRange("stop", f"each stop string must be at most {limits.max_stop_string_chars} "
+                                     f"characters, got {longest}")
 
 
 def _check_number(name: str, value: object) -> None:

@@ -71,7 +71,9 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
 def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter, policies) -> Assembled:
     from orchestrator.engine import SpeculativeEngine
     from orchestrator.planner import CostProfile, plan_tree
-    from orchestrator.tree_plan import AdaptiveTree
+    from orchestrator.acceptance import AcceptanceStats
+    from orchestrator.round_planner import LinkStats
+    from orchestrator.rounds import Speculation
     from specgrove_apps.calibrate import calibrate, profile_path
 
     path = Path(spec.profile) if spec.profile else profile_path(cache_dir, target.name, draft.name)
@@ -88,11 +90,11 @@ def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter, po
     acceptance = profile.acceptance["greedy" if spec.greedy else "sampled"]
     plan = plan_tree(profile, acceptance, fixed_size=spec.tree_budget, fixed_depth=spec.tree_depth)
     if plan.size == 0:
-        log.warning("the planner predicts plain decoding is fastest here (%.1f tok/s); decoding with K = 0",
-                    plan.tokens_per_s)
-        return Assembled(target, SpeculativeEngine(target), "tree planner chose K=0 (plain decoding)")
+        log.warning("the planner predicts plain decoding is fastest here (%.1f tok/s); it will decode with "
+                    "K = 0 and probe a small tree now and then", plan.tokens_per_s)
     how = "pinned" if spec.tree_budget or spec.tree_depth else "planner"
-    tree = AdaptiveTree(plan.size, plan.depth, prior=acceptance)
-    engine = SpeculativeEngine(target, drafter, tree=tree, policy_factory=policies)
-    return Assembled(target, engine, f"tree m={plan.size} d={plan.depth} ({how}, predicted {plan.tokens_per_s:.1f} tok/s)"
-                                     f" {spec.stop_policy}")
+    speculation = Speculation("tree", tree_budget=spec.tree_budget, tree_depth=spec.tree_depth)
+    engine = SpeculativeEngine(target, drafter, policy_factory=policies, speculation=speculation,
+                               link=LinkStats.from_profile(profile), acceptance=AcceptanceStats(acceptance))
+    return Assembled(target, engine, f"tree m={plan.size} d={plan.depth} ({how}, predicted {plan.tokens_per_s:.1f} "
+                                     f"tok/s, re-planned online) {spec.stop_policy}")

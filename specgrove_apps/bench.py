@@ -106,6 +106,7 @@ class BenchConfig:
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
     link_delays: tuple[float, ...] = (0.0,)  # injected drafter→verifier delays (ms), one deployment each
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
+    concurrency: tuple[int, ...] = ()  # gRPC modes again with this many clients at once (aggregate throughput)
 
     def mode_names(self) -> list[str]:
         every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else []) + ["specgrove-ar"]
@@ -177,6 +178,8 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
     try:
         target, runners = build_runners(config, cache_dir, stacks, sessions)
         report = _run(config, target, runners, progress)
+        if config.concurrency:
+            report["concurrency"] = _run_concurrent(config, target, runners)
     finally:
         stacks.stop()
     by_mode = {r["mode"]: r for r in report["results"]}
@@ -226,6 +229,34 @@ def _run(config: BenchConfig, target, runners, progress: bool) -> dict:
     return {"config": _config_record(config, target), "results": records}
 
 
+def _run_concurrent(config: BenchConfig, target, runners) -> list[dict]:
+    """Every gRPC mode with c clients at once, for each c: the whole workload, the prompts taken
+    in order by whichever client is free; aggregate tokens/s over the wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from specgrove.workloads import load_workload
+    from specgrove_apps.bench_metrics import summarise_concurrent
+
+    prompts = load_workload(config.workload, config.num_prompts)
+    encoded = [target.chat_prompt(p.text) if p.chat else target.encode(p.text) for p in prompts]
+    records = []
+    for name, (runner, _) in runners.items():
+        if not name.startswith("grpc-"):
+            continue
+        for c in config.concurrency:
+            params = [SamplingParams(temperature=config.temperature, seed=config.seed + i,
+                                     max_new_tokens=config.max_new_tokens) for i in range(len(encoded))]
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=c) as pool:
+                samples = list(pool.map(runner, encoded, params))
+            records.append(summarise_concurrent(name, c, samples, time.perf_counter() - start))
+    for record in records:  # against the same mode with one client
+        one = next((r for r in records if r["mode"] == record["mode"] and r["concurrency"] == 1), None)
+        record["throughput_vs_one_client"] = (round(record["output_throughput"] / one["output_throughput"], 4)
+                                              if one and one["output_throughput"] else None)
+    return records
+
+
 def _config_record(config: BenchConfig, target) -> dict:
     import os
     import platform
@@ -244,6 +275,16 @@ def _config_record(config: BenchConfig, target) -> dict:
         baseline="specgrove-ar" if config.structured else "ar",  # what speedup_vs_ar divides by
     )
     return record
+
+
+def format_concurrency(report: dict) -> str:
+    """The load table: aggregate tokens/s and latency percentiles per gRPC mode and client count."""
+    lines = [f"{'mode':22s} {'clients':>7s} {'tok/s':>8s} {'x one':>6s} {'TTFT p50/p99 ms':>17s} {'TPOT p50/p99 ms':>17s}"]
+    for r in report.get("concurrency", []):
+        ratio = f"{r['throughput_vs_one_client']:.2f}" if r["throughput_vs_one_client"] else "-"
+        lines.append(f"{r['mode']:22s} {r['concurrency']:7d} {r['output_throughput']:8.2f} {ratio:>6s} "
+                     f"{r['p50_ttft_ms']:8.0f}/{r['p99_ttft_ms']:<8.0f} {r['p50_tpot_ms']:8.1f}/{r['p99_tpot_ms']:<8.1f}")
+    return "\n".join(lines)
 
 
 def format_table(report: dict) -> str:

@@ -54,11 +54,13 @@ def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
         drafted = [d for s in samples for d in s.drafted]
         accepted = [a for s in samples for a in s.accepted]
         rounds = len(drafted)
+        drafts = sum(1 for d in drafted if d > 0)  # rounds that drafted (K = 0 rounds are plain steps)
         record.update(
-            spec_decode_num_drafts=sum(1 for d in drafted if d > 0),
+            spec_decode_num_drafts=drafts,
             spec_decode_num_draft_tokens=sum(drafted),
             spec_decode_num_accepted_tokens=sum(accepted),
-            spec_decode_acceptance_length=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,
+            spec_decode_acceptance_length=round(1 + sum(accepted) / drafts, 4) if drafts else None,  # vLLM's
+            tokens_per_round=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,  # K = 0 rounds too
             spec_decode_acceptance_rate=round(sum(accepted) / sum(drafted), 4) if sum(drafted) else None,
             spec_decode_per_position_acceptance_rates=[round(r, 4) for r in per_position_acceptance(drafted, accepted)],
             mean_draft_len=round(sum(drafted) / rounds, 4) if rounds else None,
@@ -70,6 +72,7 @@ def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
             spec_decode_num_draft_tokens=None,
             spec_decode_num_accepted_tokens=None,
             spec_decode_acceptance_length=None,
+            tokens_per_round=None,
             spec_decode_acceptance_rate=None,
             spec_decode_per_position_acceptance_rates=None,
         )
@@ -97,3 +100,19 @@ def greedy_agreement(samples: dict[str, list[Sample]], baseline: str = "ar") -> 
     return {
         mode: sum(a.token_ids == b.token_ids for a, b in zip(runs, base)) / len(base) for mode, runs in samples.items()
     }
+
+
+def summarise_concurrent(mode: str, concurrency: int, samples: list[Sample], wall_s: float) -> dict:
+    """A load record: ``concurrency`` clients at once (vLLM bench's ``--max-concurrency``); the
+    aggregate throughput divides every output token by the wall time of the whole run."""
+    tokens = sum(len(s.token_ids) for s in samples)
+
+    def pct(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    ttft, tpot = [s.ttft_s for s in samples], [s.tpot_s for s in samples]
+    return {"mode": mode, "concurrency": concurrency, "completed": len(samples), "total_output_tokens": tokens,
+            "duration_s": round(wall_s, 4), "output_throughput": round(tokens / wall_s, 3) if wall_s > 0 else 0.0,
+            "p50_ttft_ms": pct(ttft, 0.5), "p99_ttft_ms": pct(ttft, 0.99),
+            "p50_tpot_ms": pct(tpot, 0.5), "p99_tpot_ms": pct(tpot, 0.99)}

@@ -61,13 +61,12 @@ def measure_draft_level_ms(draft, context: list[int], width: int = 4, repeats: i
 def measure_acceptance(target, drafter, prompts: list[list[int]], temperature: float, max_new_tokens: int = 48) -> list[float]:
     from orchestrator.engine import SpeculativeEngine
     from orchestrator.sequoia import SequoiaTable
-    from orchestrator.tree_plan import FixedTree
     from orchestrator.acceptance import AcceptanceStats
     from specgrove.sampling import SamplingParams
 
     shape = SequoiaTable(EXPLORE_PRIOR, max_size=24, max_depth=3).shape(24, 3)
     stats = AcceptanceStats(EXPLORE_PRIOR, prior_weight=1.0)
-    engine = SpeculativeEngine(target, drafter, tree=FixedTree(shape, stats))
+    engine = SpeculativeEngine(target, drafter, tree=shape, acceptance=stats)  # every verdict feeds stats
     for i, ids in enumerate(prompts):
         engine.generate(ids, SamplingParams(temperature=temperature, seed=i, max_new_tokens=max_new_tokens))
     return [round(a, 4) for a in stats.vector()]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import grpc
-
 from specgrove import codec
+from specgrove.tls import TlsConfig, open_channel
 from specgrove.v1 import generate_pb2, generate_pb2_grpc
 
 
@@ -23,8 +22,10 @@ class Completion:
 
 
 class Client:
-    def __init__(self, address: str, auth_token: str | None = None):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, auth_token: str | None = None, tls: TlsConfig | None = None):
+        """tls: ``TlsConfig(ca=...)`` for TLS, plus ``cert``/``key`` when the server requires a client
+        certificate (mTLS); None: plaintext."""
+        self.channel = open_channel(address, tls)
         self.stub = generate_pb2_grpc.OrchestratorStub(self.channel)
         self.metadata = [("authorization", f"Bearer {auth_token}")] if auth_token else []
 

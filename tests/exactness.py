@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.tree_plan import FixedTree
 from specgrove.models import load_model
 from specgrove.sampling import SamplingParams, warp
 from specgrove.tiny import build_tiny_llama
@@ -181,14 +180,3 @@ def chain_rounds(rounds, max_len: int, max_new_tokens: int = MAX_NEW_TOKENS) -> 
 def rejected_mid_tree(result: VerifyResult) -> bool:
     """The walk accepted at least one node, then rejected every child of a node below the root."""
     return bool(result.accepted_tokens) and result.accepted_rank[-1] == 0 and result.num_children[-1] > 0
-
-
-class RecordingTree(FixedTree):
-    """A fixed tree shape that keeps every verify result (the engine reports each one here)."""
-
-    def __init__(self, shape):
-        super().__init__(shape)
-        self.results: list[VerifyResult] = []
-
-    def observe(self, result: VerifyResult) -> None:
-        self.results.append(result)

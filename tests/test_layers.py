@@ -110,3 +110,24 @@ def test_imports_point_down_the_layers():
             if there != here and LAYERS[there] >= LAYERS[here]:
                 upward.append(f"{module} -> {target}")
     assert upward == []
+
+
+def test_transport_handlers_stay_thin():
+    """gRPC servicer methods and HTTP handlers are at most 30 lines: parse, one call, convert."""
+    import ast
+
+    long, checked = [], 0
+    for path in sorted((ROOT / "services").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Servicer")):
+            for fn in (n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                if fn.name[:1].isupper():  # RPC methods are CamelCase
+                    checked += 1
+                    if fn.end_lineno - fn.lineno + 1 > 30:
+                        long.append(f"{path.name}:{cls.name}.{fn.name}")
+        if path.name == "http.py":
+            for fn in (n for n in tree.body if isinstance(n, ast.AsyncFunctionDef)):
+                checked += 1
+                if fn.end_lineno - fn.lineno + 1 > 30:
+                    long.append(f"{path.name}:{fn.name}")
+    assert checked >= 12 and long == []  # Generate, Draft, Verify, Decode, ... and the HTTP routes

@@ -15,7 +15,6 @@ from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable
 from orchestrator.stop_policy import AdaEDLPolicy
-from orchestrator.tree_plan import FixedTree
 from specgrove.models import CausalLM
 from specgrove.sampling import SamplingParams
 
@@ -66,7 +65,7 @@ def test_greedy_identity_with_the_real_target(smollm2, noisy_draft, references, 
     """Drafts: none (plain), n-gram, a noisy target copy as chain (static K, AdaEDL) and as a
     Sequoia tree with AdaEDL pruning branches."""
     drafter = {"ar": None, "ngram": NgramDrafter(smollm2.vocab_size)}.get(drafter_name, ModelDrafter(noisy_draft))
-    tree = FixedTree(SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4)) if "tree" in drafter_name else None
+    tree = SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4) if "tree" in drafter_name else None
     policy = AdaEDLPolicy if "adaedl" in drafter_name else None
     engine = SpeculativeEngine(smollm2, drafter, draft_len, tree=tree, policy_factory=policy)
     accepted = rejected = 0
@@ -87,7 +86,7 @@ def test_greedy_identity_with_the_shipped_feature_draft(smollm2, references, sha
     from drafter.factory import make_drafter
 
     drafter, _ = make_drafter("smollm2-feature", smollm2, tmp_path, {"smollm2": smollm2})
-    tree = FixedTree(SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4)) if shape == "tree" else None
+    tree = SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4) if shape == "tree" else None
     engine = SpeculativeEngine(smollm2, drafter, 4, tree=tree)
     accepted = rounds = 0
     for prompt, (ids, reference) in references.items():
@@ -125,7 +124,7 @@ def test_json_schema_output_under_speculation_is_valid_and_greedy_identical(smol
     params = SamplingParams(max_new_tokens=96, grammar=GrammarSpec.json_schema(PERSON_SCHEMA))
     plain = SpeculativeEngine(smollm2).generate(ids, params)
     chain = SpeculativeEngine(smollm2, drafter, 4).generate(ids, params)
-    tree = SpeculativeEngine(smollm2, drafter, tree=FixedTree(SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4))
+    tree = SpeculativeEngine(smollm2, drafter, tree=SequoiaTable([0.6, 0.15, 0.05]).shape(8, 4)
                              ).generate(ids, params)
     assert plain.finish_reason == "eos", plain.text
     jsonschema.validate(json.loads(plain.text), PERSON_SCHEMA)

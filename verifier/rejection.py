@@ -12,6 +12,10 @@ Letters: **p** = target distribution, **q** = draft distribution, both already w
 Each round therefore emits ``num_accepted + 1`` tokens, distributed exactly as sampling from p.
 With one-hot (greedy) p and q the same rule accepts exactly while d_i == argmax p_i and the
 recovered/bonus token is argmax p, so greedy needs no separate path.
+
+Served rounds verify a chain as a width-one tree (tree_verify.py, which on a chain is this rule,
+one node at a time); ``verify_chain`` is the batched form over B chains at once, the reference
+the statistical tests hold the rule to (and the form a batched verifier can use for chains).
 """
 
 from __future__ import annotations
@@ -62,18 +66,3 @@ def verify_chain(
     q_next = q[rows, num_accepted.clamp(max=k - 1)] * rejected  # [B, V], zero for bonus rows
     next_token = sample(residual(p_next, q_next), generator)  # residual(p, 0) == p: the bonus
     return ChainVerdict(num_accepted, next_token)
-
-
-def verify_chain_greedy(
-    logits: torch.Tensor,  # [K+1, V] target logits (or any scores with the same argmax) at each position
-    draft_tokens: list[int],  # K
-) -> tuple[int, int]:
-    """``verify_chain`` at temperature 0, without the vocabulary-wide work: one-hot p and q accept
-    d_i exactly while d_i == argmax p_i, and the recovered or bonus token is argmax p at the first
-    mismatch (a test checks the two agree). (num_accepted, next_token)."""
-    assert logits.ndim == 2 and logits.shape[0] == len(draft_tokens) + 1, (logits.shape, len(draft_tokens))
-    best = logits.argmax(dim=-1).tolist()  # [K+1]
-    num_accepted = 0
-    while num_accepted < len(draft_tokens) and draft_tokens[num_accepted] == best[num_accepted]:
-        num_accepted += 1
-    return num_accepted, best[num_accepted]

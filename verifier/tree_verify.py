@@ -20,7 +20,7 @@ def verify_tree(
     tree: TokenTree,
     p: torch.Tensor,  # [N + 1, V] warped target probabilities at the root (row 0) and each node
     greedy: bool,
-    generator: torch.Generator,
+    generator: torch.Generator | None,  # None when greedy (nothing is drawn)
 ) -> VerifyResult:
     assert p.ndim == 2 and p.shape[0] == tree.size + 1, (p.shape, tree.size)
     vocab = p.shape[1]

@@ -10,7 +10,7 @@ from specgrove.sampling import SamplingParams
 
 
 def cmd_bench(args) -> int:
-    from specgrove_apps.bench import BenchConfig, format_table, plot, run_bench
+    from specgrove_apps.bench import BenchConfig, format_concurrency, format_table, plot, run_bench
 
     if args.quick:  # a smoke run: under 2 minutes on 2 cores
         args.num_prompts, args.max_new_tokens, args.draft_lens, args.grpc_chain_lens = 2, 24, "4", "4"
@@ -32,7 +32,10 @@ def cmd_bench(args) -> int:
         grpc_tree=args.grpc_tree,
         grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
+        concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
     )
+    if config.concurrency and not (config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets):
+        raise SystemExit("specgrove bench: --concurrency measures the gRPC modes: add --grpc-chain-lens or --grpc-tree")
     if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets:
         # the drafter and verifier processes take turns with this one: idle threads must sleep
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -40,6 +43,8 @@ def cmd_bench(args) -> int:
     config.mode_names()  # rejects unknown modes before loading models
     report = run_bench(config, args.cache_dir, progress=not args.no_progress)
     print(format_table(report))
+    if config.concurrency:
+        print(format_concurrency(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(report, out, indent=2)
@@ -72,6 +77,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--grpc-tree", action="store_true", help="a grpc-tree mode (network-aware planner)")
     bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
     bench.add_argument("--link-delays", default="0", help="comma-separated injected link delays (ms) for gRPC modes")
+    bench.add_argument("--concurrency", default="",
+                       help="comma-separated client counts: the gRPC modes again under load (e.g. 1,2,4,8)")
     bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
     bench.add_argument("--json", default=None, help="write the report as JSON to this path")
     bench.add_argument("--plot", default=None, help="write a PNG plot to this path")

@@ -11,6 +11,7 @@ from pathlib import Path
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
 from specgrove.sampling import SamplingParams
 from specgrove_apps.assemble import EngineSpec, assemble
+from specgrove_apps.cli.tls_flags import add_tls_flags, tls_from
 
 
 def _engine_spec(args, mode: str | None = None) -> EngineSpec:
@@ -87,7 +88,7 @@ def _generate_remote(args, params: SamplingParams) -> int:
 
     from specgrove_apps.client import Client
 
-    client = Client(args.server, auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None)
+    client = Client(args.server, auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None, tls=tls_from(args))
     started = time.perf_counter()
     spec = {"mode": args.mode, "draft_len": args.draft_len, "tree_budget": args.tree_budget,
             "tree_depth": args.tree_depth}
@@ -161,4 +162,5 @@ def add_parser(sub) -> None:
     gen.add_argument("--server", default=None, help="HOST:PORT of an orchestrator (specgrove up): generate over gRPC")
     gen.add_argument("--session", default=None, help="with --server: resume this session id")
     gen.add_argument("--resume-from", type=int, default=0, help="with --session: first token index to send again")
+    add_tls_flags(gen, server=False)  # with --server: TLS to the orchestrator (--tls-ca), mTLS (--tls-cert/--tls-key)
     gen.set_defaults(func=cmd_generate)

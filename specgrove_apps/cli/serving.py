@@ -6,6 +6,20 @@ from __future__ import annotations
 import os
 
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+from specgrove.limits import Limits
+from specgrove_apps.cli.tls_flags import add_tls_flags, tls_environ, tls_from
+
+
+def add_limit_flags(parser) -> None:
+    """--max-message-bytes, --max-prompt-tokens, --max-stop-strings, --max-stop-string-chars,
+    --max-streams-per-client; each defaults to its SPECGROVE_MAX_* variable, then to Limits()."""
+    for name, variable in Limits.ENV.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                            help=f"default ${variable} or {getattr(Limits(), name)}")
+
+
+def limits_from(args) -> Limits:
+    return Limits.from_values({name: getattr(args, name) for name in Limits.ENV}, os.environ)
 
 
 def cmd_serve(args) -> int:
@@ -24,13 +38,15 @@ def cmd_serve(args) -> int:
         if getattr(args, option) is None:
             setattr(args, option, default)
     token = os.environ.get("SPECGROVE_AUTH_TOKEN") or None
+    tls = tls_from(args)
+    limits = limits_from(args)
     telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
     if args.role == "verifier":
         roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms,
-                             args.min_pass_ms, args.metrics_port)
+                             args.min_pass_ms, args.metrics_port, tls, limits, args.max_kv_tokens)
     elif args.role == "drafter":
         roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
-                            args.metrics_port)
+                            args.metrics_port, tls, tuple(args.verifier), limits)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -39,7 +55,8 @@ def cmd_serve(args) -> int:
             redis_url=args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             mode=args.mode, draft_len=args.draft_len, stop_policy=args.stop_policy,
             draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s, profile=args.profile,
-            auth_token=token, http_port=args.http_port)
+            auth_token=token, http_port=args.http_port, tls=tls, limits=limits, max_sessions=args.max_sessions,
+            queue_timeout_s=args.queue_timeout_s)
         roles.serve_orchestrator(options, args.cache_dir)
     return 0
 
@@ -53,7 +70,8 @@ def cmd_up(args) -> int:
         ray_stack = start_ray_stack(args.target, args.draft or DEFAULT_DRAFT, args.cache_dir, address=args.address,
                                     redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                                     draft_len=args.draft_len, drafter_accelerator=args.drafter_accelerator,
-                                    verifier_accelerator=args.verifier_accelerator)
+                                    verifier_accelerator=args.verifier_accelerator,
+                                    auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None, tls=tls_from(args))
         print(f"specgrove up --ray: orchestrator actor serving on {ray_stack.address}; Ctrl-C stops it", flush=True)
         try:
             roles._wait_for_signal()
@@ -64,14 +82,16 @@ def cmd_up(args) -> int:
     stack = roles.start_stack(args.port, args.target, args.draft or DEFAULT_DRAFT, args.cache_dir,
                               redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                               draft_len=args.draft_len, link_delay_ms=args.link_delay_ms,
-                              http_port=args.http_port if args.http_port >= 0 else None)
+                              http_port=args.http_port if args.http_port >= 0 else None,
+                              redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
     p = stack.ports
     print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
-          f"redis {'REDIS_URL' if os.environ.get('REDIS_URL') else stack.redis.url}); Ctrl-C stops everything",
+          f"redis {'REDIS_URL' if os.environ.get('REDIS_URL') else stack.redis.url + ', append-only in ' + stack.redis.dir}"
+          "); Ctrl-C stops everything",
           flush=True)
     if "http" in p:
-        print(f"  OpenAI-compatible API: http://127.0.0.1:{p['http']}/v1 (orchestrator metrics: "
-              f"http://127.0.0.1:{p['http']}/metrics)", flush=True)
+        url = f"{'https' if stack.tls.serves_tls else 'http'}://127.0.0.1:{p['http']}"
+        print(f"  OpenAI-compatible API: {url}/v1 (orchestrator metrics: {url}/metrics)", flush=True)
     print(f"  worker metrics: verifier http://127.0.0.1:{p['verifier_metrics']}/metrics, "
           f"drafter http://127.0.0.1:{p['drafter_metrics']}/metrics", flush=True)
     try:
@@ -92,13 +112,21 @@ def add_serve(sub) -> None:
     serve.add_argument("--draft", default=None, help=f"drafter: the draft (default {DEFAULT_DRAFT}); a feature "
                                                      "draft reads the target's features from the verifier")
     serve.add_argument("--drafter", action="append", default=[], help="orchestrator: a drafter HOST:PORT (repeatable)")
-    serve.add_argument("--verifier", action="append", default=[], help="orchestrator: a verifier HOST:PORT (repeatable)")
+    serve.add_argument("--verifier", action="append", default=[],
+                       help="orchestrator: a verifier HOST:PORT (repeatable); drafter: a verifier it may stream to "
+                            "(repeatable; none given: any)")
     serve.add_argument("--redis-url", default=None, help="orchestrator: Redis URL (default $REDIS_URL)")
     serve.add_argument("--mode", choices=["ar", "chain", "tree"], default=None, help="orchestrator: default mode")
     serve.add_argument("--draft-len", type=int, default=None)
     serve.add_argument("--stop-policy", choices=["adaedl", "static", "max-confidence", "heuristic"], default="adaedl")
     serve.add_argument("--draft-timeout-ms", type=int, default=5000, help="slower drafts fall back to K = 0")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
+    serve.add_argument("--max-sessions", type=int, default=64,
+                       help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")
+    serve.add_argument("--queue-timeout-s", type=float, default=2.0,
+                       help="orchestrator: how long a generation waits for a free slot")
+    serve.add_argument("--max-kv-tokens", type=int, default=None,
+                       help="verifier: KV budget in tokens over all sessions (least recently used evicted)")
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0, help="verifier: delay every Verify (a slow link)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,
@@ -106,6 +134,8 @@ def add_serve(sub) -> None:
     serve.add_argument("--http-port", type=int, default=None,
                        help="orchestrator: serve the OpenAI-compatible API and /metrics on this port (0 = any)")
     serve.add_argument("--metrics-port", type=int, default=None, help="drafter/verifier: serve /metrics on this port")
+    add_tls_flags(serve, server=True)
+    add_limit_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
 
@@ -124,4 +154,5 @@ def add_up(sub) -> None:
     up.add_argument("--address", default=None, help="with --ray: the Ray cluster to join (e.g. ray://head:10001)")
     up.add_argument("--drafter-accelerator", default=None, help="with --ray: drafter GPU type, e.g. L4")
     up.add_argument("--verifier-accelerator", default=None, help="with --ray: verifier GPU type, e.g. H100")
+    add_tls_flags(up, server=True)  # every role gets them (one certificate: it must name 127.0.0.1)
     up.set_defaults(func=cmd_up)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from drafter.factory import make_drafter, model_spec
 from drafter.model_drafter import ModelDrafter
@@ -29,13 +28,11 @@ def test_specs_make_the_right_drafters(tiny_dir, tiny_target, tiny_upper_dir):
 def test_lookup_first_proposes_the_prompt_continuation_with_one_hot_q(tiny_target, tiny_draft):
     session = ModelDrafter(tiny_draft, lookup=True).open()
     context = tiny_target.encode("abcde xyz abc")
-    proposal = session.propose(context, 3, SamplingParams(temperature=1.0), make_generator(0)[0])
-    assert proposal.tokens == tiny_target.encode("de ")
-    assert torch.equal(proposal.q.argmax(-1), torch.tensor(proposal.tokens)) and torch.all(proposal.q.sum(-1) == 1)
-    (level,) = list(session.grow_levels(context, [-1, 0, 1], SamplingParams(), make_generator(0)[0]))
-    assert level.tokens == proposal.tokens and level.parents == [-1, 0, 1]
-    no_match = session.propose(tiny_target.encode("qrst"), 2, SamplingParams(), make_generator(0)[0])
-    assert len(no_match.tokens) == 2  # the model drafted
+    (level,) = list(session.grow_levels(context, [-1, 0, 1], SamplingParams(temperature=1.0), make_generator(0)[0]))
+    assert level.tokens == tiny_target.encode("de ") and level.parents == [-1, 0, 1]
+    assert all(ids.tolist() == [t] and probs.tolist() == [1.0] for t, (ids, probs) in zip(level.tokens, level.q_rows.values()))
+    no_match = list(session.grow_levels(tiny_target.encode("qrst"), [-1, 0], SamplingParams(), make_generator(0)[0]))
+    assert sum(len(level.tokens) for level in no_match) == 2  # the model drafted, a level at a time
 
 
 def test_lookup_first_keeps_greedy_output_exact(tiny_target, tiny_draft):

@@ -95,9 +95,9 @@ def test_statistics_are_consistent(tiny_target, tiny_draft):
         tiny_target.encode("abc"), SamplingParams(max_new_tokens=20, stop_token_ids=(2,))
     )
     assert sum(r.num_emitted for r in result.rounds) == result.num_generated_tokens
-    assert result.mean_accepted_length == pytest.approx(
-        sum(r.num_accepted + 1 for r in result.rounds) / len(result.rounds)
-    )
+    drafting = [r for r in result.rounds if r.num_drafted]  # vLLM's: per round that drafted
+    assert result.mean_accepted_length == pytest.approx(1 + sum(r.num_accepted for r in drafting) / len(drafting))
+    assert result.tokens_per_round == pytest.approx(result.num_generated_tokens / len(result.rounds))
     ar = SpeculativeEngine(tiny_target).generate(tiny_target.encode("abc"), SamplingParams(max_new_tokens=20))
     assert ar.mean_accepted_length == 1.0 and ar.acceptance_rate == 0.0
 
@@ -111,7 +111,7 @@ def test_streamed_text_equals_final_text(tiny_target, tiny_draft):
 
 def test_over_long_prompt_is_out_of_range_before_any_work(tiny_target):
     engine = SpeculativeEngine(tiny_target, NgramDrafter(tiny_target.vocab_size), draft_len=4)
-    with pytest.raises(OutOfRange, match=r"prompt: 250 prompt tokens \+ max_new_tokens 10 \+ draft length 4 = 264 exceeds"):
+    with pytest.raises(OutOfRange, match=r"prompt: 250 prompt tokens \+ max_new_tokens 10 \+ draft margin 4 = 264 exceeds"):
         engine.generate([5] * 250, SamplingParams(max_new_tokens=10))
 
 

@@ -41,24 +41,25 @@ def models(tmp_path_factory):
 
 
 def generate(engine: SpeculativeEngine, case: str, n: int):
-    """n seeded generations: (outputs, per generation its rounds as (drafted, accepted, emitted))."""
+    """n seeded generations: (outputs, per generation its rounds as (drafted, accepted, emitted),
+    every drafting round's verification walk)."""
     prompt = engine.target.encode(ex.PROMPT)
-    outputs, rounds = [], []
+    outputs, rounds, verdicts = [], [], []
     for seed in range(n):
         params = SamplingParams(**ex.SAMPLING[case], seed=seed, max_new_tokens=ex.MAX_NEW_TOKENS)
         result = engine.generate(prompt, params)
         outputs.append(result.token_ids)
         rounds.append([(r.num_drafted, r.num_accepted, r.num_emitted) for r in result.rounds])
-    return outputs, rounds
+        verdicts += [r.verdict for r in result.rounds if r.num_drafted]
+    return outputs, rounds, verdicts
 
 
 def chain_engine(models) -> SpeculativeEngine:
     return SpeculativeEngine(models[0], ModelDrafter(models[1]), draft_len=DRAFT_LEN)
 
 
-def tree_engine(models) -> tuple[SpeculativeEngine, ex.RecordingTree]:
-    plan = ex.RecordingTree(TREE_SHAPE)
-    return SpeculativeEngine(models[0], ModelDrafter(models[1], top_n=TREE_TOP_N), tree=plan), plan
+def tree_engine(models) -> SpeculativeEngine:
+    return SpeculativeEngine(models[0], ModelDrafter(models[1], top_n=TREE_TOP_N), tree=TREE_SHAPE)
 
 
 def adaedl_engine(models, lam: float) -> SpeculativeEngine:
@@ -74,7 +75,7 @@ def chains(rounds) -> list[ex.ChainRound]:
 
 @pytest.mark.parametrize("case", ["T0.5-k5", "T1", "T1.5-p0.95"])
 def test_chain_output_is_exact_after_rejections_mid_chain(models, case):
-    outputs, rounds = generate(chain_engine(models), case, N)
+    outputs, rounds, _ = generate(chain_engine(models), case, N)
     rounds = chains(rounds)
     assert sum(r.rejected_mid_chain for r in rounds) >= N // 10
     assert not any(r.stopped_early for r in rounds)  # a static policy drafts every token it may
@@ -83,16 +84,15 @@ def test_chain_output_is_exact_after_rejections_mid_chain(models, case):
 
 @pytest.mark.parametrize("case", ["T0.5", "T1-p0.9", "T1.5"])
 def test_tree_output_is_exact_after_rejections_mid_tree(models, case):
-    engine, plan = tree_engine(models)
-    outputs, _ = generate(engine, case, N)
-    assert sum(map(ex.rejected_mid_tree, plan.results)) >= N // 10  # accepted part-way, then rejected
-    assert sum(len(r.accepted_tokens) >= 3 for r in plan.results) >= N // 10  # paths of depth ≥ 3 accepted
+    outputs, _, verdicts = generate(tree_engine(models), case, N)
+    assert sum(map(ex.rejected_mid_tree, verdicts)) >= N // 10  # accepted part-way, then rejected
+    assert sum(len(r.accepted_tokens) >= 3 for r in verdicts) >= N // 10  # paths of depth ≥ 3 accepted
     ex.assert_exact(outputs, *ex.exact_pair(*models, case), models[0].vocab_size, MAX_TV)
 
 
 @pytest.mark.parametrize("case", ["T0.5", "T1-k6-p0.9", "T1.5"])
 def test_adaedl_output_is_exact_when_chains_stop_early(models, case):
-    outputs, rounds = generate(adaedl_engine(models, ADAEDL_LAMBDA[case]), case, N)
+    outputs, rounds, _ = generate(adaedl_engine(models, ADAEDL_LAMBDA[case]), case, N)
     rounds = chains(rounds)
     assert sum(r.stopped_early for r in rounds) >= N // 10  # the entropy rule ended chains before their limit
     assert sum(r.drafted == r.allowed >= 3 for r in rounds) >= N // 10  # and let others run to it
@@ -106,7 +106,7 @@ def test_a_verifier_that_skips_the_residual_fails(models, monkeypatch, family):
     the draft's likely tokens, and the same tests must catch it."""
     monkeypatch.setattr("verifier.rejection.residual", lambda p, q: p)
     monkeypatch.setattr("verifier.tree_verify.residual", lambda p, q: p)
-    engine = {"chain": lambda: chain_engine(models), "tree": lambda: tree_engine(models)[0],
+    engine = {"chain": lambda: chain_engine(models), "tree": lambda: tree_engine(models),
               "adaedl": lambda: adaedl_engine(models, ADAEDL_LAMBDA[BROKEN_CASE])}[family]()
-    outputs, _ = generate(engine, BROKEN_CASE, N_BROKEN)
+    outputs, _, _ = generate(engine, BROKEN_CASE, N_BROKEN)
     ex.assert_not_exact(outputs, ex.exact_pair(*models, BROKEN_CASE)[0], models[0].vocab_size)

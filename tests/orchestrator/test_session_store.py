@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.session_store import SessionStore
 from specgrove.errors import NotFound, Unavailable
-from specgrove.local_redis import LocalRedis
+from specgrove.local_redis import LocalRedis, free_port
 from specgrove.sampling import SamplingParams
 
 
@@ -76,3 +76,85 @@ def test_an_unreachable_redis_is_unavailable():
         await store.close()
 
     run(go())
+
+
+def test_committed_tokens_survive_a_crash_and_restart_of_redis(tmp_path):
+    """Append-only persistence: SIGKILL right after the commits were acknowledged, start again on
+    the same data directory, and every committed round is there; replays stay no-ops."""
+    server = LocalRedis(data_dir=tmp_path / "redis")
+
+    async def commit():
+        store = SessionStore(server.url)
+        sid = await store.create([1, 2, 3], SamplingParams(seed=5), 5, {"mode": "chain"})
+        for step, tokens in enumerate(([10, 11], [12], [13, 14, 15]), start=1):
+            assert (await store.append(sid, step, tokens, {"lambda": 0.4}, 4, len(tokens) - 1))[0] == step
+        await store.close()
+        return sid
+
+    async def after(sid):
+        store = SessionStore(server.url)
+        session = await store.load(sid)
+        replay = await store.append(sid, 3, [13, 14, 15], {}, 0, 0)
+        more = await store.append(sid, 4, [16], {}, 0, 0)
+        again = await store.load(sid)
+        await store.close()
+        return session, replay, more, again.tokens
+
+    try:
+        sid = run(commit())
+        server.kill()
+        server.restart()
+        session, replay, more, tokens = run(after(sid))
+    finally:
+        server.stop()
+    assert session.tokens == [10, 11, 12, 13, 14, 15] and session.step == 3 and session.prompt == [1, 2, 3]
+    assert session.controller == {"lambda": 0.4} and session.drafted == 12 and session.accepted == 3
+    assert replay == (3, False) and more == (4, False) and tokens == [10, 11, 12, 13, 14, 15, 16]
+
+
+def one_node_cluster(directory) -> LocalRedis:
+    """A real Redis Cluster of one node owning every slot: it refuses multi-key commands, MULTI
+    blocks and scripts whose keys hash to different slots (CROSSSLOT), as any cluster does."""
+    import redis
+
+    server = LocalRedis(port=free_port(below=65536 - 10000), data_dir=directory,  # its bus: port + 10000
+                        args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"))
+    client = redis.Redis(port=server.port)
+    client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
+    deadline = time.monotonic() + 10
+    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline, "the one-node cluster never came up"
+        time.sleep(0.05)
+    client.close()
+    return server
+
+
+def test_a_sessions_keys_share_one_slot_so_the_store_runs_on_redis_cluster(tmp_path):
+    import redis
+    from redis.crc import key_slot
+
+    from orchestrator.session_store import APPEND_SCRIPT
+
+    sid = "0123abcd"
+    keys = [SessionStore.key(sid), SessionStore.tokens_key(sid), SessionStore.owner_key(sid)]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    server = one_node_cluster(tmp_path / "cluster")
+
+    async def go():
+        store = SessionStore(server.url)
+        sid = await store.create([1, 2], SamplingParams(), 1, {})
+        assert await store.acquire(sid, "run-a")
+        assert await store.append(sid, 1, [7, 8], {}, 2, 1, owner="run-a") == (1, False)
+        session = await store.load(sid)
+        await store.release(sid, "run-a")
+        await store.close()
+        return session
+
+    try:
+        session = run(go())
+        untagged = ["sg:s:x", "sg:s:x:tok", "sg:s:x:owner"]  # the layout before hash tags: three slots
+        with pytest.raises(redis.exceptions.ResponseError, match="hash to the same slot"):  # CROSSSLOT
+            redis.Redis(port=server.port).eval(APPEND_SCRIPT, 3, *untagged, 1, b"", "{}", 60, 0, 0, "", 1000)
+    finally:
+        server.stop()
+    assert session.tokens == [7, 8] and session.step == 1

@@ -9,7 +9,6 @@ from drafter.model_drafter import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable
 from orchestrator.stop_policy import AdaEDLConfig, AdaEDLPolicy, HeuristicPolicy, MaxConfidencePolicy, make_policy
-from orchestrator.tree_plan import FixedTree
 from specgrove.budget import DraftBudget, entropy, entropy_bound
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.sampling import SamplingParams
@@ -97,11 +96,11 @@ def eager_adaedl(max_len):
 @pytest.mark.parametrize("tree", [False, True])
 def test_greedy_identity_under_adaedl(tiny_target, tiny_draft, tree):
     prompt_ids = tiny_target.encode("the cat sat on the mat")
-    plan = FixedTree(SequoiaTable([0.5, 0.2, 0.1]).shape(8, 4)) if tree else None
+    plan = SequoiaTable([0.5, 0.2, 0.1]).shape(8, 4) if tree else None
     engine = SpeculativeEngine(tiny_target, ModelDrafter(tiny_draft), draft_len=6, tree=plan, policy_factory=eager_adaedl)
     result = engine.generate(prompt_ids, SamplingParams(max_new_tokens=100))
     assert result.token_ids == hf_greedy(tiny_target, prompt_ids, 100)
-    full = plan.shape().size if tree else 6
+    full = plan.size if tree else 6
     assert any(r.num_drafted < full for r in result.rounds[:-1])  # AdaEDL really stopped drafting early
     assert all(r.lam is not None for r in result.rounds)
 

@@ -33,32 +33,50 @@ class LoopThread:
 class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 5000, auth_token: str | None = None,
-                 min_pass_ms: float = 0.0, **pipeline_options):
+                 min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, **pipeline_options):
+        """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
+        verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
+        ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``)."""
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
         from orchestrator.session_store import SessionStore
         from services.server import create_drafter_server, create_orchestrator_server, create_verifier_server
         from verifier.worker import VerifierWorker
 
-        self.verifier_worker = VerifierWorker(target, min_pass_ms=min_pass_ms)
-        self.verifier, vport = create_verifier_server("127.0.0.1:0", self.verifier_worker,
-                                                      auth_token=auth_token, link_delay_ms=link_delay_ms)
-        self.verifier.start()
+        self.verifier_workers, self.verifiers, addresses = [], [], []
+        for _ in range(verifiers):
+            worker = VerifierWorker(target, min_pass_ms=min_pass_ms)
+            server, vport = create_verifier_server("127.0.0.1:0", worker, auth_token=auth_token,
+                                                   link_delay_ms=link_delay_ms, tls=tls)
+            server.start()
+            self.verifier_workers.append(worker)
+            self.verifiers.append(server)
+            addresses.append(f"127.0.0.1:{vport}")
+        self.verifier_worker, self.verifier = self.verifier_workers[0], self.verifiers[0]
+        self.verifier_address, self.drafter_address = addresses[0], None
         self.drafter = None
-        drafters: tuple[str, ...] = ()
-        if drafter is not None:
-            self.drafter_worker = DrafterWorker(drafter)
-            self.drafter, dport = create_drafter_server("127.0.0.1:0", self.drafter_worker, auth_token=auth_token)
-            self.drafter.start()
-            drafters = (f"127.0.0.1:{dport}",)
+        self.drafter_workers, self.drafter_servers, drafter_addresses = [], [], []
+        for _ in range(drafters if drafter is not None else 0):
+            worker = DrafterWorker(drafter)
+            server, dport = create_drafter_server("127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
+                                                  verifiers=tuple(addresses))
+            server.start()
+            self.drafter_workers.append(worker)
+            self.drafter_servers.append(server)
+            drafter_addresses.append(f"127.0.0.1:{dport}")
+        if drafter_addresses:
+            self.drafter_worker, self.drafter = self.drafter_workers[0], self.drafter_servers[0]
+            self.drafter_address = drafter_addresses[0]
+        drafters = tuple(drafter_addresses)
         self.loop = LoopThread()
-        config = PipelineConfig(drafters, (f"127.0.0.1:{vport}",), mode=mode, draft_len=draft_len,
-                                draft_timeout_ms=draft_timeout_ms, auth_token=auth_token, **pipeline_options)
+        config = PipelineConfig(drafters, tuple(addresses), mode=mode, draft_len=draft_len,
+                                draft_timeout_ms=draft_timeout_ms, auth_token=auth_token, tls=tls, **pipeline_options)
 
         async def start():
             store = SessionStore(redis_url)
             self.pipeline = Pipeline(target, store, config)
-            server, port = await create_orchestrator_server("127.0.0.1:0", self.pipeline, auth_token=auth_token)
+            server, port = await create_orchestrator_server("127.0.0.1:0", self.pipeline, auth_token=auth_token,
+                                                            tls=tls)
             await server.start()
             return server, port
 
@@ -69,9 +87,10 @@ class InProcessStack:
         self.loop.run(self.server.stop(0))
         self.loop.run(self.pipeline.close())
         self.loop.stop()
-        self.verifier.stop(0)
-        if self.drafter is not None:
-            self.drafter.stop(0)
+        for server in self.verifiers:
+            server.stop(0)
+        for server in self.drafter_servers:
+            server.stop(0)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +98,13 @@ def redis_server():
     server = LocalRedis()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    from tests.pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

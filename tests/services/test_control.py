@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from drafter.model_drafter import ModelDrafter
+from orchestrator.session_store import SessionStore
 from specgrove.models import load_model
 from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
@@ -50,10 +51,10 @@ def wait_until_released(url: str, session_id: str, timeout: float = 20.0) -> int
 
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
-    while client.exists(f"sg:s:{session_id}:owner"):
+    while client.exists(SessionStore.owner_key(session_id)):
         assert time.monotonic() < deadline, "the server never stopped generating"
         time.sleep(0.05)
-    return int(client.hget(f"sg:s:{session_id}", "step"))
+    return int(client.hget(SessionStore.key(session_id), "step"))
 
 
 def test_a_client_cancel_stops_the_generation_and_leaves_it_resumable(long_target, redis_server):
@@ -66,6 +67,8 @@ def test_a_client_cancel_stops_the_generation_and_leaves_it_resumable(long_targe
         step = wait_until_released(redis_server.url, first.session_id)
         time.sleep(0.3)
         assert wait_until_released(redis_server.url, first.session_id) == step  # no round after the cancel
+        for worker in stack.verifier_workers + stack.drafter_workers:  # the workers freed its caches
+            assert first.session_id not in worker._sessions
         resumed = client.generate(session_id=first.session_id)
         expected = Client(stack.address).generate("my name is", max_new_tokens=200)
     finally:
@@ -94,8 +97,31 @@ def test_the_bearer_token_is_required_everywhere_but_health(tiny_target, redis_s
         stack.stop()
 
 
+def test_generations_over_the_limit_wait_in_a_queue_then_get_resource_exhausted(long_target, redis_server):
+    stack = InProcessStack(long_target, None, redis_server.url, max_sessions=1, queue_timeout_s=30, min_pass_ms=20)
+    try:
+        client = Client(stack.address)
+        first = client.stream("my name is", max_new_tokens=30)
+        next(first)  # running: it holds the only slot
+        queued = client.generate("the cat", max_new_tokens=5)  # waits for the slot, then runs
+        assert queued.finish_reason == "length" and len(list(first)) > 0
+    finally:
+        stack.stop()
+    stack = InProcessStack(long_target, None, redis_server.url, max_sessions=1, queue_timeout_s=0.2, min_pass_ms=20)
+    try:
+        client = Client(stack.address)
+        first = client.stream("my name is", max_new_tokens=60)
+        next(first)
+        with pytest.raises(grpc.RpcError) as err:
+            client.generate("the cat", max_new_tokens=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "within 0.2 s" in err.value.details()
+        first.cancel()
+    finally:
+        stack.stop()
+
+
 def test_the_session_limit_gives_resource_exhausted(tiny_target, redis_server):
-    stack = InProcessStack(tiny_target, None, redis_server.url, max_sessions=0)
+    stack = InProcessStack(tiny_target, None, redis_server.url, max_sessions=0, queue_timeout_s=0)
     try:
         with pytest.raises(grpc.RpcError) as err:
             Client(stack.address).generate("my name is", max_new_tokens=4)

@@ -10,6 +10,8 @@ import pytest
 from drafter.model_drafter import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
+from orchestrator.rounds import Speculation
+from orchestrator.stop_policy import make_policy
 from specgrove.sampling import SamplingParams
 from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack
@@ -47,6 +49,29 @@ def test_greedy_output_through_the_pipeline_equals_the_in_process_engine(
         assert out.usage["num_accepted_tokens"] > 0
     if mode == "ar":
         assert out.usage["num_draft_tokens"] == 0
+
+
+@pytest.mark.parametrize("mode", ["chain", "tree"])
+def test_seeded_sampling_gives_the_same_tokens_in_process_and_served(mode, tiny_target, tiny_draft, redis_server):
+    """One round core: with the same seed, draft, plan and AdaEDL policy, the in-process engine and
+    the gRPC pipeline draw the same random numbers per round and emit the same tokens (T = 1)."""
+    ids = tiny_target.encode(PROMPT)
+    spec = Speculation("tree", tree_budget=8, tree_depth=4) if mode == "tree" else Speculation("chain", 4)
+    engine = SpeculativeEngine(tiny_target, ModelDrafter(tiny_draft), speculation=spec,
+                               policy_factory=lambda n: make_policy("adaedl", n))
+    stack = InProcessStack(tiny_target, ModelDrafter(tiny_draft), redis_server.url, mode=mode, draft_len=4)
+    try:
+        client, drafted = Client(stack.address), 0
+        for seed in range(3):
+            local = engine.generate(ids, SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_new_tokens=40))
+            served = client.generate(token_ids=ids, temperature=1.0, top_p=0.9, seed=seed, max_new_tokens=40,
+                                     tree_budget=spec.tree_budget, tree_depth=spec.tree_depth)
+            assert served.token_ids == local.token_ids
+            assert [c.stats.num_drafted for c in served.chunks] == [r.num_drafted for r in local.rounds]
+            drafted += sum(r.num_drafted for r in local.rounds)
+    finally:
+        stack.stop()
+    assert drafted > 0
 
 
 @pytest.mark.parametrize("spec", [{"mode": "chain", "draft_len": 3}, {"mode": "tree", "tree_budget": 6, "tree_depth": 3}])

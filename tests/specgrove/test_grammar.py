@@ -18,7 +18,6 @@ import torch
 from drafter.model_drafter import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.stop_policy import make_policy
-from orchestrator.tree_plan import FixedTree
 from orchestrator.sequoia import TreeShape
 from specgrove.errors import InvalidArgument
 from specgrove.grammar import Constraint, GrammarSpec
@@ -65,7 +64,7 @@ def engines(target, draft):
         "chain-k4": SpeculativeEngine(target, ModelDrafter(draft), draft_len=4),
         "adaedl": SpeculativeEngine(target, ModelDrafter(draft), draft_len=6,
                                     policy_factory=lambda k: make_policy("adaedl", k, 0.2, 0.5)),
-        "tree": SpeculativeEngine(target, ModelDrafter(draft), tree=FixedTree(TREE)),
+        "tree": SpeculativeEngine(target, ModelDrafter(draft), tree=TREE),
     }
 
 

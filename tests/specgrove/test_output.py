@@ -71,3 +71,30 @@ def test_incomplete_utf8_is_held_back():
     assert output.release() == "a"
     output.add(2)
     assert output.release() == "é"
+
+
+def test_incremental_decoding_streams_exactly_the_full_decode():
+    """Byte-level tokens that split multi-byte characters, and a SentencePiece-style decoder that
+    drops the leading space of the whole text: streaming (decoding only the new tokens with a
+    little context) gives exactly the text of decoding everything at once."""
+    import random
+
+    pieces = [b"a", b" b", b"\xc3", b"\xa9", b"\xe2\x82", b"\xac", b" ", b"cd", b"\xf0\x9f", b"\x98\x80"]
+
+    def byte_level(ids):
+        return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    def sentencepiece_like(ids):
+        text = byte_level(ids)
+        return text[1:] if text.startswith(" ") else text
+
+    rng = random.Random(0)
+    for decode_fn in (byte_level, sentencepiece_like):
+        for _ in range(200):
+            ids = [rng.randrange(len(pieces)) for _ in range(rng.randrange(1, 30))]
+            output = GenerationOutput(decode_fn, frozenset(), SamplingParams(max_new_tokens=len(ids)))
+            streamed = ""
+            for token in ids:
+                output.add(token)
+                streamed += output.release()  # what was streamed is never taken back:
+            assert streamed == output.text == decode_fn(ids)  # the pieces join into the full decode

@@ -35,7 +35,8 @@ def test_summarise_and_ratios():
     assert spec["speedup_vs_ar"] == 2.0 and base["speedup_vs_ar"] == 1.0
     assert spec["spec_decode_num_drafts"] == 4  # the round with 0 drafted tokens is no draft
     assert spec["spec_decode_num_draft_tokens"] == 16 and spec["spec_decode_num_accepted_tokens"] == 10
-    assert spec["spec_decode_acceptance_length"] == pytest.approx((10 + 5) / 5)  # 5 verify passes
+    assert spec["spec_decode_acceptance_length"] == pytest.approx(1 + 10 / 4)  # vLLM's: per drafting round
+    assert spec["tokens_per_round"] == pytest.approx((10 + 5) / 5)  # 5 verify passes, the K = 0 one too
     assert spec["spec_decode_acceptance_rate"] == pytest.approx(10 / 16)
     assert spec["median_tpot_ms"] == pytest.approx(1000 * statistics_median([0.9 / 9, 0.9 / 29]), abs=1e-3)
     assert base["spec_decode_acceptance_length"] is None
@@ -116,3 +117,13 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     assert split["rounds"] > 0 and split["median_tree_bytes"] > 0
     assert split["median_verify_ms"] > 0 and split["median_round_ms"] >= split["median_verify_ms"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_load_record_divides_every_token_by_the_wall_time():
+    from specgrove_apps.bench_metrics import summarise_concurrent
+
+    samples = [Sample(str(i), [1] * 10, elapsed_s=1.0, ttft_s=0.1 * (i + 1)) for i in range(4)]
+    record = summarise_concurrent("grpc-chain-k4", 4, samples, wall_s=2.0)  # 4 clients overlapped: 2 s in all
+    assert record["output_throughput"] == 20.0  # 40 tokens / 2 s, not / the 4 s of summed latencies
+    assert record["p50_ttft_ms"] == 300.0 and record["p99_ttft_ms"] == 400.0
+    assert record["concurrency"] == 4 and record["completed"] == 4

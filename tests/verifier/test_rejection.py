@@ -139,10 +139,12 @@ def test_negative_control_draft_sampled_from_other_q_is_detected():
     assert chi_square_p_value(first, p[0]) < NEGATIVE_ALPHA
 
 
-def test_greedy_fast_path_equals_verify_chain_on_one_hot_distributions():
-    """verify_chain_greedy (argmax only) gives exactly what verify_chain gives on one-hot p and q."""
+def test_the_tree_walk_on_a_chain_equals_the_chain_rule_at_temperature_0():
+    """The served path verifies a chain as a width-one tree; at T = 0 (one-hot p and q) it must
+    give exactly what the chain rule gives."""
     from specgrove.sampling import SamplingParams, warp
-    from verifier.rejection import verify_chain_greedy
+    from specgrove.tree import TokenTree
+    from verifier.tree_verify import verify_tree
 
     torch.manual_seed(0)
     greedy = SamplingParams()
@@ -155,4 +157,6 @@ def test_greedy_fast_path_equals_verify_chain_on_one_hot_distributions():
         q = torch.nn.functional.one_hot(torch.tensor(tokens, dtype=torch.long), vocab).float().reshape(k, vocab)
         verdict = verify_chain(warp(logits, greedy)[None], q[None], torch.tensor([tokens], dtype=torch.long).reshape(1, k),
                                torch.Generator().manual_seed(case))
-        assert verify_chain_greedy(logits, tokens) == (int(verdict.num_accepted[0]), int(verdict.next_token[0]))
+        tree = TokenTree.from_lists(tokens, list(range(-1, k - 1)))
+        walk = verify_tree(tree, logits, True, torch.Generator().manual_seed(case))
+        assert (len(walk.accepted_tokens), walk.next_token) == (int(verdict.num_accepted[0]), int(verdict.next_token[0]))

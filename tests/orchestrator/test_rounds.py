@@ -1,0 +1,116 @@
+"""The round core (orchestrator/rounds.py), driven by hand: what a round drafts under the budget
+left, how a verdict becomes tokens, stop rules and policy updates, and the one validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.acceptance import AcceptanceStats
+from orchestrator.round_planner import LinkStats
+from orchestrator.rounds import SessionRounds, Speculation, check_request, planner_for
+from orchestrator.sequoia import SequoiaTable, TreeShape
+from orchestrator.stop_policy import AdaEDLPolicy, StaticPolicy
+from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.output import GenerationOutput
+from specgrove.sampling import SamplingParams
+from specgrove.tree import VerifyResult
+
+EOS = 99
+TREE = SequoiaTable([0.5, 0.2, 0.1]).shape(8, 4)
+
+
+def session(spec: Speculation, max_new_tokens: int = 10, policy=None, **params) -> SessionRounds:
+    output = GenerationOutput(lambda ids: " ".join(map(str, ids)), frozenset({EOS}),
+                              SamplingParams(max_new_tokens=max_new_tokens, **params))
+    planner = planner_for(spec, LinkStats(), AcceptanceStats([0.5, 0.2, 0.1]))
+    return SessionRounds(spec, output, planner, policy or StaticPolicy(spec.max_len))
+
+
+def verdict(accepted: list[int], next_token: int, width: int = 1) -> VerifyResult:
+    return VerifyResult(list(range(len(accepted))), accepted, next_token, [1] * len(accepted) + [0],
+                        [width] * (len(accepted) + 1))
+
+
+def test_a_chain_round_drafts_no_more_than_the_tokens_left_to_emit():
+    core = session(Speculation("chain", 6), max_new_tokens=4)
+    plan = core.plan()
+    assert plan.step == 1 and plan.shape == TreeShape.chain(3) and plan.budget.max_len == 3  # 4 left: 3 + 1
+    outcome = core.commit(plan, verdict([5, 6], 7), drafted=3, depth=3)
+    assert outcome.emitted == [5, 6, 7] and outcome.index == 0 and outcome.accepted == 2
+    last = core.plan()
+    assert last.step == 2 and last.shape is None  # one token left: a plain step, nothing to draft
+    outcome = core.commit(last, verdict([], 8), drafted=0, depth=0)
+    assert outcome.emitted == [8] and outcome.finish_reason == "length" and core.finish_reason == "length"
+
+
+def test_a_chain_round_tells_the_drafter_what_its_verify_pass_costs():
+    core = session(Speculation("chain", 4), max_new_tokens=20)
+    plan = core.plan()
+    link = core.planner.link  # the planner's verify-cost curve (a calibration's, or the prior)
+    assert plan.budget.min_gain == pytest.approx(link.ratio(5) - 1) and plan.budget.min_gain > 0
+
+
+def test_a_tree_round_keeps_only_the_levels_the_budget_allows():
+    core = session(Speculation("tree", shape=TREE), max_new_tokens=3)
+    plan = core.plan()
+    assert TREE.depth == 4 and plan.shape.depth == 2 and plan.budget.max_len == 2
+    assert plan.shape.size == sum(d <= 2 for d in TREE.depths)
+    assert all(p < i for i, p in enumerate(plan.shape.parents))  # a valid tree, parents first
+
+
+def test_a_stop_rule_cuts_the_verdict_and_the_policy_learns():
+    policy = AdaEDLPolicy(4)
+    core = session(Speculation("chain", 4), max_new_tokens=20, policy=policy)
+    plan = core.plan()
+    assert plan.budget.gamma is not None  # AdaEDL's entropy rule reaches the drafter
+    lam = policy.lam
+    outcome = core.commit(plan, verdict([5], 6), drafted=4, depth=4)  # 1 of 4 accepted: below α* = 0.5
+    assert policy.lam > lam  # λ rises: chains will stop sooner
+    plan = core.plan()
+    outcome = core.commit(plan, verdict([7, EOS, 8], 9), drafted=4, depth=4)
+    assert outcome.emitted == [7, EOS] and outcome.finish_reason == "eos" and outcome.index == 2
+    with pytest.raises(AssertionError):
+        core.plan()  # finished
+
+
+def test_commit_takes_rounds_in_order_only():
+    core = session(Speculation("chain", 2))
+    plan = core.plan()
+    core.commit(plan, verdict([], 1), drafted=2, depth=2)
+    with pytest.raises(AssertionError):
+        core.commit(plan, verdict([], 1), drafted=2, depth=2)  # the same round twice
+
+
+def test_a_resumed_session_continues_its_step_count():
+    output = GenerationOutput(str, frozenset(), SamplingParams(max_new_tokens=10))
+    spec = Speculation("ar")
+    core = SessionRounds(spec, output, planner_for(spec, LinkStats(), AcceptanceStats([0.5])), StaticPolicy(0), step=7)
+    assert core.plan().step == 8
+
+
+def test_speculation_is_validated_once_for_both_loops():
+    assert Speculation("chain", 0).validated().mode == "ar"
+    assert Speculation("tree").validated(can_draft=False).mode == "ar"  # no drafter deployed
+    assert Speculation.from_dict({"mode": "", "draft_len": None}, "tree", 5) == Speculation("tree", 5)
+    assert Speculation.from_dict(Speculation("chain", 3).to_dict()) == Speculation("chain", 3)
+    with pytest.raises(InvalidArgument, match="speculation.mode"):
+        Speculation("beam").validated()
+    with pytest.raises(OutOfRange, match="speculation.draft_len"):
+        Speculation("chain", 33).validated()
+    with pytest.raises(OutOfRange, match="speculation.tree_budget"):
+        Speculation("tree", tree_budget=0).validated()
+    with pytest.raises(OutOfRange, match="speculation.tree_depth"):
+        Speculation("tree", tree_depth=13).validated()
+    with pytest.raises(InvalidArgument, match="tree mode needs a draft model"):
+        Speculation("tree").validated(grows_trees=False)
+
+
+def test_check_request_counts_the_draft_margin():
+    params = SamplingParams(max_new_tokens=10)
+    check_request([1] * 40, params, Speculation("chain", 4), vocab_size=50, max_positions=54)
+    with pytest.raises(OutOfRange, match="40 prompt tokens \\+ max_new_tokens 10 \\+ draft margin 5 = 55"):
+        check_request([1] * 40, params, Speculation("chain", 5), vocab_size=50, max_positions=54)
+    with pytest.raises(OutOfRange, match="draft margin 8"):
+        check_request([1] * 40, params, Speculation("tree", shape=TREE), vocab_size=50, max_positions=54)
+    with pytest.raises(OutOfRange, match="token ids"):
+        check_request([50], params, Speculation("ar"), vocab_size=50, max_positions=54)

@@ -1,0 +1,49 @@
+"""Workers fence rounds by step: an abandoned call for an older round (an orchestrator that timed
+out and moved on) must not move a cache a newer round owns; a retry of the same round is served."""
+
+from __future__ import annotations
+
+import pytest
+
+from drafter.model_drafter import ModelDrafter, tree_from_levels
+from drafter.worker import DrafterWorker
+from orchestrator.sequoia import TreeShape
+from specgrove.budget import DraftBudget
+from specgrove.errors import StaleRound
+from specgrove.sampling import SamplingParams
+from specgrove.tree import VerifyResult
+from verifier.worker import VerifierWorker, empty_tree
+
+PARAMS = SamplingParams(max_new_tokens=8)
+CHAIN = list(TreeShape.chain(3).parents)
+
+
+def test_the_verifier_refuses_an_older_round_and_serves_a_retry(tiny_target):
+    worker = VerifierWorker(tiny_target, keep_features=False)
+    context = tiny_target.encode("the cat sat")
+    first, _, _ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())
+    again, _, _ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())  # a retry of round 2
+    assert again.next_token == first.next_token
+    worker.verify("s", 3, context + [first.next_token], PARAMS, 0, empty_tree())
+    with pytest.raises(StaleRound, match="round 2 is older than round 3"):
+        worker.verify("s", 2, context, PARAMS, 0, empty_tree())
+    assert worker.verify("other", 1, context, PARAMS, 0, empty_tree())[0].next_token == first.next_token
+
+
+def test_the_drafter_stops_an_overtaken_round_and_ignores_its_verdict(tiny_target, tiny_draft):
+    worker = DrafterWorker(ModelDrafter(tiny_draft))
+    context = tiny_target.encode("the cat sat")
+    stale = worker.levels("s", 1, context, PARAMS, 0, CHAIN, DraftBudget(3))
+    next(stale)  # round 1 drew its first level, then the orchestrator gave up on it
+    fresh = tree_from_levels(list(worker.levels("s", 2, context, PARAMS, 0, CHAIN, DraftBudget(3))))
+    assert fresh.size == 3
+    with pytest.raises(StaleRound, match="round 1 was overtaken by round 2"):
+        next(stale)  # it draws nothing more on the cache round 2 now owns
+    with pytest.raises(StaleRound, match="round 1 is older than round 2"):
+        next(worker.levels("s", 1, context, PARAMS, 0, CHAIN, DraftBudget(3)))
+    session = worker._sessions["s"]
+    cached = list(session.sequence.node_tokens)
+    worker.accept("s", 1, VerifyResult([], [], 0, [0], [1]))  # round 1's late verdict: ignored
+    assert session.sequence.node_tokens == cached
+    worker.accept("s", 2, VerifyResult([0, 1], fresh.tokens[:2].tolist(), 0, [1, 1, 0], [1, 1, 1]))
+    assert session.sequence.node_tokens == [] and session.sequence.tokens == context + fresh.tokens[:2].tolist()

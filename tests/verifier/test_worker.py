@@ -1,0 +1,23 @@
+"""The verifier worker's KV budget: past it, least recently used sessions are evicted, and an
+evicted session's next round re-prefills from its context with the same result."""
+
+from __future__ import annotations
+
+from specgrove.sampling import SamplingParams
+from verifier.worker import VerifierWorker, empty_tree
+
+PARAMS = SamplingParams(max_new_tokens=8)
+
+
+def test_sessions_past_the_kv_budget_are_evicted_and_re_prefill(tiny_target):
+    budgeted = VerifierWorker(tiny_target, keep_features=False, max_kv_tokens=30)
+    free = VerifierWorker(tiny_target, keep_features=False)
+    a, b = tiny_target.encode("the cat sat on the mat"), tiny_target.encode("a b c d e f g")
+    assert len(a) + len(b) > 30
+    for worker in (budgeted, free):
+        worker.verify("a", 1, a, PARAMS, 0, empty_tree())
+        worker.verify("b", 1, b, PARAMS, 0, empty_tree())
+    assert list(budgeted._sessions) == ["b"] and list(free._sessions) == ["a", "b"]  # "a" was least recent
+    assert budgeted.metrics.registry.get_sample_value("specgrove:kv_cache_evictions_total") == 1
+    again = budgeted.verify("a", 2, a + [5], PARAMS, 0, empty_tree())[0]  # re-prefilled from its context
+    assert again.next_token == free.verify("a", 2, a + [5], PARAMS, 0, empty_tree())[0].next_token
