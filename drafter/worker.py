@@ -11,6 +11,7 @@ from typing import Iterator
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.errors import StaleRound
+from specgrove.fence import ReleasedRuns
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator
@@ -30,6 +31,7 @@ class DrafterWorker:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, object] = OrderedDict()
         self._steps: dict[str, int] = {}  # session -> its latest round here
+        self._released = ReleasedRuns()
         self.lock = threading.RLock()  # one forward pass at a time on this model
         self.metrics = WorkerMetrics("draft", max_sessions)
 
@@ -40,15 +42,16 @@ class DrafterWorker:
 
     def levels(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
-        shape_parents: list[int], budget: DraftBudget, fetch_features=None, output_start: int = 0,
+        shape_parents: list[int], budget: DraftBudget, fetch_features=None, output_start: int = 0, run: str = "",
     ) -> Iterator[Level]:
         """The round's tree, one level at a time (draw each level under ``lock``: the model is shared;
         one session's rounds never overlap, the orchestrator runs them in order).
 
         fetch_features(start) -> (start, features [n, H]): the target's features of context[start:−1],
         asked of the verifier when a feature-level draft lacks them (fresh worker, plain rounds).
-        A round older than the session's latest is refused (StaleRound), as by the verifier."""
-        session = self._session(session_id, step)
+        A round older than the session's latest is refused (StaleRound), as by the verifier, and
+        so is a round of a released ``run``."""
+        session = self._session(session_id, step, run)
         if params.grammar is not None and getattr(session, "constraint", False) is None:
             session.constraint = for_session(params.grammar, getattr(self.text, "tokenizer", None), self.vocab_size,
                                              output_start)
@@ -58,9 +61,11 @@ class DrafterWorker:
         if isinstance(self.drafter, ModelDrafter):
             for level in session.grow_levels(context, shape_parents, params, generator, budget):
                 yield level
-                if self._steps.get(session_id) != step:  # a newer round took the session: draw no more
-                    raise StaleRound(f"session {session_id}: round {step} was overtaken by round "
-                                     f"{self._steps.get(session_id)}")
+                latest = self._steps.get(session_id)
+                if latest is None:  # released meanwhile: draw no more
+                    raise StaleRound(f"session {session_id}: round {step} was released here mid-round")
+                if latest != step:  # a newer round took the session: draw no more
+                    raise StaleRound(f"session {session_id}: round {step} was overtaken by round {latest}")
             return
         depth = min(budget.max_len, max(depths_of(shape_parents), default=0))
         tokens = session.propose(context, depth, params, generator, budget)
@@ -84,13 +89,17 @@ class DrafterWorker:
         session = self._sessions.get(session_id)
         return session.feature_count() if session is not None and self.needs_features else 0
 
-    def release(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
-        self._steps.pop(session_id, None)
-        self.metrics.record_cache(len(self._sessions), 0)
-
-    def _session(self, session_id: str, step: int):
+    def release(self, session_id: str, run: str = "") -> None:
+        """Free the session's cache; with ``run``, also refuse that run's rounds still in flight."""
         with self.lock:
+            self._released.add(session_id, run)
+            self._sessions.pop(session_id, None)
+            self._steps.pop(session_id, None)
+            self.metrics.record_cache(len(self._sessions), 0)
+
+    def _session(self, session_id: str, step: int, run: str = ""):
+        with self.lock:
+            self._released.check(session_id, run, step)
             if step < self._steps.get(session_id, 0):
                 raise StaleRound(f"session {session_id}: round {step} is older than round "
                                  f"{self._steps[session_id]}, already drafted here")

@@ -200,7 +200,7 @@ class Pipeline:
         finally:
             self._free()
             if run.place is not None:  # on every end, a client's disconnect included
-                asyncio.ensure_future(self._release_workers(run.session.id, run.place.drafter, run.place.verifier))
+                asyncio.ensure_future(self._release_workers(run, run.place.drafter, run.place.verifier))
             try:
                 await asyncio.shield(self.store.release(run.session.id, run.token))
             except Exception:  # noqa: BLE001 - Redis may be the thing that failed
@@ -325,7 +325,7 @@ class Pipeline:
         s, drafter = run.session, place.drafter
         round_pb = speculate_pb2.RoundContext(session_id=s.id, step=plan.step, context=codec.pack_ids(context),
                                               sampling=codec.params_to_pb(s.params), seed=s.seed,
-                                              output_start=len(s.prompt))
+                                              output_start=len(s.prompt), run=run.token)
         shape = plan.shape
         if drafter and not self._live(drafter):
             drafter = place.drafter = self._next_live(self.config.drafters, drafter)  # move if one is live
@@ -406,9 +406,10 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - Redis may be down too; the commit renews it later
             pass
 
-    async def _release_workers(self, session_id: str, drafter: str, verifier: str) -> None:
-        """Free the finished session's KV caches on the workers (best effort; LRU evicts otherwise)."""
-        request = speculate_pb2.ReleaseRequest(session_id=session_id)
+    async def _release_workers(self, run: _Run, drafter: str, verifier: str) -> None:
+        """Free the finished run's KV caches on the workers, and fence its rounds still in flight
+        (best effort; LRU evicts otherwise)."""
+        request = speculate_pb2.ReleaseRequest(session_id=run.session.id, run=run.token)
         calls = [speculate_pb2_grpc.VerifierStub(self._channel(verifier)).Release(request, timeout=2, metadata=self._auth)]
         if drafter:
             calls.append(speculate_pb2_grpc.DrafterStub(self._channel(drafter)).Release(request, timeout=2,

@@ -49,7 +49,8 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
 
     def Features(self, request, context):
         start = request.features_from if request.HasField("features_from") else 0
-        features = self.worker.prefix_features(request.session_id, codec.unpack_ids(request.context), start)
+        features = self.worker.prefix_features(request.session_id, codec.unpack_ids(request.context), start,
+                                               request.run)
         return codec.features_to_pb(features, start)
 
     def _verify(self, header, tree):
@@ -58,6 +59,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
             result, verify_ms, features = self.worker.verify(
                 header.session_id, header.step, codec.unpack_ids(header.context),
                 codec.params_from_pb(header.sampling), header.seed, tree, features_from, header.output_start,
+                header.run,
             )
         reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
         reply.timing.verify_ms = verify_ms
@@ -66,7 +68,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         return reply
 
     def Release(self, request, context):
-        self.worker.release(request.session_id)
+        self.worker.release(request.session_id, request.run)
         return speculate_pb2.ReleaseReply()
 
     def Info(self, request, context):
@@ -110,7 +112,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             fetch = self._feature_fetcher(verifier, r, context, timing)
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
                                     list(request.plan.shape_parents), codec.budget_from_pb(request.plan), fetch,
-                                    r.output_start)
+                                    r.output_start, r.run)
         started = time.perf_counter()
         timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
                                 context.time_remaining()) if t is not None]
@@ -121,7 +123,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
     def _feature_fetcher(self, verifier, r, context, timing: dict):
         def fetch(start: int):  # the target's features of context[start:−1], asked of the verifier
             ask = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=r.context,
-                                             features_from=start)
+                                             features_from=start, run=r.run)
             block = verifier.Features(ask, timeout=context.time_remaining(),
                                       metadata=telemetry.inject_metadata() + self._auth)
             timing["feature_bytes"] += block.ByteSize()
@@ -163,7 +165,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         return reply
 
     def Release(self, request, context):
-        self.worker.release(request.session_id)
+        self.worker.release(request.session_id, request.run)
         return speculate_pb2.ReleaseReply()
 
     def Info(self, request, context):

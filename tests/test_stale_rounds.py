@@ -47,3 +47,31 @@ def test_the_drafter_stops_an_overtaken_round_and_ignores_its_verdict(tiny_targe
     assert session.sequence.node_tokens == cached
     worker.accept("s", 2, VerifyResult([0, 1], fresh.tokens[:2].tolist(), 0, [1, 1, 0], [1, 1, 1]))
     assert session.sequence.node_tokens == [] and session.sequence.tokens == context + fresh.tokens[:2].tolist()
+
+
+def test_a_released_run_cannot_reopen_a_cache_but_a_resumed_run_can(tiny_target, tiny_draft):
+    """The client cancels mid-round: the run's Release may reach a worker before that round does."""
+    context = tiny_target.encode("the cat sat")
+    verifier = VerifierWorker(tiny_target, keep_features=False)
+    drafter = DrafterWorker(ModelDrafter(tiny_draft))
+    verifier.release("s", run="first")
+    drafter.release("s", run="first")
+    with pytest.raises(StaleRound, match="round 3 came after its run was released here"):
+        verifier.verify("s", 3, context, PARAMS, 0, empty_tree(), run="first")
+    with pytest.raises(StaleRound, match="round 3 came after its run was released here"):
+        next(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="first"))
+    with pytest.raises(StaleRound, match="came after its run was released here"):
+        verifier.prefix_features("s", context, 0, run="first")
+    assert "s" not in verifier._sessions and "s" not in drafter._sessions  # nothing left to free
+    verifier.verify("s", 3, context, PARAMS, 0, empty_tree(), run="resumed")  # the session resumed: a new run
+    assert len(list(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="resumed"))) == 3
+
+
+def test_a_release_mid_round_stops_the_draft_and_leaves_no_cache(tiny_target, tiny_draft):
+    worker = DrafterWorker(ModelDrafter(tiny_draft))
+    levels = worker.levels("s", 2, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3), run="r")
+    next(levels)
+    worker.release("s", run="r")
+    with pytest.raises(StaleRound, match="round 2 was released here mid-round"):
+        next(levels)
+    assert "s" not in worker._sessions

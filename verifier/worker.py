@@ -10,6 +10,7 @@ from collections import OrderedDict
 import torch
 
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
+from specgrove.fence import ReleasedRuns
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
 from specgrove.models import CausalLM
@@ -36,24 +37,27 @@ class VerifierWorker:
         self.max_sessions = max_sessions
         self.min_pass_ms = min_pass_ms
         self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
+        self._released = ReleasedRuns()
         self._lock = threading.Lock()  # one forward pass at a time on this model
         self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int, tree: TokenTree,
-        features_from: int | None = None, output_start: int = 0,
+        features_from: int | None = None, output_start: int = 0, run: str = "",
     ) -> tuple[VerifyResult, float, torch.Tensor | None]:
         """(result, verify milliseconds, features). A fresh or restarted worker prefills from
         `context`. features_from: also return the target's features of the confirmed tokens from
         that index to the last accepted one ([len(context) + accepted − features_from, H]).
         output_start: where the output begins in context (a grammar in params constrains it).
         A round older than the session's latest is refused (StaleRound): an abandoned call must
-        not move a cache a newer round owns; the same round again (a retry) is served."""
+        not move a cache a newer round owns; the same round again (a retry) is served. So is a
+        round of a released ``run`` (see specgrove.fence)."""
         self.check(context, tree)
         self.metrics.waiting.inc()
         with self._lock:
             self.metrics.waiting.dec()
             start = time.perf_counter()
+            self._released.check(session_id, run, step)
             session = self._session(session_id)
             if step < session.step:
                 raise StaleRound(f"session {session_id}: round {step} is older than round {session.step}, "
@@ -75,12 +79,13 @@ class VerifierWorker:
             self._record_cache(self._evict(keep=session_id))
             return result, elapsed * 1000, features
 
-    def prefix_features(self, session_id: str, context: list[int], start: int) -> torch.Tensor:
+    def prefix_features(self, session_id: str, context: list[int], start: int, run: str = "") -> torch.Tensor:
         """The target's features of context[start : len(context) − 1] ([n, H]); prefills as needed."""
         self.check(context, empty_tree())
         if not 0 <= start <= len(context) - 1:
             raise OutOfRange("features_from", f"must be in [0, {len(context) - 1}], got {start}")
         with self._lock:
+            self._released.check(session_id, run, 0)
             session = self._session(session_id)
             if len(session.sequence.tokens) < len(context) - 1 or session.sequence.tokens[:len(context) - 1] != context[:-1]:
                 session.sequence.logits_for(context, num_logits=1)
@@ -99,8 +104,10 @@ class VerifierWorker:
             raise OutOfRange("context", f"{len(context)} tokens + {tree.size} nodes exceed the target's "
                                         f"context of {self.model.max_positions}")
 
-    def release(self, session_id: str) -> None:
+    def release(self, session_id: str, run: str = "") -> None:
+        """Free the session's cache; with ``run``, also refuse that run's rounds still in flight."""
         with self._lock:
+            self._released.add(session_id, run)
             self._sessions.pop(session_id, None)
             self._record_cache()
 

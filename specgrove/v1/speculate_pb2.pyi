@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RoundContext(_message.Message):
-    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from", "output_start")
+    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from", "output_start", "run")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class RoundContext(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FROM_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_START_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     context: bytes
@@ -23,7 +24,8 @@ class RoundContext(_message.Message):
     seed: int
     features_from: int
     output_start: int
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ..., output_start: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ..., output_start: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class FeatureBlock(_message.Message):
     __slots__ = ("start", "dim", "fp16")
@@ -124,10 +126,12 @@ class RoundReply(_message.Message):
     def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "run")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    run: str
+    def __init__(self, session_id: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
 
 class ReleaseReply(_message.Message):
     __slots__ = ()
