@@ -197,15 +197,18 @@ class SpeculativeEngine:
             def fetch(start: int):
                 return start, self.verifier.prefix_features(session_id, context, start)
 
-            levels = list(self.drafts.levels(session_id, plan.step, context, params, seed, list(plan.shape.parents),
-                                             plan.budget, fetch if feeds else None, output_start))
+            with self.drafts.lock:  # generations on other threads share the draft model
+                levels = list(self.drafts.levels(session_id, plan.step, context, params, seed,
+                                                 list(plan.shape.parents), plan.budget, fetch if feeds else None,
+                                                 output_start))
             tree, depth = tree_from_levels(levels), len(levels)
         draft_ms = (time.perf_counter() - t0) * 1000
         features_from = len(context) - 1 if feeds and tree.size else None
         verdict, verify_ms, features = self.verifier.verify(session_id, plan.step, context, params, seed, tree,
                                                             features_from, output_start)
         if tree.size:
-            self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)
+            with self.drafts.lock:
+                self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)
             self.link.observe_tree(draft_ms + verify_ms, draft_ms, verify_ms, tree.size, depth, 0)
         else:
             self.link.observe_plain(verify_ms, verify_ms)

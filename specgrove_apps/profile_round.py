@@ -93,10 +93,18 @@ def instrument(clock: Clock, target) -> None:
     models.CausalLM.forward, models.CausalLM.forward_features = forward, forward_features
     clock.wrap(models.CachedSequence, "keep_path", "cache")
     clock.wrap(models.CachedSequence, "_sync", "cache")
-    import verifier.target as target_side
+    try:  # the checkout before the batched verifier
+        import verifier.target as target_side
 
-    for attr in ("verify", "verify_tree"):
-        clock.wrap(target_side.TargetSession, attr, "verify")
+        for attr in ("verify", "verify_tree"):
+            clock.wrap(target_side.TargetSession, attr, "verify")
+    except ImportError:
+        import verifier.batched as batched
+        import verifier.worker as verifier_worker
+
+        clock.wrap(batched.BatchedTarget, "forward", "target_forward")
+        clock.wrap(batched.BatchedTarget, "keep_path", "cache")
+        clock.wrap(verifier_worker.VerifierWorker, "_finish", "verify")
     try:
         import drafter.worker as drafter_worker
 

@@ -1,44 +1,83 @@
-"""The verifier worker's logic, free of gRPC: per-session target KV caches (LRU), one verify
-pass per round on a tree received level by level, or one plain decoding step (K = 0)."""
+"""The verifier worker's logic, free of gRPC: per-session target KV caches (slots of one batched
+cache, LRU), and every round that is waiting verified together in one forward pass
+(continuous batching): a verify pass on a tree received level by level, a plain decoding step
+(K = 0), or a prefill.
+
+Batching needs no scheduler thread: the caller that finds the model free becomes the **leader**,
+takes every waiting round (one per session) and runs them as one pass while later callers wait;
+then it hands over to one of them. A lone round runs at once, so one session pays nothing."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
 from specgrove.fence import ReleasedRuns
-from specgrove.grammar import for_session
+from specgrove.grammar import Constraint, constrain, for_session
 from specgrove.metrics import WorkerMetrics
-from specgrove.models import CausalLM
-from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator
+from specgrove.models import CausalLM, common_prefix_length
+from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator, warp
 from specgrove.tree import TokenTree, VerifyResult
-from verifier.target import TargetSession
+from verifier.batched import BatchedTarget, Row, SlotState
+from verifier.tree_verify import verify_tree
 
 MAX_SESSIONS = 64
+MAX_BATCH = 16  # rounds in one pass
+LONG_FEED = 48  # a round feeding more tokens (a prefill) runs in a pass of its own, not padding others to it
+
+
+@dataclass
+class _Session:
+    state: SlotState
+    constraint: Constraint | None = None  # structured output: every row of p is masked by its path
+    step: int = 0  # the latest round verified (a worker refuses older ones)
+
+
+@dataclass
+class _Job:
+    session_id: str
+    step: int
+    run: str
+    context: list[int]
+    tree: TokenTree
+    params: SamplingParams | None = None  # None: a prefill for features only
+    seed: int = 0
+    features_from: int | None = None
+    output_start: int = 0
+    result: tuple | None = None
+    error: BaseException | None = None
+    done: bool = False
+    session: _Session | None = field(default=None, repr=False)
 
 
 class VerifierWorker:
     def __init__(self, model: CausalLM, max_sessions: int = MAX_SESSIONS, min_pass_ms: float = 0.0,
-                 keep_features: bool = True, max_kv_tokens: int | None = None):
+                 keep_features: bool = True, max_kv_tokens: int | None = None, max_batch: int = MAX_BATCH):
         """min_pass_ms: make every pass last at least this long, emulating a target whose pass
         costs about the same for 1 token as for dozens (a large model on a GPU); tests, benchmarks.
         keep_features: keep the target's features for a feature-level draft (a served verifier
         cannot know its drafters' kind; an in-process engine without such a draft turns it off).
         max_kv_tokens: the KV budget in tokens over every session's cache; past it, the least
         recently used sessions are evicted (a later round of theirs re-prefills from its context).
+        max_batch: the most rounds verified in one pass (1 turns batching off).
         """
         self.model = model
         self.keep_features = keep_features
         self.max_kv_tokens = max_kv_tokens
         self.max_sessions = max_sessions
+        self.max_batch = max(1, max_batch)
         self.min_pass_ms = min_pass_ms
-        self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
+        self.target = BatchedTarget(model, keep_features=keep_features)
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # most recently used last
         self._released = ReleasedRuns()
-        self._lock = threading.Lock()  # one forward pass at a time on this model
+        self._waiting: list[_Job] = []
+        self._busy = False  # a leader is running a pass
+        self._turn = threading.Condition()
         self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
@@ -51,45 +90,18 @@ class VerifierWorker:
         output_start: where the output begins in context (a grammar in params constrains it).
         A round older than the session's latest is refused (StaleRound): an abandoned call must
         not move a cache a newer round owns; the same round again (a retry) is served. So is a
-        round of a released ``run`` (see specgrove.fence)."""
+        round of a released ``run`` (see specgrove.fence). The milliseconds are those of the
+        pass the round rode in, shared with the other rounds in it."""
         self.check(context, tree)
-        self.metrics.waiting.inc()
-        with self._lock:
-            self.metrics.waiting.dec()
-            start = time.perf_counter()
-            self._released.check(session_id, run, step)
-            session = self._session(session_id)
-            if step < session.step:
-                raise StaleRound(f"session {session_id}: round {step} is older than round {session.step}, "
-                                 "already verified here")
-            session.step = step
-            if session.constraint is None and params.grammar is not None:
-                session.constraint = for_session(params.grammar, self.model.tokenizer, self.model.vocab_size,
-                                                 output_start)
-            generator = None if params.greedy else round_generator(seed, step, VERIFY_STREAM)  # greedy draws nothing
-            result = session.verify_tree(context, tree, params, generator)
-            spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
-            if spare > 0:
-                time.sleep(spare)
-            features = None
-            if features_from is not None:
-                features = session.features(len(context) + len(result.accepted_tokens))[features_from:]
-            elapsed = time.perf_counter() - start
-            self.metrics.record_pass(tree.size + 1, elapsed)
-            self._record_cache(self._evict(keep=session_id))
-            return result, elapsed * 1000, features
+        return self._submit(_Job(session_id, step, run, list(context), tree, params, seed, features_from,
+                                 output_start))
 
     def prefix_features(self, session_id: str, context: list[int], start: int, run: str = "") -> torch.Tensor:
         """The target's features of context[start : len(context) − 1] ([n, H]); prefills as needed."""
         self.check(context, empty_tree())
         if not 0 <= start <= len(context) - 1:
             raise OutOfRange("features_from", f"must be in [0, {len(context) - 1}], got {start}")
-        with self._lock:
-            self._released.check(session_id, run, 0)
-            session = self._session(session_id)
-            if len(session.sequence.tokens) < len(context) - 1 or session.sequence.tokens[:len(context) - 1] != context[:-1]:
-                session.sequence.logits_for(context, num_logits=1)
-            return session.features(len(context) - 1)[start:]
+        return self._submit(_Job(session_id, 0, run, list(context), empty_tree(), features_from=start))
 
     def check(self, context: list[int], tree: TokenTree) -> None:
         vocab = self.model.vocab_size
@@ -106,37 +118,156 @@ class VerifierWorker:
 
     def release(self, session_id: str, run: str = "") -> None:
         """Free the session's cache; with ``run``, also refuse that run's rounds still in flight."""
-        with self._lock:
+        with self._turn:
+            while self._busy:
+                self._turn.wait()
             self._released.add(session_id, run)
-            self._sessions.pop(session_id, None)
+            session = self._sessions.pop(session_id, None)
+            if session is not None:
+                self.target.close(session.state)
             self._record_cache()
 
-    def _evict(self, keep: str) -> int:
-        """Drop least recently used sessions until the cached tokens fit the budget (never
-        ``keep``); the tokens cached afterwards."""
-        total = sum(len(s.sequence.tokens) for s in self._sessions.values())
+    # ------------------------------------------------------------------ batching
+
+    def _submit(self, job: _Job):
+        """Queue the round; lead passes while the model is free, until this round is done."""
+        with self._turn:
+            self._waiting.append(job)
+            self.metrics.waiting.inc()
+            while not job.done:
+                if self._busy:
+                    self._turn.wait()
+                    continue
+                batch = self._take()
+                self._busy = True
+                self._turn.release()
+                try:
+                    self._run(batch)
+                finally:
+                    self._turn.acquire()
+                    self._busy = False
+                    self._turn.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _take(self) -> list[_Job]:
+        """The rounds of the next pass: the oldest waiting first, one per session, short ones
+        together; a long feed (a prefill) alone. Called holding the turn."""
+        batch, seen = [], set()
+        for job in list(self._waiting):
+            if job.session_id in seen or len(batch) == self.max_batch:
+                continue
+            long = self._feed_length(job) > LONG_FEED
+            if long and batch:
+                continue
+            batch.append(job)
+            seen.add(job.session_id)
+            if long:
+                break
+        for job in batch:
+            self._waiting.remove(job)
+            self.metrics.waiting.dec()
+        return batch
+
+    def _feed_length(self, job: _Job) -> int:
+        session = self._sessions.get(job.session_id)
+        cached = common_prefix_length(session.state.tokens, job.context) if session is not None else 0
+        return len(job.context) - min(cached, len(job.context) - 1) + job.tree.size
+
+    def _run(self, batch: list[_Job]) -> None:
+        """One pass over the batch's rounds (a leader holds the model; no other state changes)."""
+        start = time.perf_counter()
+        rows = []
+        for job in batch:
+            try:
+                job.session = self._admit(job)
+                rows.append(job)
+            except BaseException as exc:  # noqa: BLE001 - this round fails, the rest of the batch goes on
+                job.error, job.done = exc, True
+        if not rows:
+            return
+        try:
+            logits = self.target.run([Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist())
+                                      for j in rows])
+            spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
+            if spare > 0:
+                time.sleep(spare)
+            elapsed = time.perf_counter() - start
+            for job, row_logits in zip(rows, logits):
+                try:
+                    job.result = self._finish(job, row_logits, elapsed * 1000)
+                except BaseException as exc:  # noqa: BLE001
+                    job.error = exc
+            self.metrics.record_pass(sum(j.tree.size + 1 for j in rows), elapsed, batch=len(rows))
+            self._record_cache(self._evict(keep={j.session_id for j in rows}))
+        except BaseException as exc:  # noqa: BLE001 - the pass failed: every round in it fails
+            for job in rows:
+                job.error = job.error or exc
+        finally:
+            for job in rows:
+                job.done = True
+
+    def _admit(self, job: _Job) -> _Session:
+        """The job's session, checked against stale rounds and released runs; opened if new."""
+        self._released.check(job.session_id, job.run, job.step)
+        session = self._sessions.pop(job.session_id, None)
+        if session is None:
+            if len(self._sessions) >= self.max_sessions:  # the least recently used one makes room
+                _, evicted = self._sessions.popitem(last=False)
+                self.target.close(evicted.state)
+            session = _Session(self.target.open())
+        self._sessions[job.session_id] = session
+        if job.params is None:
+            return session
+        if job.step < session.step:
+            raise StaleRound(f"session {job.session_id}: round {job.step} is older than round {session.step}, "
+                             "already verified here")
+        session.step = job.step
+        if session.constraint is None and job.params.grammar is not None:
+            session.constraint = for_session(job.params.grammar, self.model.tokenizer, self.model.vocab_size,
+                                             job.output_start)
+        return session
+
+    def _finish(self, job: _Job, logits: torch.Tensor, verify_ms: float):
+        """Verify one row of the pass and keep its accepted path."""
+        state = job.session.state
+        if job.params is None:  # a prefill for features
+            self.target.keep_path(state, [])
+            return state.features[: len(job.context) - 1][job.features_from:]
+        params, tree = job.params, job.tree
+        if job.session.constraint is not None:  # structured output: each row masked by its path's grammar state
+            logits = constrain(logits, job.session.constraint, job.context, [[]] + tree.paths())
+        p = logits if params.greedy else warp(logits, params)  # greedy verification reads only the argmax
+        generator = None if params.greedy else round_generator(job.seed, job.step, VERIFY_STREAM)
+        result = verify_tree(tree, p, params.greedy, generator)
+        self.target.keep_path(state, result.accepted_nodes)
+        features = None
+        if job.features_from is not None:
+            features = state.features[: len(job.context) + len(result.accepted_tokens)][job.features_from:]
+        return result, verify_ms, features
+
+    def _evict(self, keep: set[str]) -> int:
+        """Drop least recently used sessions until the cached tokens fit the budget (never those
+        in ``keep``); the tokens cached afterwards."""
+        total = sum(len(s.state.tokens) for s in self._sessions.values())
         if self.max_kv_tokens is None:
             return total
         for session_id in list(self._sessions):
             if total <= self.max_kv_tokens:
                 break
-            if session_id != keep:
-                total -= len(self._sessions.pop(session_id).sequence.tokens)
+            if session_id not in keep:
+                session = self._sessions.pop(session_id)
+                total -= len(session.state.tokens)
+                self.target.close(session.state)
                 self.metrics.kv_evictions.inc()
         return total
 
     def _record_cache(self, tokens: int | None = None) -> None:
         """tokens: those cached now, when the caller just counted them."""
         if tokens is None:
-            tokens = sum(len(s.sequence.tokens) for s in self._sessions.values())
+            tokens = sum(len(s.state.tokens) for s in self._sessions.values())
         self.metrics.record_cache(len(self._sessions), tokens)
-
-    def _session(self, session_id: str) -> TargetSession:
-        session = self._sessions.pop(session_id, None) or TargetSession(self.model, self.keep_features)
-        self._sessions[session_id] = session  # most recently used last
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-        return session
 
 
 _EMPTY = TokenTree(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
