@@ -76,7 +76,12 @@ class VerifierWorker:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # most recently used last
         self._released = ReleasedRuns()
         self._waiting: list[_Job] = []
-        self._busy = False  # a leader is running a pass
+        self._busy = False  # a leader is gathering or running a pass
+        self._running = False  # a pass is running (the sessions' caches are in use)
+        self._regulars: set[str] = set()  # the sessions of the last pass: their next rounds are expected
+        self._returned_at: dict[str, float] = {}  # when each of them got its verdict
+        self._gap_s = 0.0  # how long a session takes to come back with its next round (EWMA)
+        self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._turn = threading.Condition()
         self.metrics = WorkerMetrics("verify", max_sessions)
 
@@ -119,13 +124,14 @@ class VerifierWorker:
     def release(self, session_id: str, run: str = "") -> None:
         """Free the session's cache; with ``run``, also refuse that run's rounds still in flight."""
         with self._turn:
-            while self._busy:
+            while self._running:
                 self._turn.wait()
             self._released.add(session_id, run)
             session = self._sessions.pop(session_id, None)
             if session is not None:
                 self.target.close(session.state)
             self._record_cache()
+            self._turn.notify_all()  # a gathering leader stops waiting for this session
 
     # ------------------------------------------------------------------ batching
 
@@ -134,22 +140,42 @@ class VerifierWorker:
         with self._turn:
             self._waiting.append(job)
             self.metrics.waiting.inc()
+            returned = self._returned_at.pop(job.session_id, None)
+            if returned is not None:
+                self._gap_s += 0.2 * (time.monotonic() - returned - self._gap_s)
+            self._turn.notify_all()  # a gathering leader may be waiting for this round
             while not job.done:
                 if self._busy:
                     self._turn.wait()
                     continue
-                batch = self._take()
                 self._busy = True
+                self._gather()
+                batch = self._take()
+                self._running = True
                 self._turn.release()
                 try:
                     self._run(batch)
                 finally:
                     self._turn.acquire()
-                    self._busy = False
+                    self._busy = self._running = False
                     self._turn.notify_all()
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _gather(self) -> None:
+        """Wait a little for the last pass's sessions to come back with their next rounds, so
+        that one early round does not run alone and split the batch in two. The wait is bounded by
+        three times their usual return time and half a pass: a late session costs at most that.
+        Called holding the turn."""
+        waiting = {job.session_id for job in self._waiting}
+        expected = {s for s in self._regulars if s in self._sessions} - waiting
+        if not expected or len(waiting) >= self.max_batch:
+            return
+        deadline = time.monotonic() + min(3 * self._gap_s + 0.001, 0.5 * self._pass_s)
+        while expected and time.monotonic() < deadline:
+            self._turn.wait(deadline - time.monotonic())
+            expected = {s for s in expected if s in self._sessions} - {job.session_id for job in self._waiting}
 
     def _take(self) -> list[_Job]:
         """The rounds of the next pass: the oldest waiting first, one per session, short ones
@@ -200,6 +226,10 @@ class VerifierWorker:
                 except BaseException as exc:  # noqa: BLE001
                     job.error = exc
             self.metrics.record_pass(sum(j.tree.size + 1 for j in rows), elapsed, batch=len(rows))
+            self._pass_s += 0.2 * (elapsed - self._pass_s)
+            done = time.monotonic()
+            self._regulars = {j.session_id for j in rows}
+            self._returned_at = {j.session_id: done for j in rows}
             self._record_cache(self._evict(keep={j.session_id for j in rows}))
         except BaseException as exc:  # noqa: BLE001 - the pass failed: every round in it fails
             for job in rows:

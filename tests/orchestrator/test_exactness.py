@@ -54,6 +54,24 @@ def generate(engine: SpeculativeEngine, case: str, n: int):
     return outputs, rounds, verdicts
 
 
+def generate_together(engine: SpeculativeEngine, case: str, n: int, sessions: int):
+    """generate(), with ``sessions`` generations running at once on threads: their verify rounds
+    share the verifier's forward passes. Also returns the mean rounds per pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompt = engine.target.encode(ex.PROMPT)
+
+    def one(seed: int):
+        return engine.generate(prompt, SamplingParams(**ex.SAMPLING[case], seed=seed, max_new_tokens=ex.MAX_NEW_TOKENS))
+
+    with ThreadPoolExecutor(sessions) as pool:
+        results = list(pool.map(one, range(n)))
+    registry = engine.verifier.metrics.registry
+    batch = registry.get_sample_value("specgrove:batch_size_sum") / registry.get_sample_value("specgrove:batch_size_count")
+    return ([r.token_ids for r in results], [[(s.num_drafted, s.num_accepted, s.num_emitted) for s in r.rounds]
+                                             for r in results], batch)
+
+
 def chain_engine(models) -> SpeculativeEngine:
     return SpeculativeEngine(models[0], ModelDrafter(models[1]), draft_len=DRAFT_LEN)
 
@@ -79,6 +97,17 @@ def test_chain_output_is_exact_after_rejections_mid_chain(models, case):
     rounds = chains(rounds)
     assert sum(r.rejected_mid_chain for r in rounds) >= N // 10
     assert not any(r.stopped_early for r in rounds)  # a static policy drafts every token it may
+    ex.assert_exact(outputs, *ex.exact_pair(*models, case), models[0].vocab_size, MAX_TV)
+
+
+@pytest.mark.parametrize("case", ["T1", "T1-k6-p0.9"])
+def test_chain_output_is_exact_when_sessions_share_verify_passes(models, case):
+    """Continuous batching (issue #13): 8 generations at a time, their rounds verified together."""
+    engine = chain_engine(models)
+    engine.verifier.min_pass_ms = 5  # a pass as slow as a large model's: the sessions' rounds meet there
+    outputs, rounds, batch = generate_together(engine, case, N, sessions=8)
+    assert batch > 2  # rounds of several sessions in one pass
+    assert sum(r.rejected_mid_chain for r in chains(rounds)) >= N // 10
     ex.assert_exact(outputs, *ex.exact_pair(*models, case), models[0].vocab_size, MAX_TV)
 
 
