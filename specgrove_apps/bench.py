@@ -82,6 +82,51 @@ def hf_runner(model, **assist) -> Runner:
     return run
 
 
+def hf_batch_samples(model, prompts: list[list[int]], params: list[SamplingParams], batch: int) -> list[Sample]:
+    """transformers ``generate`` over left-padded batches of ``batch`` prompts, in order (static
+    batching: a batch ends when its longest output does). A sample's times run from its batch's
+    start; its tokens stop at its first EOS."""
+    eos = sorted(model.eos_token_ids)
+    samples = []
+    for first in range(0, len(prompts), batch):
+        group, group_params = prompts[first:first + batch], params[first:first + batch]
+        width = max(map(len, group))
+        ids = torch.tensor([[eos[0]] * (width - len(p)) + p for p in group])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+        p0 = group_params[0]
+        sampling = (dict(do_sample=True, temperature=p0.temperature, top_k=p0.top_k, top_p=p0.top_p)
+                    if not p0.greedy else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
+        if p0.seed is not None:
+            torch.manual_seed(p0.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            first_step = model.model.generate(ids.to(model.model.device), attention_mask=mask.to(model.model.device),
+                                              max_new_tokens=1, eos_token_id=eos, pad_token_id=eos[0], **sampling)
+            ttft = time.perf_counter() - start
+            out = model.model.generate(ids.to(model.model.device), attention_mask=mask.to(model.model.device),
+                                       max_new_tokens=p0.max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
+                                       **sampling) if p0.max_new_tokens > 1 else first_step
+        elapsed = time.perf_counter() - start - ttft  # the one-token run only measured the first token
+        for row in out[:, width:].tolist():
+            ends = [i for i, t in enumerate(row) if t in model.eos_token_ids]
+            samples.append(Sample("", row[: ends[0] + 1] if ends else row, max(elapsed, ttft), ttft))
+    return samples
+
+
+def other_cpu_seconds() -> float | None:
+    """CPU seconds every other process on this machine has used since boot (Linux; None elsewhere):
+    what the bench compares before and after a run to see whether the machine was quiet."""
+    import os
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        return busy - sum(os.times()[:2])  # minus this process's user + system time
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -106,7 +151,8 @@ class BenchConfig:
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
     link_delays: tuple[float, ...] = (0.0,)  # injected drafter→verifier delays (ms), one deployment each
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
-    concurrency: tuple[int, ...] = ()  # gRPC modes again with this many clients at once (aggregate throughput)
+    concurrency: tuple[int, ...] = ()  # every SpecGrove mode again with this many clients at once, beside
+    # transformers' generate over padded batches of as many prompts (aggregate throughput)
 
     def mode_names(self) -> list[str]:
         every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else []) + ["specgrove-ar"]
@@ -175,6 +221,7 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
 
     stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")))
     sessions: dict[str, set[str]] = {}
+    others, wall = other_cpu_seconds(), time.perf_counter()
     try:
         target, runners = build_runners(config, cache_dir, stacks, sessions)
         report = _run(config, target, runners, progress)
@@ -182,6 +229,12 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
             report["concurrency"] = _run_concurrent(config, target, runners)
     finally:
         stacks.stop()
+    if others is not None:  # the gRPC stacks are threads of this process: only strangers count
+        share = (other_cpu_seconds() - others) / (time.perf_counter() - wall) / max(1, torch.get_num_threads())
+        report["config"]["other_processes_cpu_share"] = round(share, 3)
+        if share > 0.1:
+            report["config"]["warning"] = (f"the machine was not quiet: other processes took {share:.0%} of the "
+                                           "CPU this run used; its ratios are unreliable")
     by_mode = {r["mode"]: r for r in report["results"]}
     for name, ids in sessions.items():
         spec, delay = parse_mode(name)
@@ -230,8 +283,10 @@ def _run(config: BenchConfig, target, runners, progress: bool) -> dict:
 
 
 def _run_concurrent(config: BenchConfig, target, runners) -> list[dict]:
-    """Every gRPC mode with c clients at once, for each c: the whole workload, the prompts taken
-    in order by whichever client is free; aggregate tokens/s over the wall time."""
+    """Every SpecGrove mode (in process and gRPC) with c clients at once, for each c: the whole
+    workload, the prompts taken in order by whichever client is free; aggregate tokens/s over the
+    wall time. Beside them, ``hf-batch``: transformers' generate over padded batches of c prompts.
+    ``specgrove-ar`` at c clients is batched plain decoding: the baseline of the other modes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from specgrove.workloads import load_workload
@@ -239,21 +294,30 @@ def _run_concurrent(config: BenchConfig, target, runners) -> list[dict]:
 
     prompts = load_workload(config.workload, config.num_prompts)
     encoded = [target.chat_prompt(p.text) if p.chat else target.encode(p.text) for p in prompts]
+    params = [SamplingParams(temperature=config.temperature, seed=config.seed + i,
+                             max_new_tokens=config.max_new_tokens) for i in range(len(encoded))]
     records = []
-    for name, (runner, _) in runners.items():
-        if not name.startswith("grpc-"):
-            continue
-        for c in config.concurrency:
-            params = [SamplingParams(temperature=config.temperature, seed=config.seed + i,
-                                     max_new_tokens=config.max_new_tokens) for i in range(len(encoded))]
+    for c in config.concurrency:  # every mode at one concurrency, then the next: drift hits all alike
+        start = time.perf_counter()
+        samples = hf_batch_samples(target, encoded, params, c)
+        records.append(summarise_concurrent("hf-batch", c, samples, time.perf_counter() - start))
+        for name, (runner, speculative) in runners.items():
+            if name in ("ar", "hf-assisted", "hf-lookup"):  # transformers runs one request at a time
+                continue
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=c) as pool:
                 samples = list(pool.map(runner, encoded, params))
             records.append(summarise_concurrent(name, c, samples, time.perf_counter() - start))
-    for record in records:  # against the same mode with one client
+    for record in records:  # against the same mode with one client, and batched plain decoding
+        def rate(mode: str) -> float | None:
+            same = next((r for r in records if r["mode"] == mode and r["concurrency"] == record["concurrency"]), None)
+            return same["output_throughput"] if same else None
+
         one = next((r for r in records if r["mode"] == record["mode"] and r["concurrency"] == 1), None)
         record["throughput_vs_one_client"] = (round(record["output_throughput"] / one["output_throughput"], 4)
                                               if one and one["output_throughput"] else None)
+        plain = rate("specgrove-ar")
+        record["throughput_vs_batched_ar"] = round(record["output_throughput"] / plain, 4) if plain else None
     return records
 
 
@@ -279,10 +343,12 @@ def _config_record(config: BenchConfig, target) -> dict:
 
 def format_concurrency(report: dict) -> str:
     """The load table: aggregate tokens/s and latency percentiles per gRPC mode and client count."""
-    lines = [f"{'mode':22s} {'clients':>7s} {'tok/s':>8s} {'x one':>6s} {'TTFT p50/p99 ms':>17s} {'TPOT p50/p99 ms':>17s}"]
+    lines = [f"{'mode':22s} {'clients':>7s} {'tok/s':>8s} {'x one':>6s} {'x b-ar':>6s} {'TTFT p50/p99 ms':>17s} "
+             f"{'TPOT p50/p99 ms':>17s}"]
     for r in report.get("concurrency", []):
         ratio = f"{r['throughput_vs_one_client']:.2f}" if r["throughput_vs_one_client"] else "-"
-        lines.append(f"{r['mode']:22s} {r['concurrency']:7d} {r['output_throughput']:8.2f} {ratio:>6s} "
+        plain = f"{r['throughput_vs_batched_ar']:.2f}" if r.get("throughput_vs_batched_ar") else "-"
+        lines.append(f"{r['mode']:22s} {r['concurrency']:7d} {r['output_throughput']:8.2f} {ratio:>6s} {plain:>6s} "
                      f"{r['p50_ttft_ms']:8.0f}/{r['p99_ttft_ms']:<8.0f} {r['p50_tpot_ms']:8.1f}/{r['p99_tpot_ms']:<8.1f}")
     return "\n".join(lines)
 

@@ -98,7 +98,8 @@ def test_the_json_workload_carries_schemas_and_structured_runs_only_specgrove_mo
 def test_quick_bench_runs_end_to_end(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     subprocess.run(
-        [sys.executable, "-m", "specgrove_apps.cli", "bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(png)],
+        [sys.executable, "-m", "specgrove_apps.cli", "bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(png),
+         "--concurrency", "1,2"],
         check=True, timeout=300,
     )
     report = json.loads(out.read_text())
@@ -117,6 +118,25 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     assert split["rounds"] > 0 and split["median_tree_bytes"] > 0
     assert split["median_verify_ms"] > 0 and split["median_round_ms"] >= split["median_verify_ms"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # under load: every SpecGrove mode and transformers' padded batches, at 1 and 2 clients
+    load = {(r["mode"], r["concurrency"]): r for r in report["concurrency"]}
+    assert set(load) == {(m, c) for m in ("hf-batch", "specgrove-ar", "chain-k4", "grpc-chain-k4") for c in (1, 2)}
+    assert all(r["completed"] == 2 and r["output_throughput"] > 0 for r in load.values())
+    assert load[("specgrove-ar", 2)]["throughput_vs_batched_ar"] == 1.0
+    assert 0 <= report["config"]["other_processes_cpu_share"]
+
+
+def test_transformers_padded_batches_give_each_prompt_its_own_greedy_output(tiny_target):
+    from orchestrator.engine import SpeculativeEngine
+    from specgrove.sampling import SamplingParams
+    from specgrove_apps.bench import hf_batch_samples
+
+    prompts = [tiny_target.encode(t) for t in ("my name is", "a", "the cat sat on the")]  # different lengths
+    params = [SamplingParams(max_new_tokens=12)] * 3
+    samples = hf_batch_samples(tiny_target, prompts, params, batch=2)  # a batch of 2, then one of 1
+    plain = SpeculativeEngine(tiny_target)
+    assert [s.token_ids for s in samples] == [plain.generate(p, params[0]).token_ids for p in prompts]
+    assert all(0 < s.ttft_s <= s.elapsed_s for s in samples)
 
 
 def test_a_load_record_divides_every_token_by_the_wall_time():
