@@ -189,8 +189,9 @@ class SpeculativeEngine:
     def _round(self, session_id: str, plan: RoundPlan, context: list[int], params: SamplingParams, seed: int,
                output_start: int) -> tuple[VerifyResult, TokenTree, int]:
         """Draft the plan's tree, verify it, trim the draft cache: (verdict, tree, levels drawn).
-        The costs measured here feed the planner (network time 0)."""
-        t0 = time.perf_counter()
+        The costs measured here feed the planner (network time 0; draft time is the draft model's
+        work, not the wait for it, as on a served drafter)."""
+        draft_ms = 0.0
         tree, depth = empty_tree(), 0
         feeds = self.drafts is not None and self.drafts.needs_features
         if plan.shape is not None and self.drafts is not None:
@@ -198,14 +199,16 @@ class SpeculativeEngine:
                 return start, self.verifier.prefix_features(session_id, context, start)
 
             with self.drafts.lock:  # generations on other threads share the draft model
+                t0 = time.perf_counter()
                 levels = list(self.drafts.levels(session_id, plan.step, context, params, seed,
                                                  list(plan.shape.parents), plan.budget, fetch if feeds else None,
                                                  output_start))
+                draft_ms = (time.perf_counter() - t0) * 1000
             tree, depth = tree_from_levels(levels), len(levels)
-        draft_ms = (time.perf_counter() - t0) * 1000
         features_from = len(context) - 1 if feeds and tree.size else None
         verdict, verify_ms, features = self.verifier.verify(session_id, plan.step, context, params, seed, tree,
                                                             features_from, output_start)
+        self.link.observe_load(*self.verifier.load)
         if tree.size:
             with self.drafts.lock:
                 self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)

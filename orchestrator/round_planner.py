@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.acceptance import AcceptanceStats
 from orchestrator.planner import CostProfile, Plan, plan_tree
-from orchestrator.sequoia import SequoiaTable, TreeShape
+from orchestrator.sequoia import SequoiaTable, TreeShape, tree_value
 from specgrove.tree import VerifyResult
 
 # Verify cost of n tokens relative to 1 token (MEASUREMENTS.md's curve, extended); replaced by a
@@ -44,22 +44,40 @@ class LinkStats:
     plain_ms: float | None = None  # round trip of a K = 0 step
     tree_bytes: float | None = None
     rounds: int = 0
+    # Load: rounds per verify pass (continuous batching). Each session decides as the others do,
+    # so the planner weighs the batch's goodput: R rounds of n tokens make a pass of R·n tokens.
+    batch_rounds: float = 1.0
 
-    def ratio(self, tokens: int) -> float:
+    def ratio(self, tokens: float) -> float:
         return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
+
+    def batch_ratio(self, tokens: float) -> float:
+        """A round of ``tokens`` at the current load, as a share of a lone 1-token pass: its pass
+        holds batch_rounds such rounds (the cost per round is the pass's)."""
+        return self.ratio(self.batch_rounds * tokens)
+
+    def marginal(self, tokens: int) -> float:
+        """What a round of ``tokens`` costs beyond a plain step, in plain steps, at the current
+        load (what its speculated tokens must earn back)."""
+        base = self.batch_ratio(1)
+        return (self.batch_ratio(tokens) - base) / base
+
+    def observe_load(self, rounds_per_pass: float, tokens_per_pass: float) -> None:
+        """The verifier's recent load: rounds per batched pass (tokens per pass: kept for reports)."""
+        self.batch_rounds = ewma(self.batch_rounds, max(1.0, rounds_per_pass), self.alpha)
 
     def observe_tree(self, rtt_ms: float, draft_ms: float, verify_ms: float, size: int, depth: int,
                      tree_bytes: int) -> None:
         self.rounds += 1
         self.draft_level_ms = ewma(self.draft_level_ms, draft_ms / max(1, depth), self.alpha)
-        self.verify_1_ms = ewma(self.verify_1_ms, verify_ms / self.ratio(size + 1), self.alpha)
+        self.verify_1_ms = ewma(self.verify_1_ms, verify_ms / self.batch_ratio(size + 1), self.alpha)
         self.network_ms = ewma(self.network_ms, max(0.0, rtt_ms - draft_ms - verify_ms), self.alpha)
         self.tree_bytes = ewma(self.tree_bytes, float(tree_bytes), self.alpha)
 
     def observe_plain(self, rtt_ms: float, verify_ms: float) -> None:
         self.rounds += 1
         self.plain_ms = ewma(self.plain_ms, rtt_ms, self.alpha)
-        self.verify_1_ms = ewma(self.verify_1_ms, verify_ms, self.alpha)
+        self.verify_1_ms = ewma(self.verify_1_ms, verify_ms / self.batch_ratio(1), self.alpha)
 
     @classmethod
     def from_profile(cls, profile: CostProfile) -> "LinkStats":
@@ -74,20 +92,22 @@ class LinkStats:
         return None not in (self.draft_level_ms, self.verify_1_ms, self.network_ms, self.plain_ms)
 
     def profile(self) -> CostProfile:
+        """The costs of a round of n tokens at the current load (its pass: batch_rounds · n tokens)."""
         assert self.measured
-        return CostProfile({n: self.verify_1_ms * r for n, r in self.verify_ratio.items()}, self.draft_level_ms,
-                           self.network_ms)
+        return CostProfile({n: self.verify_1_ms * self.batch_ratio(n) for n in self.verify_ratio},
+                           self.draft_level_ms, self.network_ms)
 
     def summary(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {
             "draft_level_ms": self.draft_level_ms, "verify_1_ms": self.verify_1_ms, "network_ms": self.network_ms,
-            "plain_ms": self.plain_ms, "tree_bytes": self.tree_bytes, "rounds": self.rounds}.items()}
+            "plain_ms": self.plain_ms, "tree_bytes": self.tree_bytes, "rounds": self.rounds,
+            "batch_rounds": self.batch_rounds}.items()}
 
 
 @dataclass(frozen=True)
 class RoundChoice:
     shape: TreeShape | None  # None = plain decoding (K = 0)
-    reason: str  # "plan" | "probe" | "measure" | "fixed" | "ar"
+    reason: str  # "plan" | "probe" | "measure" | "fixed" | "ar" | "load" (batched: speculation does not pay)
 
     @property
     def size(self) -> int:
@@ -122,7 +142,13 @@ class RoundPlanner:
         if self.mode == "ar" or (self.mode == "chain" and self.draft_len == 0):
             return RoundChoice(None, "ar")
         if self.mode == "chain":
-            return RoundChoice(TreeShape.chain(self.draft_len), "fixed")
+            chain = TreeShape.chain(self.draft_len)
+            if self.link.batch_rounds >= 1.5 and not self._chain_pays(chain):  # batched: goodput decides
+                self._plain_rounds += 1
+                if self._plain_rounds % self.probe_every:
+                    return RoundChoice(None, "load")
+                return RoundChoice(chain, "probe")
+            return RoundChoice(chain, "fixed")
         if self.fixed_shape is not None:
             return RoundChoice(self.fixed_shape, "fixed")
         if self.fixed_size and self.fixed_depth:  # pinned: Sequoia's shape of that size for the acceptance seen
@@ -151,6 +177,18 @@ class RoundPlanner:
         self.acceptance.observe(result)
         if self.shared is not None:
             self.shared.observe(result)
+
+    def _chain_pays(self, chain: TreeShape) -> bool:
+        """Goodput under load (SmartSpec, arXiv 2406.14066): with every session of the batch
+        choosing alike, do the chain's expected 1 + accepted tokens per round beat a plain step's
+        1 token at what each makes the shared pass cost? Draft levels and the network count when
+        measured."""
+        expected = 1.0 + tree_value(chain.parents, self.acceptance.vector())
+        verify_1 = self.link.verify_1_ms or 1.0
+        plain_ms = verify_1 * self.link.batch_ratio(1)
+        spec_ms = (verify_1 * self.link.batch_ratio(chain.size + 1) + chain.size * (self.link.draft_level_ms or 0.0)
+                   + (self.link.network_ms or 0.0))
+        return expected / spec_ms >= 1.0 / plain_ms
 
     def _shape(self, size: int, depth: int) -> TreeShape:
         size = self.fixed_size or size

@@ -104,7 +104,7 @@ class RoundPlan:
     step: int  # the round's number in the session (1 for the first)
     shape: TreeShape | None  # what to draft; None = a plain decoding step (K = 0)
     budget: DraftBudget  # where branches end (max_len already capped by the tokens still to emit)
-    reason: str  # the planner's: plan | probe | measure | fixed | ar
+    reason: str  # the planner's: plan | probe | measure | fixed | ar | load
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class SessionRounds:
             return RoundPlan(self.step + 1, None, budget, choice.reason)
         if self.spec.mode == "tree":
             return RoundPlan(self.step + 1, shape.within_depth(limit), replace(budget, max_len=limit), choice.reason)
-        gain = self.planner.link.ratio(limit + 1) - 1  # what the chain's pass costs beyond a plain step
+        gain = self.planner.link.marginal(limit + 1)  # what the chain's pass costs beyond a plain step
         return RoundPlan(self.step + 1, TreeShape.chain(limit), replace(budget, max_len=limit, min_gain=gain),
                          choice.reason)
 

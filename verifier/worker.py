@@ -82,6 +82,7 @@ class VerifierWorker:
         self._returned_at: dict[str, float] = {}  # when each of them got its verdict
         self._gap_s = 0.0  # how long a session takes to come back with its next round (EWMA)
         self._pass_s = 0.0  # how long a pass takes (EWMA)
+        self._load = (1.0, 1.0)  # rounds and tokens per pass (EWMA): the load planners size rounds by
         self._turn = threading.Condition()
         self.metrics = WorkerMetrics("verify", max_sessions)
 
@@ -107,6 +108,11 @@ class VerifierWorker:
         if not 0 <= start <= len(context) - 1:
             raise OutOfRange("features_from", f"must be in [0, {len(context) - 1}], got {start}")
         return self._submit(_Job(session_id, 0, run, list(context), empty_tree(), features_from=start))
+
+    @property
+    def load(self) -> tuple[float, float]:
+        """(rounds, tokens) per pass lately (EWMA): how busy batching keeps this verifier."""
+        return self._load
 
     def check(self, context: list[int], tree: TokenTree) -> None:
         vocab = self.model.vocab_size
@@ -227,6 +233,8 @@ class VerifierWorker:
                     job.error = exc
             self.metrics.record_pass(sum(j.tree.size + 1 for j in rows), elapsed, batch=len(rows))
             self._pass_s += 0.2 * (elapsed - self._pass_s)
+            tokens = sum(j.tree.size + 1 for j in rows)
+            self._load = tuple(old + 0.2 * (new - old) for old, new in zip(self._load, (len(rows), tokens)))
             done = time.monotonic()
             self._regulars = {j.session_id for j in rows}
             self._returned_at = {j.session_id: done for j in rows}

@@ -64,3 +64,32 @@ def test_pinned_size_and_depth_and_other_modes():
     planner = RoundPlanner("tree", link, AcceptanceStats(ACCEPTANCE))
     planner.observe(VerifyResult([0], [5], 6, [1, 0], [2, 0]))
     assert planner.acceptance.accepted[0] == 1
+
+
+def loaded(link: LinkStats, sessions: int, tokens_per_round: float) -> LinkStats:
+    for _ in range(30):  # the verifier's recent passes: `sessions` rounds of that many tokens each
+        link.observe_load(sessions, sessions * tokens_per_round)
+    return link
+
+
+def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_load_drops():
+    """Goodput: 16 sessions' chains of 4 make a pass of 80 tokens, 2.3× the cost of their 16
+    plain steps on this curve, for 2.3 expected tokens a round: a loss. Alone, the chain pays."""
+    link = measured_link(2.0)
+    planner = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
+                           probe_every=8)
+    assert planner.next().reason == "fixed"  # one session: the chain, as asked
+    loaded(link, 16, 5.0)
+    assert link.batch_rounds > 15
+    reasons = [planner.next().reason for _ in range(16)]
+    assert reasons.count("load") == 14 and reasons.count("probe") == 2  # plain steps, a chain now and then
+    loaded(link, 1, 5.0)
+    assert link.batch_rounds < 1.5 and planner.next().reason == "fixed"
+
+
+def test_load_moves_a_rounds_cost_along_the_curve():
+    link = loaded(measured_link(2.0), 8, 8.0)  # passes of 8 rounds
+    assert abs(link.batch_rounds - 8.0) < 0.01
+    profile = link.profile()
+    assert abs(profile.verify_time(8) / profile.verify_time(1) - link.ratio(64) / link.ratio(8)) < 1e-3
+    assert link.marginal(5) > link.ratio(5) - 1  # past the curve's flat part, extra tokens cost more
