@@ -127,10 +127,12 @@ class RoundPlanner:
     def __init__(self, mode: str, link: LinkStats, acceptance: AcceptanceStats, draft_len: int = 4,
                  fixed_size: int | None = None, fixed_depth: int | None = None, max_size: int = 64,
                  max_depth: int = 8, replan_every: int = 4, probe_every: int = 16,
-                 fixed_shape: TreeShape | None = None, shared: AcceptanceStats | None = None):
+                 fixed_shape: TreeShape | None = None, shared: AcceptanceStats | None = None,
+                 adaptive: bool = True):
         self.mode, self.link, self.acceptance, self.shared = mode, link, acceptance, shared
         self.draft_len, self.fixed_size, self.fixed_depth = draft_len, fixed_size, fixed_depth
         self.fixed_shape = fixed_shape
+        self.adaptive = adaptive  # chains: goodput may switch them off under load
         self.max_size, self.max_depth = max_size, max_depth
         self.replan_every, self.probe_every = replan_every, probe_every
         self.plan: Plan | None = None
@@ -143,7 +145,7 @@ class RoundPlanner:
             return RoundChoice(None, "ar")
         if self.mode == "chain":
             chain = TreeShape.chain(self.draft_len)
-            if self.link.batch_rounds >= 1.5 and not self._chain_pays(chain):  # batched: goodput decides
+            if self.adaptive and self.link.batch_rounds >= 1.5 and not self._chain_pays(chain):  # batched: goodput decides
                 self._plain_rounds += 1
                 if self._plain_rounds % self.probe_every:
                     return RoundChoice(None, "load")

@@ -35,13 +35,16 @@ PLANNED_DEPTH = 8  # the deepest tree the planner draws when the depth is not pi
 class Speculation:
     """How a request speculates. mode: ar (K = 0), chain (at most draft_len tokens), tree (the
     planner's Sequoia tree; tree_budget / tree_depth pin its size / depth; shape pins the tree
-    itself, for tests and calibration)."""
+    itself, for tests and calibration). adaptive: under load the planner may turn a chain into
+    plain steps when the batch makes it a loss (goodput); a request that names its draft length
+    gets exactly that, so a seeded request is reproducible whatever the load."""
 
     mode: str = "chain"
     draft_len: int = 4
     tree_budget: int | None = None
     tree_depth: int | None = None
     shape: TreeShape | None = None
+    adaptive: bool = True
 
     def validated(self, can_draft: bool = True, grows_trees: bool = True) -> "Speculation":
         """Check ranges (raising InvalidArgument / OutOfRange); without a drafter, mode ar."""
@@ -82,7 +85,7 @@ class Speculation:
         """From a request's or a stored session's fields; missing ones take the defaults."""
         draft_len = raw.get("draft_len")
         return cls(raw.get("mode") or default_mode, default_draft_len if draft_len is None else int(draft_len),
-                   raw.get("tree_budget"), raw.get("tree_depth"))
+                   raw.get("tree_budget"), raw.get("tree_depth"), adaptive=bool(raw.get("adaptive", draft_len is None)))
 
 
 def check_request(prompt: list[int], params: SamplingParams, spec: Speculation, vocab_size: int,
@@ -145,7 +148,8 @@ class SessionRounds:
             return RoundPlan(self.step + 1, None, budget, choice.reason)
         if self.spec.mode == "tree":
             return RoundPlan(self.step + 1, shape.within_depth(limit), replace(budget, max_len=limit), choice.reason)
-        gain = self.planner.link.marginal(limit + 1)  # what the chain's pass costs beyond a plain step
+        link = self.planner.link  # what the chain's pass costs beyond a plain step (pinned: load-blind, reproducible)
+        gain = link.marginal(limit + 1) if self.spec.adaptive else link.ratio(limit + 1) - 1
         return RoundPlan(self.step + 1, TreeShape.chain(limit), replace(budget, max_len=limit, min_gain=gain),
                          choice.reason)
 
@@ -172,4 +176,4 @@ def planner_for(spec: Speculation, link: LinkStats, shared: AcceptanceStats) -> 
     """A session's planner: it starts from the shared acceptance estimate and feeds it."""
     own = AcceptanceStats(shared.vector(), prior_weight=shared.prior_weight)
     return RoundPlanner(spec.mode, link, own, draft_len=spec.draft_len, fixed_size=spec.tree_budget,
-                        fixed_depth=spec.tree_depth, fixed_shape=spec.shape, shared=shared)
+                        fixed_depth=spec.tree_depth, fixed_shape=spec.shape, shared=shared, adaptive=spec.adaptive)

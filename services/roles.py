@@ -44,12 +44,13 @@ def _metrics_port(registry, host: str, port: int | None) -> None:
 def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_token: str | None,
                    link_delay_ms: float = 0.0, min_pass_ms: float = 0.0, metrics_port: int | None = None,
                    tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS,
-                   max_kv_tokens: int | None = None) -> None:
+                   max_kv_tokens: int | None = None, max_batch: int = 16) -> None:
     from services.server import create_verifier_server
     from specgrove.models import load_model
     from verifier.worker import VerifierWorker
 
-    worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms, max_kv_tokens=max_kv_tokens)
+    worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms, max_kv_tokens=max_kv_tokens,
+                            max_batch=max_batch)
     server, bound = create_verifier_server(f"{host}:{port}", worker, auth_token, link_delay_ms, tls=tls,
                                            limits=limits)
     _metrics_port(worker.metrics.registry, host, metrics_port)

@@ -43,7 +43,7 @@ def cmd_serve(args) -> int:
     telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
     if args.role == "verifier":
         roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms,
-                             args.min_pass_ms, args.metrics_port, tls, limits, args.max_kv_tokens)
+                             args.min_pass_ms, args.metrics_port, tls, limits, args.max_kv_tokens, args.max_batch)
     elif args.role == "drafter":
         roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
                             args.metrics_port, tls, tuple(args.verifier), limits)
@@ -127,6 +127,8 @@ def add_serve(sub) -> None:
                        help="orchestrator: how long a generation waits for a free slot")
     serve.add_argument("--max-kv-tokens", type=int, default=None,
                        help="verifier: KV budget in tokens over all sessions (least recently used evicted)")
+    serve.add_argument("--max-batch", type=int, default=16,
+                       help="verifier: the most sessions' rounds verified in one forward pass (1: no batching)")
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0, help="verifier: delay every Verify (a slow link)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,

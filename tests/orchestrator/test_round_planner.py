@@ -83,6 +83,9 @@ def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_
     assert link.batch_rounds > 15
     reasons = [planner.next().reason for _ in range(16)]
     assert reasons.count("load") == 14 and reasons.count("probe") == 2  # plain steps, a chain now and then
+    pinned = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
+                          adaptive=False)
+    assert pinned.next().reason == "fixed"  # a request that named its draft length gets it
     loaded(link, 1, 5.0)
     assert link.batch_rounds < 1.5 and planner.next().reason == "fixed"
 
