@@ -365,7 +365,7 @@ class Pipeline:
             self._mark_down(drafter)
             return None
         if measure:
-            link.observe_load(reply.timing.pass_rounds, reply.timing.pass_tokens)
+            link.observe_load(reply.timing.sessions, reply.timing.pass_tokens)
             link.observe_tree((time.perf_counter() - t0) * 1000, reply.timing.draft_ms, reply.timing.verify_ms,
                               reply.tree_size, reply.tree_depth, reply.timing.tree_bytes)
         return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
@@ -394,7 +394,7 @@ class Pipeline:
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt // len(verifiers))))
                 continue
             if measure:
-                link.observe_load(reply.timing.pass_rounds, reply.timing.pass_tokens)
+                link.observe_load(reply.timing.sessions, reply.timing.pass_tokens)
                 link.observe_plain((time.perf_counter() - t0) * 1000, reply.timing.verify_ms)
             return codec.result_from_pb(reply), 0, 0
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"

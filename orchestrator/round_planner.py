@@ -44,17 +44,18 @@ class LinkStats:
     plain_ms: float | None = None  # round trip of a K = 0 step
     tree_bytes: float | None = None
     rounds: int = 0
-    # Load: rounds per verify pass (continuous batching). Each session decides as the others do,
-    # so the planner weighs the batch's goodput: R rounds of n tokens make a pass of R·n tokens.
-    batch_rounds: float = 1.0
+    # Load: the sessions sharing the verifier (continuous batching). Each decides as the others
+    # do, so the planner weighs the batch's goodput: S rounds of n tokens make a pass of S·n
+    # tokens, and a drafter that drafts one session at a time draws S rounds' levels in turn.
+    sessions: float = 1.0
 
     def ratio(self, tokens: float) -> float:
         return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
 
     def batch_ratio(self, tokens: float) -> float:
         """A round of ``tokens`` at the current load, as a share of a lone 1-token pass: its pass
-        holds batch_rounds such rounds (the cost per round is the pass's)."""
-        return self.ratio(self.batch_rounds * tokens)
+        holds one such round per session (the cost per round is the pass's)."""
+        return self.ratio(self.sessions * tokens)
 
     def marginal(self, tokens: int) -> float:
         """What a round of ``tokens`` costs beyond a plain step, in plain steps, at the current
@@ -62,9 +63,9 @@ class LinkStats:
         base = self.batch_ratio(1)
         return (self.batch_ratio(tokens) - base) / base
 
-    def observe_load(self, rounds_per_pass: float, tokens_per_pass: float) -> None:
-        """The verifier's recent load: rounds per batched pass (tokens per pass: kept for reports)."""
-        self.batch_rounds = ewma(self.batch_rounds, max(1.0, rounds_per_pass), self.alpha)
+    def observe_load(self, sessions: float, tokens_per_pass: float) -> None:
+        """The verifier's load: the sessions it holds (tokens per pass: kept for reports)."""
+        self.sessions = ewma(self.sessions, max(1.0, sessions), self.alpha)
 
     def observe_tree(self, rtt_ms: float, draft_ms: float, verify_ms: float, size: int, depth: int,
                      tree_bytes: int) -> None:
@@ -92,7 +93,7 @@ class LinkStats:
         return None not in (self.draft_level_ms, self.verify_1_ms, self.network_ms, self.plain_ms)
 
     def profile(self) -> CostProfile:
-        """The costs of a round of n tokens at the current load (its pass: batch_rounds · n tokens)."""
+        """The costs of a round of n tokens at the current load (its pass: sessions · n tokens)."""
         assert self.measured
         return CostProfile({n: self.verify_1_ms * self.batch_ratio(n) for n in self.verify_ratio},
                            self.draft_level_ms, self.network_ms)
@@ -101,7 +102,7 @@ class LinkStats:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {
             "draft_level_ms": self.draft_level_ms, "verify_1_ms": self.verify_1_ms, "network_ms": self.network_ms,
             "plain_ms": self.plain_ms, "tree_bytes": self.tree_bytes, "rounds": self.rounds,
-            "batch_rounds": self.batch_rounds}.items()}
+            "sessions": self.sessions}.items()}
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class RoundPlanner:
             return RoundChoice(None, "ar")
         if self.mode == "chain":
             chain = TreeShape.chain(self.draft_len)
-            if self.adaptive and self.link.batch_rounds >= 1.5 and not self._chain_pays(chain):  # batched: goodput decides
+            if self.adaptive and self.link.sessions >= 1.5 and not self._chain_pays(chain):  # batched: goodput decides
                 self._plain_rounds += 1
                 if self._plain_rounds % self.probe_every:
                     return RoundChoice(None, "load")
@@ -183,13 +184,13 @@ class RoundPlanner:
     def _chain_pays(self, chain: TreeShape) -> bool:
         """Goodput under load (SmartSpec, arXiv 2406.14066): with every session of the batch
         choosing alike, do the chain's expected 1 + accepted tokens per round beat a plain step's
-        1 token at what each makes the shared pass cost? Draft levels and the network count when
-        measured."""
+        1 token at what each makes the shared pass cost, and while the drafter, one session at a
+        time, draws every session's levels? Network time counts when measured."""
         expected = 1.0 + tree_value(chain.parents, self.acceptance.vector())
         verify_1 = self.link.verify_1_ms or 1.0
         plain_ms = verify_1 * self.link.batch_ratio(1)
-        spec_ms = (verify_1 * self.link.batch_ratio(chain.size + 1) + chain.size * (self.link.draft_level_ms or 0.0)
-                   + (self.link.network_ms or 0.0))
+        draft_ms = self.link.sessions * chain.size * (self.link.draft_level_ms or 0.0)
+        spec_ms = verify_1 * self.link.batch_ratio(chain.size + 1) + draft_ms + (self.link.network_ms or 0.0)
         return expected / spec_ms >= 1.0 / plain_ms
 
     def _shape(self, size: int, depth: int) -> TreeShape:

@@ -63,7 +63,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
             )
         reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
         reply.timing.verify_ms = verify_ms
-        reply.timing.pass_rounds, reply.timing.pass_tokens = self.worker.load
+        reply.timing.sessions, reply.timing.pass_tokens = self.worker.load
         if features is not None:
             reply.features.CopyFrom(codec.features_to_pb(features, features_from))
         return reply

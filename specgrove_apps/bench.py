@@ -114,15 +114,29 @@ def hf_batch_samples(model, prompts: list[list[int]], params: list[SamplingParam
 
 
 def other_cpu_seconds() -> float | None:
-    """CPU seconds every other process on this machine has used since boot (Linux; None elsewhere):
-    what the bench compares before and after a run to see whether the machine was quiet."""
+    """CPU seconds every process on this machine but this one and its children (the gRPC
+    deployment's workers) has used since boot (Linux; None elsewhere): what the bench compares
+    before and after a run to see whether the machine was quiet."""
     import os
+    from pathlib import Path
 
     try:
+        tick = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-        return busy - sum(os.times()[:2])  # minus this process's user + system time
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait
+        parents, times = {}, {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                rest = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            pid = int(stat.parent.name)
+            parents[pid], times[pid] = int(rest[1]), (int(rest[11]) + int(rest[12])) / tick
+        ours = {os.getpid()}
+        for _ in range(4):  # children, grandchildren...
+            ours |= {pid for pid, parent in parents.items() if parent in ours}
+        return busy - sum(times.get(pid, 0.0) for pid in ours)
     except (OSError, ValueError, IndexError):
         return None
 
@@ -227,10 +241,11 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
         report = _run(config, target, runners, progress)
         if config.concurrency:
             report["concurrency"] = _run_concurrent(config, target, runners)
+        others_after = other_cpu_seconds()  # while the deployment's workers still count as ours
     finally:
         stacks.stop()
-    if others is not None:  # the gRPC stacks are threads of this process: only strangers count
-        share = (other_cpu_seconds() - others) / (time.perf_counter() - wall) / max(1, torch.get_num_threads())
+    if others is not None and others_after is not None:
+        share = (others_after - others) / (time.perf_counter() - wall) / max(1, torch.get_num_threads())
         report["config"]["other_processes_cpu_share"] = round(share, 3)
         if share > 0.1:
             report["config"]["warning"] = (f"the machine was not quiet: other processes took {share:.0%} of the "

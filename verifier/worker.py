@@ -82,7 +82,7 @@ class VerifierWorker:
         self._returned_at: dict[str, float] = {}  # when each of them got its verdict
         self._gap_s = 0.0  # how long a session takes to come back with its next round (EWMA)
         self._pass_s = 0.0  # how long a pass takes (EWMA)
-        self._load = (1.0, 1.0)  # rounds and tokens per pass (EWMA): the load planners size rounds by
+        self._tokens_per_pass = 1.0  # EWMA
         self._turn = threading.Condition()
         self.metrics = WorkerMetrics("verify", max_sessions)
 
@@ -110,9 +110,9 @@ class VerifierWorker:
         return self._submit(_Job(session_id, 0, run, list(context), empty_tree(), features_from=start))
 
     @property
-    def load(self) -> tuple[float, float]:
-        """(rounds, tokens) per pass lately (EWMA): how busy batching keeps this verifier."""
-        return self._load
+    def load(self) -> tuple[int, float]:
+        """(sessions held, tokens per pass lately): the load planners size their rounds by."""
+        return len(self._sessions), self._tokens_per_pass
 
     def check(self, context: list[int], tree: TokenTree) -> None:
         vocab = self.model.vocab_size
@@ -219,6 +219,7 @@ class VerifierWorker:
                 job.error, job.done = exc, True
         if not rows:
             return
+        rows.sort(key=lambda j: j.session.state.slot)  # slots 0..B−1 in order: the pass reads a view, copies nothing
         try:
             logits = self.target.run([Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist())
                                       for j in rows])
@@ -234,7 +235,7 @@ class VerifierWorker:
             self.metrics.record_pass(sum(j.tree.size + 1 for j in rows), elapsed, batch=len(rows))
             self._pass_s += 0.2 * (elapsed - self._pass_s)
             tokens = sum(j.tree.size + 1 for j in rows)
-            self._load = tuple(old + 0.2 * (new - old) for old, new in zip(self._load, (len(rows), tokens)))
+            self._tokens_per_pass += 0.2 * (tokens - self._tokens_per_pass)
             done = time.monotonic()
             self._regulars = {j.session_id for j in rows}
             self._returned_at = {j.session_id: done for j in rows}

@@ -90,22 +90,22 @@ class TreeMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "pass_rounds", "pass_tokens")
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens")
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_MS_FIELD_NUMBER: _ClassVar[int]
     TREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    PASS_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PASS_TOKENS_FIELD_NUMBER: _ClassVar[int]
     draft_ms: float
     verify_ms: float
     round_ms: float
     tree_bytes: int
     feature_bytes: int
-    pass_rounds: float
+    sessions: int
     pass_tokens: float
-    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., pass_rounds: _Optional[float] = ..., pass_tokens: _Optional[float] = ...) -> None: ...
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ...) -> None: ...
 
 class RoundReply(_message.Message):
     __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features")

@@ -18,7 +18,7 @@ import pytest
 
 from drafter.model_drafter import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
-from orchestrator.round_planner import LinkStats
+from orchestrator.rounds import Speculation
 from orchestrator.sequoia import SequoiaTable
 from orchestrator.stop_policy import AdaEDLConfig, AdaEDLPolicy
 from specgrove.sampling import SamplingParams
@@ -104,10 +104,10 @@ def test_chain_output_is_exact_after_rejections_mid_chain(models, case):
 @pytest.mark.parametrize("case", ["T1", "T1-k6-p0.9"])
 def test_chain_output_is_exact_when_sessions_share_verify_passes(models, case):
     """Continuous batching (issue #13): 8 generations at a time, their rounds verified together."""
-    # a pass as slow as a large model's on a GPU, whatever its tokens: the sessions' rounds meet
-    # there, and the planner knows that cost curve (flat), so batching keeps the chains on
-    engine = SpeculativeEngine(models[0], ModelDrafter(models[1]), draft_len=DRAFT_LEN,
-                               link=LinkStats(verify_ratio={1: 1.0, 128: 1.0}))
+    # chains pinned at 4 (goodput would switch them off: 8 sessions' draft levels outweigh the
+    # tiny target's pass), each pass as slow as a large model's so that the sessions' rounds meet
+    engine = SpeculativeEngine(models[0], ModelDrafter(models[1]),
+                               speculation=Speculation("chain", DRAFT_LEN, adaptive=False))
     engine.verifier.min_pass_ms = 10
     outputs, rounds, batch = generate_together(engine, case, N, sessions=8)
     assert batch > 1.5  # rounds of several sessions in one pass

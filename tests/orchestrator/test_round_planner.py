@@ -67,32 +67,33 @@ def test_pinned_size_and_depth_and_other_modes():
 
 
 def loaded(link: LinkStats, sessions: int, tokens_per_round: float) -> LinkStats:
-    for _ in range(30):  # the verifier's recent passes: `sessions` rounds of that many tokens each
+    for _ in range(30):  # the verifier's replies: it holds `sessions`, whose rounds have that many tokens
         link.observe_load(sessions, sessions * tokens_per_round)
     return link
 
 
 def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_load_drops():
     """Goodput: 16 sessions' chains of 4 make a pass of 80 tokens, 2.3× the cost of their 16
-    plain steps on this curve, for 2.3 expected tokens a round: a loss. Alone, the chain pays."""
+    plain steps on this curve (and 16 sessions' draft levels in turn), for 2.3 expected tokens a
+    round: a loss. Alone, the chain pays."""
     link = measured_link(2.0)
     planner = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
                            probe_every=8)
     assert planner.next().reason == "fixed"  # one session: the chain, as asked
     loaded(link, 16, 5.0)
-    assert link.batch_rounds > 15
+    assert link.sessions > 15
     reasons = [planner.next().reason for _ in range(16)]
     assert reasons.count("load") == 14 and reasons.count("probe") == 2  # plain steps, a chain now and then
     pinned = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
                           adaptive=False)
     assert pinned.next().reason == "fixed"  # a request that named its draft length gets it
     loaded(link, 1, 5.0)
-    assert link.batch_rounds < 1.5 and planner.next().reason == "fixed"
+    assert link.sessions < 1.5 and planner.next().reason == "fixed"
 
 
 def test_load_moves_a_rounds_cost_along_the_curve():
-    link = loaded(measured_link(2.0), 8, 8.0)  # passes of 8 rounds
-    assert abs(link.batch_rounds - 8.0) < 0.01
+    link = loaded(measured_link(2.0), 8, 8.0)  # 8 sessions at the verifier
+    assert abs(link.sessions - 8.0) < 0.01
     profile = link.profile()
     assert abs(profile.verify_time(8) / profile.verify_time(1) - link.ratio(64) / link.ratio(8)) < 1e-3
     assert link.marginal(5) > link.ratio(5) - 1  # past the curve's flat part, extra tokens cost more

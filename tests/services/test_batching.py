@@ -42,7 +42,7 @@ def test_eight_concurrent_sessions_each_equal_their_own_greedy_output(tiny_targe
             outputs = list(pool.map(run, range(8)))
         assert [o.token_ids for o in outputs] == expected
         assert sum(o.usage["num_draft_tokens"] for o in outputs) > 0
-        assert mean_batch(stack.verifier_worker) > 2  # rounds did share passes
+        assert mean_batch(stack.verifier_worker) > 1.5  # rounds did share passes
     finally:
         stack.stop()
 
