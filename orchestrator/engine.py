@@ -195,7 +195,13 @@ class SpeculativeEngine:
         tree, depth = empty_tree(), 0
         feeds = self.drafts is not None and self.drafts.needs_features
         if plan.shape is not None and self.drafts is not None:
+            fetched = None  # a feature draft's missing features, asked of the verifier before taking
+            if feeds and (start := self.drafts.feature_count(session_id)) < len(context) - 1:  # the draft model
+                fetched = start, self.verifier.prefix_features(session_id, context, start)
+
             def fetch(start: int):
+                if fetched is not None and fetched[0] == start:
+                    return fetched
                 return start, self.verifier.prefix_features(session_id, context, start)
 
             with self.drafts.lock:  # generations on other threads share the draft model
