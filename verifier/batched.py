@@ -209,11 +209,15 @@ class BatchedTarget:
         state.node_tokens = []
 
     def _plan(self, row: Row) -> None:
-        state = row.state
         assert len(row.context) <= self.model.max_positions
-        row.keep = min(common_prefix_length(state.tokens, row.context), len(row.context) - 1)
+        row.keep = self.reusable(row.state, row.context)
         row.feed = row.context[row.keep:] + row.node_tokens
         row.positions = list(range(row.keep, len(row.context))) + node_positions(len(row.context), row.parents)
+
+    @staticmethod
+    def reusable(state: SlotState, context: list[int]) -> int:
+        """How much of ``context`` the slot's cache already holds and a pass keeps (it feeds ≥ 1 token)."""
+        return min(common_prefix_length(state.tokens, context), len(context) - 1)
 
     @staticmethod
     def _row_mask(row: Row) -> torch.Tensor:  # [fed, keep + fed]

@@ -20,7 +20,7 @@ from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
 from specgrove.fence import ReleasedRuns
 from specgrove.grammar import Constraint, constrain, for_session
 from specgrove.metrics import WorkerMetrics
-from specgrove.models import CausalLM, common_prefix_length
+from specgrove.models import CausalLM
 from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator, warp
 from specgrove.tree import TokenTree, VerifyResult
 from verifier.batched import BatchedTarget, Row, SlotState
@@ -78,8 +78,7 @@ class VerifierWorker:
         self._waiting: list[_Job] = []
         self._busy = False  # a leader is gathering or running a pass
         self._running = False  # a pass is running (the sessions' caches are in use)
-        self._regulars: set[str] = set()  # the sessions of the last pass: their next rounds are expected
-        self._returned_at: dict[str, float] = {}  # when each of them got its verdict
+        self._returned_at: dict[str, float] = {}  # the last pass's sessions not back yet: when they left
         self._gap_s = 0.0  # how long a session takes to come back with its next round (EWMA)
         self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._tokens_per_pass = 1.0  # EWMA
@@ -174,14 +173,14 @@ class VerifierWorker:
         that one early round does not run alone and split the batch in two. The wait is bounded by
         three times their usual return time and half a pass: a late session costs at most that.
         Called holding the turn."""
-        waiting = {job.session_id for job in self._waiting}
-        expected = {s for s in self._regulars if s in self._sessions} - waiting
-        if not expected or len(waiting) >= self.max_batch:
+        def expected() -> bool:  # a session of the last pass, still open, has not come back
+            return any(s in self._sessions for s in self._returned_at)
+
+        if not expected() or len({job.session_id for job in self._waiting}) >= self.max_batch:
             return
         deadline = time.monotonic() + min(3 * self._gap_s + 0.001, 0.5 * self._pass_s)
-        while expected and time.monotonic() < deadline:
+        while expected() and time.monotonic() < deadline:
             self._turn.wait(deadline - time.monotonic())
-            expected = {s for s in expected if s in self._sessions} - {job.session_id for job in self._waiting}
 
     def _take(self) -> list[_Job]:
         """The rounds of the next pass: the oldest waiting first, one per session, short ones
@@ -204,8 +203,8 @@ class VerifierWorker:
 
     def _feed_length(self, job: _Job) -> int:
         session = self._sessions.get(job.session_id)
-        cached = common_prefix_length(session.state.tokens, job.context) if session is not None else 0
-        return len(job.context) - min(cached, len(job.context) - 1) + job.tree.size
+        cached = self.target.reusable(session.state, job.context) if session is not None else 0
+        return len(job.context) - cached + job.tree.size
 
     def _run(self, batch: list[_Job]) -> None:
         """One pass over the batch's rounds (a leader holds the model; no other state changes)."""
@@ -237,7 +236,6 @@ class VerifierWorker:
             tokens = sum(j.tree.size + 1 for j in rows)
             self._tokens_per_pass += 0.2 * (tokens - self._tokens_per_pass)
             done = time.monotonic()
-            self._regulars = {j.session_id for j in rows}
             self._returned_at = {j.session_id: done for j in rows}
             self._record_cache(self._evict(keep={j.session_id for j in rows}))
         except BaseException as exc:  # noqa: BLE001 - the pass failed: every round in it fails
