@@ -42,6 +42,14 @@ def engine_runner(engine) -> Runner:
     return run
 
 
+def hf_sampling(params: SamplingParams) -> dict:
+    """transformers ``generate``'s sampling arguments for our params."""
+    if params.greedy:
+        return dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    # top_k=0 disables transformers' default top-k of 50, so both sample the same distribution
+    return dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+
+
 def hf_runner(model, **assist) -> Runner:
     """transformers generate on the target; assist = prompt_lookup_num_tokens=K or assistant_model=M."""
     from transformers.generation.streamers import BaseStreamer
@@ -62,11 +70,7 @@ def hf_runner(model, **assist) -> Runner:
     def run(prompt_ids: list[int], params: SamplingParams) -> Sample:
         if params.seed is not None:
             torch.manual_seed(params.seed)  # transformers samples from the global generator
-        sampling = (
-            # top_k=0 disables transformers' default top-k of 50, so both sample the same distribution
-            dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
-            if not params.greedy else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
-        )
+        sampling = hf_sampling(params)
         clock = FirstTokenClock()
         eos = sorted(model.eos_token_ids)
         start = time.perf_counter()
@@ -94,8 +98,7 @@ def hf_batch_samples(model, prompts: list[list[int]], params: list[SamplingParam
         ids = torch.tensor([[eos[0]] * (width - len(p)) + p for p in group])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
         p0 = group_params[0]
-        sampling = (dict(do_sample=True, temperature=p0.temperature, top_k=p0.top_k, top_p=p0.top_p)
-                    if not p0.greedy else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
+        sampling = hf_sampling(p0)
         if p0.seed is not None:
             torch.manual_seed(p0.seed)
         start = time.perf_counter()
