@@ -249,6 +249,7 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
         stacks.stop()
     if others is not None and others_after is not None:
         share = (others_after - others) / (time.perf_counter() - wall) / max(1, torch.get_num_threads())
+        share = max(0.0, share)  # the kernel's totals and per-process ticks round apart: a quiet run reads ~ −0.001
         report["config"]["other_processes_cpu_share"] = round(share, 3)
         if share > 0.1:
             report["config"]["warning"] = (f"the machine was not quiet: other processes took {share:.0%} of the "
