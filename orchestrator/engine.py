@@ -120,8 +120,8 @@ class SpeculativeEngine:
         policy_factory=None, *, speculation: Speculation | None = None, link: LinkStats | None = None,
         acceptance: AcceptanceStats | None = None,
     ):
-        """Chain mode with draft_len K (0 = plain decoding); tree mode pinned to ``tree``'s shape;
-        or any ``speculation`` (the planner's trees, pinned sizes...). link: measured costs (a
+        """Chain mode with draft_len K exactly (0 = plain decoding); tree mode pinned to ``tree``'s
+        shape; or any ``speculation`` (the planner's trees, pinned sizes, goodput-sized chains...). link: measured costs (a
         calibration profile's) for the tree planner, else it measures them itself; acceptance:
         the estimate shared by this engine's generations (a prior until verify results arrive).
 
@@ -129,7 +129,8 @@ class SpeculativeEngine:
         the default drafts exactly K tokens (or the tree's full depth).
         """
         if speculation is None:
-            speculation = Speculation("tree", shape=tree) if tree is not None else Speculation("chain", draft_len)
+            speculation = (Speculation("tree", shape=tree) if tree is not None
+                           else Speculation("chain", draft_len, adaptive=False))  # a named K is pinned
         self.speculation = speculation.validated(drafter is not None, getattr(drafter, "grows_trees", False))
         if drafter is not None and drafter.vocab_size != target.vocab_size:
             raise InvalidArgument(
@@ -138,7 +139,7 @@ class SpeculativeEngine:
         self.target = target
         self.drafter = drafter
         self.policy_factory = policy_factory or StaticPolicy
-        self.link = link or LinkStats()
+        self.link = link or LinkStats(min_rows=getattr(target, "min_pass_rows", 1))
         self.acceptance = acceptance or AcceptanceStats(list(DEFAULT_PRIOR_ACCEPTANCE))
         feeds = getattr(drafter, "needs_features", False)
         self.verifier = VerifierWorker(target, keep_features=feeds)

@@ -48,8 +48,13 @@ class LinkStats:
     # do, so the planner weighs the batch's goodput: S rounds of n tokens make a pass of S·n
     # tokens, and a drafter that drafts one session at a time draws S rounds' levels in turn.
     sessions: float = 1.0
+    # A pass of 2 .. min_rows − 1 tokens is fed as min_rows (the target's ``min_pass_rows``: on
+    # the CPU, 2–3-row matrix products are slower than 4-row ones), so it costs what that pass does.
+    min_rows: int = 1
 
     def ratio(self, tokens: float) -> float:
+        if 1 < tokens < self.min_rows:
+            tokens = self.min_rows
         return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
 
     def batch_ratio(self, tokens: float) -> float:
@@ -145,13 +150,15 @@ class RoundPlanner:
         if self.mode == "ar" or (self.mode == "chain" and self.draft_len == 0):
             return RoundChoice(None, "ar")
         if self.mode == "chain":
-            chain = TreeShape.chain(self.draft_len)
-            if self.adaptive and self.link.sessions >= 1.5 and not self._chain_pays(chain):  # batched: goodput decides
+            if not self.adaptive:
+                return RoundChoice(TreeShape.chain(self.draft_len), "fixed")
+            length = self._chain_length()  # goodput: the best K in 0 .. draft_len at this load
+            if length == 0:
                 self._plain_rounds += 1
                 if self._plain_rounds % self.probe_every:
-                    return RoundChoice(None, "load")
-                return RoundChoice(chain, "probe")
-            return RoundChoice(chain, "fixed")
+                    return RoundChoice(None, "load" if self.link.sessions >= 1.5 else "plan")
+                return RoundChoice(TreeShape.chain(self.draft_len), "probe")
+            return RoundChoice(TreeShape.chain(length), "plan")
         if self.fixed_shape is not None:
             return RoundChoice(self.fixed_shape, "fixed")
         if self.fixed_size and self.fixed_depth:  # pinned: Sequoia's shape of that size for the acceptance seen
@@ -181,17 +188,23 @@ class RoundPlanner:
         if self.shared is not None:
             self.shared.observe(result)
 
-    def _chain_pays(self, chain: TreeShape) -> bool:
-        """Goodput under load (SmartSpec, arXiv 2406.14066): with every session of the batch
-        choosing alike, do the chain's expected 1 + accepted tokens per round beat a plain step's
-        1 token at what each makes the shared pass cost, and while the drafter, one session at a
-        time, draws every session's levels? Network time counts when measured."""
-        expected = 1.0 + tree_value(chain.parents, self.acceptance.vector())
+    def _chain_length(self) -> int:
+        """Goodput (SmartSpec, arXiv 2406.14066): the chain length K in 0 .. draft_len with the
+        most expected tokens (1 + accepted) per millisecond, with every session of the batch
+        choosing alike: S rounds of K + 1 tokens make the shared pass, and a drafter that drafts
+        one session at a time draws every session's K levels in turn. Network time counts when
+        measured. K = 0 (a plain step) when no chain beats one token per plain step: with one
+        session when the draft does not pay on this text, with many when the batch makes it a loss."""
+        acceptance = self.acceptance.vector()
         verify_1 = self.link.verify_1_ms or 1.0
-        plain_ms = verify_1 * self.link.batch_ratio(1)
-        draft_ms = self.link.sessions * chain.size * (self.link.draft_level_ms or 0.0)
-        spec_ms = verify_1 * self.link.batch_ratio(chain.size + 1) + draft_ms + (self.link.network_ms or 0.0)
-        return expected / spec_ms >= 1.0 / plain_ms
+        best, best_rate = 0, 1.0 / (verify_1 * self.link.batch_ratio(1))
+        for length in range(1, self.draft_len + 1):
+            expected = 1.0 + tree_value(TreeShape.chain(length).parents, acceptance)
+            draft_ms = self.link.sessions * length * (self.link.draft_level_ms or 0.0)
+            spec_ms = verify_1 * self.link.batch_ratio(length + 1) + draft_ms + (self.link.network_ms or 0.0)
+            if expected / spec_ms > best_rate:
+                best, best_rate = length, expected / spec_ms
+        return best
 
     def _shape(self, size: int, depth: int) -> TreeShape:
         size = self.fixed_size or size

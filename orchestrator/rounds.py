@@ -35,9 +35,10 @@ PLANNED_DEPTH = 8  # the deepest tree the planner draws when the depth is not pi
 class Speculation:
     """How a request speculates. mode: ar (K = 0), chain (at most draft_len tokens), tree (the
     planner's Sequoia tree; tree_budget / tree_depth pin its size / depth; shape pins the tree
-    itself, for tests and calibration). adaptive: under load the planner may turn a chain into
-    plain steps when the batch makes it a loss (goodput); a request that names its draft length
-    gets exactly that, so a seeded request is reproducible whatever the load."""
+    itself, for tests and calibration). adaptive: the planner picks each chain round's length in
+    0 .. draft_len by goodput (plain steps when the draft does not pay on this text or the batch
+    makes it a loss); a request that names its draft length gets exactly that, so a seeded
+    request is reproducible whatever the load."""
 
     mode: str = "chain"
     draft_len: int = 4
@@ -148,9 +149,11 @@ class SessionRounds:
             return RoundPlan(self.step + 1, None, budget, choice.reason)
         if self.spec.mode == "tree":
             return RoundPlan(self.step + 1, shape.within_depth(limit), replace(budget, max_len=limit), choice.reason)
-        link = self.planner.link  # what the chain's pass costs beyond a plain step (pinned: load-blind, reproducible)
-        gain = link.marginal(limit + 1) if self.spec.adaptive else link.ratio(limit + 1) - 1
-        return RoundPlan(self.step + 1, TreeShape.chain(limit), replace(budget, max_len=limit, min_gain=gain),
+        limit = min(limit, shape.size)  # the planner's chain length (goodput), or draft_len
+        link = self.planner.link  # what a chain of l tokens costs, in plain steps (pinned: load-blind, reproducible)
+        cost = link.marginal if self.spec.adaptive else (lambda n: link.ratio(n) - 1)
+        costs = tuple(1.0 + cost(length + 1) for length in range(limit + 1))
+        return RoundPlan(self.step + 1, TreeShape.chain(limit), replace(budget, max_len=limit, pass_costs=costs),
                          choice.reason)
 
     def commit(self, plan: RoundPlan, result: VerifyResult, drafted: int, depth: int) -> RoundOutcome:

@@ -7,9 +7,11 @@ kept, but ends its branch (a chain stops after it; a tree node gets no children)
 - entropy rule (AdaEDL): stop when 1 − sqrt(γ·H(q)) < λ, i.e. when H(q) > (1 − λ)² / γ,
   H in nats. 1 − sqrt(γ·H) approximates a lower bound on the token's acceptance probability.
 - confidence rule (llama.cpp's draft p-min): stop when max q < min_confidence.
-- min_gain (model-free lookups): propose only when the draft expects at least this many of its
-  tokens accepted; the planner sets it to what the verify pass costs beyond a plain step, in
-  plain steps (a 5-token pass costing 1.6 plain ones needs 0.6 accepted tokens to pay).
+- pass_costs (model-free lookups): what a round drafting l tokens costs, in plain steps
+  (pass_costs[l], l = 0 .. max_len; pass_costs[0] = 1), from the planner's verify-cost curve at
+  the current load. A lookup proposes the length that maximises its expected tokens per cost,
+  and nothing when no length beats a plain step (a 5-token pass costing 1.6 plain steps needs
+  0.6 accepted tokens to pay; an 8-token pass may cost little more than a 5-token one).
 In greedy mode the warped q is one-hot (H = 0), so both rules read the draft's plain softmax.
 """
 
@@ -27,7 +29,7 @@ class DraftBudget:
     gamma: float | None = None  # entropy rule scale (AdaEDL γ); None = rule off
     lam: float | None = None  # entropy rule threshold λ
     min_confidence: float | None = None  # confidence rule threshold; None = rule off
-    min_gain: float | None = None  # a lookup is proposed only if it expects this many accepted tokens
+    pass_costs: tuple[float, ...] | None = None  # a lookup's round of l tokens costs pass_costs[l] plain steps
 
     def stops(self, logits: torch.Tensor, q: torch.Tensor | None, greedy: bool) -> bool:
         """logits [V] raw draft logits; q [V] the warped distribution the token was drafted from

@@ -160,8 +160,8 @@ def budget_to_pb(budget: DraftBudget, shape_parents: list[int]) -> speculate_pb2
         pb.gamma, pb.lam = budget.gamma, budget.lam
     if budget.min_confidence is not None:
         pb.min_confidence = budget.min_confidence
-    if budget.min_gain is not None:
-        pb.min_gain = budget.min_gain
+    if budget.pass_costs is not None:
+        pb.pass_costs.extend(budget.pass_costs)
     return pb
 
 
@@ -171,7 +171,7 @@ def budget_from_pb(pb: speculate_pb2.DraftPlan) -> DraftBudget:
         gamma=pb.gamma if pb.HasField("gamma") else None,
         lam=pb.lam if pb.HasField("lam") else None,
         min_confidence=pb.min_confidence if pb.HasField("min_confidence") else None,
-        min_gain=pb.min_gain if pb.HasField("min_gain") else None,
+        pass_costs=tuple(pb.pass_costs) or None,
     )
 
 

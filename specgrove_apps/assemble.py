@@ -21,6 +21,7 @@ class EngineSpec:
     target: str = DEFAULT_TARGET  # 'smollm2' or a model directory
     draft: str | None = None  # 'ngram', 'SPEC:layers=N' or a model directory; None = default
     draft_len: int = 4  # chain: K draft tokens per round
+    adaptive: bool = False  # chain: the goodput planner picks each round's K in 0 .. draft_len
     tree_budget: int | None = None  # tree: pin the size (nodes); None = the planner's choice
     tree_depth: int | None = None  # tree: pin the depth; None = the planner's choice
     profile: str | None = None  # tree: calibration profile JSON; None = the cached one (made if missing)
@@ -59,12 +60,20 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
         if spec.mode == "tree":
             raise InvalidArgument("draft", "tree mode needs a draft model (--draft DIR or smollm2:layers=N); "
                                   "the n-gram drafter proposes a single chain")
-        return Assembled(target, SpeculativeEngine(target, NgramDrafter(target.vocab_size), spec.draft_len),
-                         f"chain K={spec.draft_len} ngram")  # stop rules never fire on its one-hot q
+    from orchestrator.rounds import Speculation
+
+    chain = Speculation("chain", spec.draft_len, adaptive=spec.adaptive)
+    sizing = "goodput" if spec.adaptive else "pinned"
+    if draft_spec == "ngram":
+        if spec.mode == "tree":
+            raise InvalidArgument("draft", "tree mode needs a draft model (--draft DIR or smollm2:layers=N); "
+                                  "the n-gram drafter proposes a single chain")
+        return Assembled(target, SpeculativeEngine(target, NgramDrafter(target.vocab_size), speculation=chain),
+                         f"chain K<={spec.draft_len} ({sizing}) ngram")  # stop rules never fire on its one-hot q
     drafter, draft = make_drafter(draft_spec, target, cache_dir, loaded)
     if spec.mode == "chain":
-        engine = SpeculativeEngine(target, drafter, spec.draft_len, policy_factory=policies)
-        return Assembled(target, engine, f"chain K<={spec.draft_len} {spec.stop_policy} {draft.name}")
+        engine = SpeculativeEngine(target, drafter, speculation=chain, policy_factory=policies)
+        return Assembled(target, engine, f"chain K<={spec.draft_len} ({sizing}) {spec.stop_policy} {draft.name}")
     return _assemble_tree(spec, cache_dir, target, draft, drafter, policies)
 
 

@@ -159,12 +159,15 @@ class BenchConfig:
     draft_lens: tuple[int, ...] = (2, 4, 6)
     tree_budgets: tuple[int, ...] = ()  # tree modes with a pinned size (model drafts only)
     tree_auto: bool = False  # a tree mode sized by the planner from the calibration profile
+    chain_auto: bool = False  # a chain mode whose K (0 .. max draft_lens) the goodput planner picks per round
     stop_policies: tuple[str, ...] = ()  # chain-<policy> modes with at most policy_max_len tokens
     policy_max_len: int = 8
     hf_assisted_len: int = 4  # tokens per assisted step for hf-assisted
+    hf_lookup_lens: tuple[int, ...] = ()  # hf-lookup-kK modes: transformers' prompt lookup with K tokens
     modes: tuple[str, ...] = ()  # empty = every mode
     grpc_chain_lens: tuple[int, ...] = ()  # grpc-chain-kK modes through a local deployment
     grpc_tree: bool = False  # a grpc-tree mode sized by the network-aware planner
+    grpc_chain_auto: bool = False  # grpc-chain-auto: the served default (K picked by goodput)
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
     link_delays: tuple[float, ...] = (0.0,)  # injected drafter→verifier delays (ms), one deployment each
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
@@ -172,13 +175,15 @@ class BenchConfig:
     # transformers' generate over padded batches of as many prompts (aggregate throughput)
 
     def mode_names(self) -> list[str]:
-        every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else []) + ["specgrove-ar"]
+        every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else [])
+        every += [f"hf-lookup-k{k}" for k in self.hf_lookup_lens] + ["specgrove-ar"]
         if self.structured:  # transformers' generate takes no grammar: constrained plain decoding is the baseline
             every = ["specgrove-ar"]
-        every += [f"chain-k{k}" for k in self.draft_lens]
+        every += [f"chain-k{k}" for k in self.draft_lens] + (["chain-auto"] if self.chain_auto else [])
         every += [f"chain-{p}" for p in self.stop_policies]
         every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
-        every += grpc_mode_names(self.grpc_chain_lens, self.grpc_tree, self.grpc_tree_budgets, self.link_delays)
+        every += grpc_mode_names(self.grpc_chain_lens, self.grpc_tree, self.grpc_tree_budgets, self.link_delays,
+                                 self.grpc_chain_auto)
         unknown = set(self.modes) - set(every)
         if unknown:
             raise InvalidArgument("modes", f"unknown modes {sorted(unknown)}; available: {', '.join(every)}")
@@ -210,6 +215,10 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
     for k in config.draft_lens:
         specs[f"chain-k{k}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft, draft_len=k,
                                           stop_policy="static")
+    if config.chain_auto:
+        specs["chain-auto"] = EngineSpec(mode="chain", target=config.target, draft=config.draft,
+                                         draft_len=max(config.draft_lens, default=4), adaptive=True,
+                                         stop_policy="static")
     for policy in config.stop_policies:
         specs[f"chain-{policy}"] = EngineSpec(mode="chain", target=config.target, draft=config.draft,
                                               draft_len=config.policy_max_len, stop_policy=policy)
@@ -221,6 +230,8 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
                                         greedy=config.temperature == 0, stop_policy="static")
     runners: dict[str, tuple[Runner, bool]] = {"ar": (hf_runner(target), False), "hf-assisted": (hf_runner(target, **assist), False),
                                                "hf-lookup": (hf_runner(target, **lookup), False)}
+    for k in config.hf_lookup_lens:
+        runners[f"hf-lookup-k{k}"] = (hf_runner(target, prompt_lookup_num_tokens=k), False)
     for name in config.mode_names():
         if name in specs:
             built = assemble(specs[name], cache_dir, loaded)
@@ -321,7 +332,7 @@ def _run_concurrent(config: BenchConfig, target, runners) -> list[dict]:
         samples = hf_batch_samples(target, encoded, params, c)
         records.append(summarise_concurrent("hf-batch", c, samples, time.perf_counter() - start))
         for name, (runner, speculative) in runners.items():
-            if name in ("ar", "hf-assisted", "hf-lookup"):  # transformers runs one request at a time
+            if name in ("ar", "hf-assisted") or name.startswith("hf-lookup"):  # transformers: one request at a time
                 continue
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=c) as pool:

@@ -19,11 +19,12 @@ from specgrove_apps.bench_metrics import Sample
 
 
 def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple[int, ...],
-                    delays: tuple[float, ...]) -> list[str]:
+                    delays: tuple[float, ...], chain_auto: bool = False) -> list[str]:
     names = []
     for delay in delays:
         suffix = f"-d{delay:g}" if delay else ""
         names += [f"grpc-chain-k{k}{suffix}" for k in chain_lens]
+        names += [f"grpc-chain-auto{suffix}"] if chain_auto else []  # no draft_len named: the served default
         names += [f"grpc-tree{suffix}"] if tree else []
         names += [f"grpc-tree-m{m}{suffix}" for m in tree_budgets]
     return names

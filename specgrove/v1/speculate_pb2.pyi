@@ -38,20 +38,20 @@ class FeatureBlock(_message.Message):
     def __init__(self, start: _Optional[int] = ..., dim: _Optional[int] = ..., fp16: _Optional[bytes] = ...) -> None: ...
 
 class DraftPlan(_message.Message):
-    __slots__ = ("shape_parents", "max_len", "gamma", "lam", "min_confidence", "min_gain")
+    __slots__ = ("shape_parents", "max_len", "gamma", "lam", "min_confidence", "pass_costs")
     SHAPE_PARENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     LAM_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
-    MIN_GAIN_FIELD_NUMBER: _ClassVar[int]
+    PASS_COSTS_FIELD_NUMBER: _ClassVar[int]
     shape_parents: _containers.RepeatedScalarFieldContainer[int]
     max_len: int
     gamma: float
     lam: float
     min_confidence: float
-    min_gain: float
-    def __init__(self, shape_parents: _Optional[_Iterable[int]] = ..., max_len: _Optional[int] = ..., gamma: _Optional[float] = ..., lam: _Optional[float] = ..., min_confidence: _Optional[float] = ..., min_gain: _Optional[float] = ...) -> None: ...
+    pass_costs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, shape_parents: _Optional[_Iterable[int]] = ..., max_len: _Optional[int] = ..., gamma: _Optional[float] = ..., lam: _Optional[float] = ..., min_confidence: _Optional[float] = ..., pass_costs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftRequest(_message.Message):
     __slots__ = ("round", "plan", "verifier", "verify_timeout_ms")

@@ -23,8 +23,11 @@ def cmd_bench(args) -> int:
         target=args.target,
         draft=args.draft,
         draft_lens=tuple(int(k) for k in args.draft_lens.split(",") if k),
+        hf_lookup_lens=tuple(int(k) for k in args.hf_lookup_lens.split(",") if k),
         tree_budgets=tuple(int(m) for m in args.tree_budgets.split(",") if m),
         tree_auto=args.tree_auto,
+        chain_auto=args.chain_auto,
+        grpc_chain_auto=args.grpc_chain_auto,
         stop_policies=tuple(p for p in args.stop_policies.split(",") if p),
         modes=tuple(m for m in args.modes.split(",") if m),
         structured=args.structured,
@@ -34,7 +37,7 @@ def cmd_bench(args) -> int:
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
     )
-    if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets:
+    if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets or config.grpc_chain_auto:
         # the drafter and verifier processes take turns with this one: idle threads must sleep
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
@@ -69,12 +72,18 @@ def add_parser(sub) -> None:
     bench.add_argument("--target", default=DEFAULT_TARGET)
     bench.add_argument("--draft", default=DEFAULT_DRAFT)
     bench.add_argument("--draft-lens", default="2,4,6", help="comma-separated K values for chain modes")
+    bench.add_argument("--hf-lookup-lens", default="",
+                       help="comma-separated K: hf-lookup-kK modes (transformers' prompt lookup with K tokens)")
     bench.add_argument("--tree-budgets", default="", help="comma-separated tree sizes (needs a model draft)")
     bench.add_argument("--tree-auto", action="store_true", help="add a tree mode sized by the planner")
+    bench.add_argument("--chain-auto", action="store_true",
+                       help="add chain-auto: each round's K in 0..max(--draft-lens) picked by the goodput planner")
     bench.add_argument("--stop-policies", default="",
                        help="comma-separated chain-<policy> modes: adaedl,max-confidence,heuristic,static (K <= 8)")
     bench.add_argument("--grpc-chain-lens", default="", help="comma-separated K: grpc-chain-kK modes over gRPC")
     bench.add_argument("--grpc-tree", action="store_true", help="a grpc-tree mode (network-aware planner)")
+    bench.add_argument("--grpc-chain-auto", action="store_true",
+                       help="a grpc-chain-auto mode: the served default chain (no K named; goodput picks K)")
     bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
     bench.add_argument("--link-delays", default="0", help="comma-separated injected link delays (ms) for gRPC modes")
     bench.add_argument("--concurrency", default="",

@@ -58,8 +58,8 @@ def test_pinned_size_and_depth_and_other_modes():
     link = measured_link(300.0)
     pinned = RoundPlanner("tree", link, AcceptanceStats(ACCEPTANCE), fixed_size=6, fixed_depth=3).next()
     assert (pinned.size, pinned.depth, pinned.reason) == (6, 3, "fixed")
-    chain = RoundPlanner("chain", link, AcceptanceStats(ACCEPTANCE), draft_len=5).next()
-    assert chain.shape.parents == (-1, 0, 1, 2, 3)
+    chain = RoundPlanner("chain", link, AcceptanceStats(ACCEPTANCE), draft_len=5, adaptive=False).next()
+    assert chain.shape.parents == (-1, 0, 1, 2, 3) and chain.reason == "fixed"  # a named K, whatever it costs
     assert RoundPlanner("ar", link, AcceptanceStats(ACCEPTANCE)).next().shape is None
     planner = RoundPlanner("tree", link, AcceptanceStats(ACCEPTANCE))
     planner.observe(VerifyResult([0], [5], 6, [1, 0], [2, 0]))
@@ -79,7 +79,8 @@ def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_
     link = measured_link(2.0)
     planner = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
                            probe_every=8)
-    assert planner.next().reason == "fixed"  # one session: the chain, as asked
+    alone = planner.next()
+    assert (alone.size, alone.reason) == (4, "plan")  # one session: the chain pays
     loaded(link, 16, 5.0)
     assert link.sessions > 15
     reasons = [planner.next().reason for _ in range(16)]
@@ -88,7 +89,24 @@ def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_
                           adaptive=False)
     assert pinned.next().reason == "fixed"  # a request that named its draft length gets it
     loaded(link, 1, 5.0)
-    assert link.sessions < 1.5 and planner.next().reason == "fixed"
+    assert link.sessions < 1.5 and (planner.next().size, planner.next().reason) == (4, "plan")
+
+
+def test_alone_goodput_sizes_the_chain_by_the_draft_and_turns_it_off_when_the_draft_does_not_pay():
+    link = measured_link(2.0)  # this CPU's curve: 2–3 tokens cost more than 4–8, a draft level 9 ms
+    lengths = {a: RoundPlanner("chain", link, AcceptanceStats([a], prior_weight=1e9), draft_len=8).next().size
+               for a in (0.2, 0.6, 0.9)}
+    assert lengths[0.2] == 0 and 0 < lengths[0.6] <= lengths[0.9] <= 8  # a better draft drafts further
+    weak = RoundPlanner("chain", link, AcceptanceStats([0.2], prior_weight=1e9), draft_len=4, probe_every=8)
+    choices = [weak.next() for _ in range(16)]
+    assert [c.reason for c in choices].count("plan") == 14 and all(c.shape is None for c in choices if c.reason == "plan")
+    assert [c.size for c in choices if c.reason == "probe"] == [4, 4]  # the full chain, now and then, to re-measure
+    for a in (0.2, 0.6, 0.9):  # the choice is the best expected tokens per ms among K = 0 .. 8
+        planner = RoundPlanner("chain", link, AcceptanceStats([a], prior_weight=1e9), draft_len=8)
+        rate = [(1 + sum(a ** d for d in range(1, k + 1)))
+                / (link.verify_1_ms * link.ratio(k + 1) + k * link.draft_level_ms + (link.network_ms if k else 0))
+                for k in range(9)]
+        assert lengths[a] == max(range(9), key=rate.__getitem__)
 
 
 def test_load_moves_a_rounds_cost_along_the_curve():

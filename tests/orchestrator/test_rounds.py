@@ -32,7 +32,7 @@ def verdict(accepted: list[int], next_token: int, width: int = 1) -> VerifyResul
 
 
 def test_a_chain_round_drafts_no_more_than_the_tokens_left_to_emit():
-    core = session(Speculation("chain", 6), max_new_tokens=4)
+    core = session(Speculation("chain", 6, adaptive=False), max_new_tokens=4)
     plan = core.plan()
     assert plan.step == 1 and plan.shape == TreeShape.chain(3) and plan.budget.max_len == 3  # 4 left: 3 + 1
     outcome = core.commit(plan, verdict([5, 6], 7), drafted=3, depth=3)
@@ -44,10 +44,29 @@ def test_a_chain_round_drafts_no_more_than_the_tokens_left_to_emit():
 
 
 def test_a_chain_round_tells_the_drafter_what_its_verify_pass_costs():
-    core = session(Speculation("chain", 4), max_new_tokens=20)
+    core = session(Speculation("chain", 4, adaptive=False), max_new_tokens=20)
     plan = core.plan()
     link = core.planner.link  # the planner's verify-cost curve (a calibration's, or the prior)
-    assert plan.budget.min_gain == pytest.approx(link.ratio(5) - 1) and plan.budget.min_gain > 0
+    costs = plan.budget.pass_costs  # a round of l draft tokens: a pass of l + 1 tokens, in plain steps
+    assert len(costs) == 5 and costs[0] == pytest.approx(1.0)
+    assert costs == pytest.approx([link.ratio(length + 1) / link.ratio(1) for length in range(5)])
+    assert all(a <= b for a, b in zip(costs, costs[1:])) and costs[4] > 1
+
+
+def test_an_adaptive_chain_round_drafts_the_length_the_goodput_planner_picks():
+    core = session(Speculation("chain", 8), max_new_tokens=20)  # no K named: goodput sizes each round
+    best = core.planner._chain_length()
+    plan = core.plan()
+    assert 0 < best < 8 and plan.shape == TreeShape.chain(best) and plan.budget.max_len == best
+    assert len(plan.budget.pass_costs) == best + 1
+
+
+def test_passes_the_cpu_feeds_as_four_tokens_cost_what_four_do():
+    from orchestrator.round_planner import LinkStats
+
+    padded, plain = LinkStats(min_rows=4), LinkStats()
+    assert padded.ratio(2) == padded.ratio(3) == padded.ratio(4) == plain.ratio(4) > plain.ratio(2)
+    assert padded.ratio(1) == 1.0 and padded.ratio(8) == plain.ratio(8)
 
 
 def test_a_tree_round_keeps_only_the_levels_the_budget_allows():
@@ -60,7 +79,7 @@ def test_a_tree_round_keeps_only_the_levels_the_budget_allows():
 
 def test_a_stop_rule_cuts_the_verdict_and_the_policy_learns():
     policy = AdaEDLPolicy(4)
-    core = session(Speculation("chain", 4), max_new_tokens=20, policy=policy)
+    core = session(Speculation("chain", 4, adaptive=False), max_new_tokens=20, policy=policy)
     plan = core.plan()
     assert plan.budget.gamma is not None  # AdaEDL's entropy rule reaches the drafter
     lam = policy.lam
@@ -74,7 +93,7 @@ def test_a_stop_rule_cuts_the_verdict_and_the_policy_learns():
 
 
 def test_commit_takes_rounds_in_order_only():
-    core = session(Speculation("chain", 2))
+    core = session(Speculation("chain", 2, adaptive=False))
     plan = core.plan()
     core.commit(plan, verdict([], 1), drafted=2, depth=2)
     with pytest.raises(AssertionError):

@@ -39,6 +39,8 @@ def test_verify_result_and_budget_round_trip():
     back = codec.budget_from_pb(codec.budget_to_pb(budget, [-1, 0]))
     assert back.max_len == 6 and back.min_confidence is None and abs(back.lam - 0.4) < 1e-6
     assert codec.budget_from_pb(codec.budget_to_pb(DraftBudget(3), [-1])) == DraftBudget(3)
+    costs = codec.budget_from_pb(codec.budget_to_pb(DraftBudget(2, pass_costs=(1.0, 1.25, 1.5)), [-1, 0])).pass_costs
+    assert costs == (1.0, 1.25, 1.5)  # float32 holds these exactly
 
 
 def test_feature_blocks_round_trip_in_float16_and_refuse_a_ragged_block():
