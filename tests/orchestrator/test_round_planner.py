@@ -48,10 +48,12 @@ def test_planner_measures_plain_decoding_then_probes_a_tree_then_plans():
     assert planner.next().reason == "plan"
 
 
-def test_at_k0_the_planner_still_probes_a_tree_now_and_then():
-    planner = RoundPlanner("tree", measured_link(300.0), AcceptanceStats(ACCEPTANCE), probe_every=5)
-    reasons = [planner.next().reason for _ in range(10)]
-    assert reasons.count("probe") == 2 and reasons.count("plan") == 8
+def test_at_k0_the_planner_still_probes_a_tree_now_and_then_less_often_while_probes_lose():
+    planner = RoundPlanner("tree", measured_link(300.0), AcceptanceStats(ACCEPTANCE), probe_every=5,
+                           max_probe_every=20)
+    reasons = [planner.next().reason for _ in range(80)]
+    probes = [i for i, reason in enumerate(reasons) if reason == "probe"]
+    assert probes == [4, 14, 34, 54, 74] and reasons.count("plan") == 75  # gaps 5, 10, 20, 20 (the cap)
 
 
 def test_pinned_size_and_depth_and_other_modes():
@@ -83,8 +85,9 @@ def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_
     assert (alone.size, alone.reason) == (4, "plan")  # one session: the chain pays
     loaded(link, 16, 5.0)
     assert link.sessions > 15
-    reasons = [planner.next().reason for _ in range(16)]
-    assert reasons.count("load") == 14 and reasons.count("probe") == 2  # plain steps, a chain now and then
+    reasons = [planner.next().reason for _ in range(300)]
+    probes = [i for i, reason in enumerate(reasons) if reason == "probe"]
+    assert probes == [127] and reasons.count("load") == 299  # plain steps; 16 sessions probe in turn: 8 × 16
     pinned = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
                           adaptive=False)
     assert pinned.next().reason == "fixed"  # a request that named its draft length gets it
@@ -98,9 +101,11 @@ def test_alone_goodput_sizes_the_chain_by_the_draft_and_turns_it_off_when_the_dr
                for a in (0.2, 0.6, 0.9)}
     assert lengths[0.2] == 0 and 0 < lengths[0.6] <= lengths[0.9] <= 8  # a better draft drafts further
     weak = RoundPlanner("chain", link, AcceptanceStats([0.2], prior_weight=1e9), draft_len=4, probe_every=8)
-    choices = [weak.next() for _ in range(16)]
-    assert [c.reason for c in choices].count("plan") == 14 and all(c.shape is None for c in choices if c.reason == "plan")
+    choices = [weak.next() for _ in range(24)]
+    assert [c.reason for c in choices].count("plan") == 22 and all(c.shape is None for c in choices if c.reason == "plan")
     assert [c.size for c in choices if c.reason == "probe"] == [4, 4]  # the full chain, now and then, to re-measure
+    weak.acceptance.prior = [0.9]  # the text changed: the draft pays again
+    assert weak.next().reason == "plan" and weak._probe_gap == 8  # back to the short probe gap
     for a in (0.2, 0.6, 0.9):  # the choice is the best expected tokens per ms among K = 0 .. 8
         planner = RoundPlanner("chain", link, AcceptanceStats([a], prior_weight=1e9), draft_len=8)
         rate = [(1 + sum(a ** d for d in range(1, k + 1)))

@@ -67,6 +67,8 @@ def test_passes_the_cpu_feeds_as_four_tokens_cost_what_four_do():
     padded, plain = LinkStats(min_rows=4), LinkStats()
     assert padded.ratio(2) == padded.ratio(3) == padded.ratio(4) == plain.ratio(4) > plain.ratio(2)
     assert padded.ratio(1) == 1.0 and padded.ratio(8) == plain.ratio(8)
+    padded.sessions = plain.sessions = 1.7  # plain steps of 1.7 sessions on average: rows of one token, no padding
+    assert padded.batch_ratio(1) == plain.batch_ratio(1) < padded.ratio(4)
 
 
 def test_a_tree_round_keeps_only_the_levels_the_budget_allows():
