@@ -165,7 +165,7 @@ class SpeculativeEngine:
         start = time.perf_counter()
         session_id = uuid.uuid4().hex
         output = GenerationOutput(self.target.decode, self.target.eos_token_ids, params)
-        spec = self.speculation
+        spec = self.speculation.for_request(params)
         core = SessionRounds(spec, output, planner_for(spec, self.link, self.acceptance), self.policy_factory(spec.max_len))
         try:
             while core.finish_reason is None:

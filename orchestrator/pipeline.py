@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
 import grpc
@@ -62,6 +62,7 @@ class PipelineConfig:
     verifiers: tuple[str, ...]  # host:port of verifier workers
     mode: str = "chain"  # default speculation mode: ar | chain | tree
     draft_len: int = 4  # chain: most draft tokens per round
+    goodput: bool = True  # a request naming no draft length gets chains sized by goodput (False: draft_len exactly)
     stop_policy: str = "adaedl"
     adaedl_gamma: float = 0.2
     adaedl_lambda: float = 0.5
@@ -115,6 +116,8 @@ class Pipeline:
 
     def _speculation(self, raw: dict) -> Speculation:
         spec = Speculation.from_dict(raw, self.config.mode, self.config.draft_len)
+        if not self.config.goodput:
+            spec = replace(spec, adaptive=False)
         return spec.validated(can_draft=bool(self.config.drafters))  # no drafter deployed: plain decoding
 
     def _prompt(self, call: GenerateCall) -> list[int]:
@@ -134,7 +137,7 @@ class Pipeline:
             await self._reserve()
             return _Run(session, self._speculation(session.speculation), call.resume_from)
         params = call.params.validate(vocab_size=self.text.vocab_size, max_new_tokens_limit=self.text.max_positions)
-        spec = self._speculation(call.speculation)
+        spec = self._speculation(call.speculation).for_request(params)
         prompt = self._prompt(call)
         check_request(prompt, params, spec, self.text.vocab_size, self.text.max_positions)
         await self._reserve()

@@ -63,6 +63,14 @@ class Speculation:
             return replace(self, mode="ar")
         return self
 
+    def for_request(self, params: SamplingParams) -> "Speculation":
+        """A seeded sampled request is reproducible: its chain length is pinned (by goodput the
+        rounds, and so the random draws, would depend on timing). Greedy output is the target's
+        whatever the rounds, so greedy and unseeded requests stay adaptive."""
+        if self.adaptive and params.seed is not None and not params.greedy:
+            return replace(self, adaptive=False)
+        return self
+
     @property
     def max_len(self) -> int:
         """The draft-length policy's most tokens (chain) or levels (tree) per round."""

@@ -135,3 +135,10 @@ def test_check_request_counts_the_draft_margin():
         check_request([1] * 40, params, Speculation("tree", shape=TREE), vocab_size=50, max_positions=54)
     with pytest.raises(OutOfRange, match="token ids"):
         check_request([50], params, Speculation("ar"), vocab_size=50, max_positions=54)
+
+
+def test_a_seeded_sampled_request_pins_its_chain_length_so_it_is_reproducible():
+    adaptive = Speculation("chain", 4)
+    assert adaptive.for_request(SamplingParams(temperature=1.0, seed=7)).adaptive is False
+    assert adaptive.for_request(SamplingParams(temperature=1.0)).adaptive  # unseeded: goodput sizes it
+    assert adaptive.for_request(SamplingParams(seed=7)).adaptive  # greedy: the target's tokens whatever the rounds

@@ -69,6 +69,9 @@ class InProcessStack:
             self.drafter_address = drafter_addresses[0]
         drafters = tuple(drafter_addresses)
         self.loop = LoopThread()
+        # chains of K exactly: with tiny models a draft costs about what the target does, so goodput
+        # sizing would hinge on timings (the planner's own tests cover it; `specgrove up` turns it on)
+        pipeline_options.setdefault("goodput", False)
         config = PipelineConfig(drafters, tuple(addresses), mode=mode, draft_len=draft_len,
                                 draft_timeout_ms=draft_timeout_ms, auth_token=auth_token, tls=tls, **pipeline_options)
 

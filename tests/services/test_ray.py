@@ -26,7 +26,8 @@ def test_ray_actors_serve_the_same_greedy_output(tiny_dir, tiny_target, tmp_path
     stack = start_ray_stack(str(tiny_dir), str(tiny_dir), tmp_path / "cache", mode="tree", auth_token="s3cret")
     try:
         out = Client(stack.address, auth_token="s3cret").generate(token_ids=ids, max_new_tokens=40)
-        chain = Client(stack.address, auth_token="s3cret").generate(token_ids=ids, max_new_tokens=40, mode="chain")
+        chain = Client(stack.address, auth_token="s3cret").generate(token_ids=ids, max_new_tokens=40, mode="chain",
+                                                                 draft_len=4)
         refused = [status_without_token(lambda: Client(stack.address).generate(token_ids=ids, max_new_tokens=4))]
         for role, stub in (("drafter", speculate_pb2_grpc.DrafterStub), ("verifier", speculate_pb2_grpc.VerifierStub)):
             with grpc.insecure_channel(stack.workers[role]) as channel:
