@@ -69,7 +69,10 @@ def test_greedy_identity_with_the_real_target(smollm2, noisy_draft, references, 
     policy = AdaEDLPolicy if "adaedl" in drafter_name else None
     engine = SpeculativeEngine(smollm2, drafter, draft_len, tree=tree, policy_factory=policy)
     accepted = rejected = 0
-    for prompt, (ids, reference) in references.items():
+    cases = list(references.items())
+    if "noisy" in drafter_name:  # a full noisy copy of the target: each draft token costs a target step,
+        cases = cases[:3]  # so 3 of the 5 prompts (code and chat; accepted and rejected rounds asserted below)
+    for prompt, (ids, reference) in cases:
         result = engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS))
         assert len(reference) == NEW_TOKENS  # no early EOS: all 64 tokens are compared
         assert result.token_ids == reference, prompt

@@ -99,7 +99,7 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     subprocess.run(
         [sys.executable, "-m", "specgrove_apps.cli", "bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(png),
-         "--concurrency", "1,2"],
+         "--concurrency", "2"],
         check=True, timeout=300,
     )
     report = json.loads(out.read_text())
@@ -118,9 +118,9 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     assert split["rounds"] > 0 and split["median_tree_bytes"] > 0
     assert split["median_verify_ms"] > 0 and split["median_round_ms"] >= split["median_verify_ms"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # under load: every SpecGrove mode and transformers' padded batches, at 1 and 2 clients
+    # under load: every SpecGrove mode and transformers' padded batches, 2 clients at once
     load = {(r["mode"], r["concurrency"]): r for r in report["concurrency"]}
-    assert set(load) == {(m, c) for m in ("hf-batch", "specgrove-ar", "chain-k4", "grpc-chain-k4") for c in (1, 2)}
+    assert set(load) == {(m, 2) for m in ("hf-batch", "specgrove-ar", "chain-k4", "grpc-chain-k4")}
     assert all(r["completed"] == 2 and r["output_throughput"] > 0 for r in load.values())
     assert load[("specgrove-ar", 2)]["throughput_vs_batched_ar"] == 1.0
     assert 0 <= report["config"]["other_processes_cpu_share"]
