@@ -62,23 +62,23 @@ class LinkStats:
 
     def ratio(self, tokens: float) -> float:
         """A pass of ``tokens`` (rows of more than one token) as a share of a 1-token pass."""
-        if 1 < tokens < self.min_rows:
-            tokens = self.min_rows
-        return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
+        return self._curve(self.min_rows if 1 < tokens < self.min_rows else tokens)
 
     def batch_ratio(self, tokens: float) -> float:
         """A round of ``tokens`` at the current load, as a share of a lone 1-token pass: its pass
         holds one such round per session (the cost per round is the pass's). A pass of plain
         steps is never padded, whatever the number of sessions."""
-        if tokens <= 1:
-            return CostProfile(self.verify_ratio, 0.0).verify_time(self.sessions * tokens)
-        return self.ratio(self.sessions * tokens)
+        return self._curve(self.sessions) if tokens <= 1 else self.ratio(self.sessions * tokens)
 
-    def marginal(self, tokens: int) -> float:
-        """What a round of ``tokens`` costs beyond a plain step, in plain steps, at the current
-        load (what its speculated tokens must earn back)."""
-        base = self.batch_ratio(1)
-        return (self.batch_ratio(tokens) - base) / base
+    def round_costs(self, max_len: int, loaded: bool = True) -> tuple[float, ...]:
+        """What a chain round of l draft tokens (a pass of l + 1) costs, in plain steps, for
+        l = 0 .. max_len: at the current load, or load-blind (a pinned request's, reproducible)."""
+        ratio = self.batch_ratio if loaded else self.ratio
+        base = ratio(1)
+        return tuple(ratio(length + 1) / base for length in range(max_len + 1))
+
+    def _curve(self, tokens: float) -> float:
+        return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
 
     def observe_load(self, sessions: float, tokens_per_pass: float) -> None:
         """The verifier's load: the sessions it holds (tokens per pass: kept for reports)."""

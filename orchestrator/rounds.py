@@ -158,9 +158,7 @@ class SessionRounds:
         if self.spec.mode == "tree":
             return RoundPlan(self.step + 1, shape.within_depth(limit), replace(budget, max_len=limit), choice.reason)
         limit = min(limit, shape.size)  # the planner's chain length (goodput), or draft_len
-        link = self.planner.link  # what a chain of l tokens costs, in plain steps (pinned: load-blind, reproducible)
-        cost = link.marginal if self.spec.adaptive else (lambda n: link.ratio(n) - 1)
-        costs = tuple(1.0 + cost(length + 1) for length in range(limit + 1))
+        costs = self.planner.link.round_costs(limit, loaded=self.spec.adaptive)  # pinned: load-blind, reproducible
         return RoundPlan(self.step + 1, TreeShape.chain(limit), replace(budget, max_len=limit, pass_costs=costs),
                          choice.reason)
 

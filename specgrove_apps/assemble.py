@@ -43,6 +43,7 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
     from drafter.factory import make_drafter
     from drafter.ngram import NgramDrafter
     from orchestrator.engine import SpeculativeEngine
+    from orchestrator.rounds import Speculation
     from specgrove.models import load_model
 
     if spec.mode not in MODES:
@@ -56,12 +57,6 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
     if spec.mode == "ar":
         return Assembled(target, SpeculativeEngine(target), "ar")
     draft_spec = spec.draft or DEFAULT_DRAFT
-    if draft_spec == "ngram":
-        if spec.mode == "tree":
-            raise InvalidArgument("draft", "tree mode needs a draft model (--draft DIR or smollm2:layers=N); "
-                                  "the n-gram drafter proposes a single chain")
-    from orchestrator.rounds import Speculation
-
     chain = Speculation("chain", spec.draft_len, adaptive=spec.adaptive)
     sizing = "goodput" if spec.adaptive else "pinned"
     if draft_spec == "ngram":

@@ -119,4 +119,4 @@ def test_load_moves_a_rounds_cost_along_the_curve():
     assert abs(link.sessions - 8.0) < 0.01
     profile = link.profile()
     assert abs(profile.verify_time(8) / profile.verify_time(1) - link.ratio(64) / link.ratio(8)) < 1e-3
-    assert link.marginal(5) > link.ratio(5) - 1  # past the curve's flat part, extra tokens cost more
+    assert link.round_costs(4)[4] - 1 > link.ratio(5) - 1  # past the curve's flat part, extra tokens cost more
