@@ -166,6 +166,9 @@ def budget_to_pb(budget: DraftBudget, shape_parents: list[int]) -> speculate_pb2
 
 
 def budget_from_pb(pb: speculate_pb2.DraftPlan) -> DraftBudget:
+    """Raises InvalidArgument on pass costs that are not positive and finite (they divide)."""
+    if not all(cost > 0 and math.isfinite(cost) for cost in pb.pass_costs):
+        raise InvalidArgument("plan.pass_costs", f"must be positive and finite, got {list(pb.pass_costs)}")
     return DraftBudget(
         max_len=pb.max_len,
         gamma=pb.gamma if pb.HasField("gamma") else None,

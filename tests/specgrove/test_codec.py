@@ -1,9 +1,11 @@
 """Protobuf <-> domain conversion round-trips, and unset optional fields keep their defaults."""
 
+import pytest
 import torch
 
 from specgrove import codec
 from specgrove.budget import DraftBudget
+from specgrove.errors import InvalidArgument
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
 from specgrove.v1 import generate_pb2
@@ -41,10 +43,12 @@ def test_verify_result_and_budget_round_trip():
     assert codec.budget_from_pb(codec.budget_to_pb(DraftBudget(3), [-1])) == DraftBudget(3)
     costs = codec.budget_from_pb(codec.budget_to_pb(DraftBudget(2, pass_costs=(1.0, 1.25, 1.5)), [-1, 0])).pass_costs
     assert costs == (1.0, 1.25, 1.5)  # float32 holds these exactly
+    for bad in ((0.0, 1.0), (1.0, float("nan")), (1.0, -2.0)):  # a cost divides: refused at the wire
+        with pytest.raises(InvalidArgument, match="pass_costs"):
+            codec.budget_from_pb(codec.budget_to_pb(DraftBudget(1, pass_costs=bad), [-1]))
 
 
 def test_feature_blocks_round_trip_in_float16_and_refuse_a_ragged_block():
-    import pytest
     import torch
 
     from specgrove import codec
