@@ -25,10 +25,10 @@ demo: install
 	$(VENV)/bin/specgrove demo
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal -m "not slow"
 
 protos: install
 	$(PY) -m specgrove.protogen

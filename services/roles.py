@@ -201,7 +201,17 @@ class Stack:
         self.processes[role] = subprocess.Popen(self.commands[role], env=self.env, stdout=out,
                                                 stderr=subprocess.STDOUT)
         if wait:
+            self.wait_healthy(role)
+
+    def wait_healthy(self, role: str) -> None:
+        """Block until ``role`` answers its health check; if it exits first, the error carries the
+        end of its log."""
+        try:
             wait_healthy(f"127.0.0.1:{self.ports[role]}", process=self.processes[role], tls=self.tls)
+        except RuntimeError as error:
+            log_file = self.log_dir / f"{role}.log" if self.log_dir else None
+            tail = log_file.read_text(errors="replace").splitlines()[-15:] if log_file and log_file.is_file() else []
+            raise RuntimeError(f"{role}: {error}" + "".join(f"\n  | {line}" for line in tail)) from None
 
     def kill(self, role: str) -> None:
         """SIGKILL: the role dies without any clean-up (a crash)."""
@@ -270,7 +280,7 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         for role in ("verifier", "drafter", "orchestrator"):
             stack.start(role, wait=False)
         for role in ("verifier", "drafter", "orchestrator"):
-            wait_healthy(f"127.0.0.1:{ports[role]}", process=stack.processes[role], tls=stack.tls)
+            stack.wait_healthy(role)
     except BaseException:
         stack.stop()
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import random
 import socket
 import subprocess
 import tempfile
@@ -15,14 +16,30 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# Ports handed out are drawn below the kernel's ephemeral range (32768+ on Linux), where no
+# outgoing connection can take one between the check here and the server's own bind (that race
+# failed a server's start in CI), and below 22768 so that a cluster node's bus (port + 10000)
+# stays out of that range too. Handed-out ports are not handed out twice by one process.
+_PORT_RANGE = (12000, 22768)
+_handed_out: set[int] = set()
+_pick = random.Random()  # its own generator: a test that seeds the global one changes nothing here
+
+
 def free_port(below: int = 65536) -> int:
     """A free loopback port under ``below`` (a cluster node also listens on port + 10000)."""
-    while True:
+    low, high = _PORT_RANGE[0], min(_PORT_RANGE[1], below)
+    for _ in range(200):
+        port = _pick.randrange(low, high)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < below:
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}..{high - 1}")
 
 
 class LocalRedis:

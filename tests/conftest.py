@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random llama models (fast) and the real SmolLM2 target (slow)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,13 @@ from specgrove.tiny import UPPER, build_tiny_llama
 def _intra_op_threads(request):
     """Tiny models run on one intra-op thread: on a 2-core machine a second one mostly waits for a
     core (tiny-model tests ran 10-20x slower under load). Tests marked slow (the real model) keep
-    every thread."""
+    their share of the cores: all of them, or one per pytest-xdist worker."""
     before = torch.get_num_threads()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if request.node.get_closest_marker("slow") is None:
         torch.set_num_threads(1)
+    elif workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     try:
         yield
     finally:
