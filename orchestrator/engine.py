@@ -213,9 +213,10 @@ class SpeculativeEngine:
                 draft_ms = (time.perf_counter() - t0) * 1000
             tree, depth = tree_from_levels(levels), len(levels)
         features_from = len(context) - 1 if feeds and tree.size else None
-        verdict, verify_ms, features = self.verifier.verify(session_id, plan.step, context, params, seed, tree,
-                                                            features_from, output_start)
+        verdict, verify_ms, features, pass_rows = self.verifier.verify(session_id, plan.step, context, params, seed,
+                                                                       tree, features_from, output_start)
         self.link.observe_load(*self.verifier.load)
+        self.link.observe_pass(pass_rows, verify_ms)
         if tree.size:
             with self.drafts.lock:
                 self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)

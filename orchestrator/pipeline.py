@@ -369,6 +369,7 @@ class Pipeline:
             return None
         if measure:
             link.observe_load(reply.timing.sessions, reply.timing.pass_tokens)
+            link.observe_pass(reply.timing.pass_rows, reply.timing.verify_ms)
             link.observe_tree((time.perf_counter() - t0) * 1000, reply.timing.draft_ms, reply.timing.verify_ms,
                               reply.tree_size, reply.tree_depth, reply.timing.tree_bytes)
         return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
@@ -398,6 +399,7 @@ class Pipeline:
                 continue
             if measure:
                 link.observe_load(reply.timing.sessions, reply.timing.pass_tokens)
+                link.observe_pass(reply.timing.pass_rows, reply.timing.verify_ms)
                 link.observe_plain((time.perf_counter() - t0) * 1000, reply.timing.verify_ms)
             return codec.result_from_pb(reply), 0, 0
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"

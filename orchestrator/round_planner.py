@@ -21,6 +21,7 @@ batched each waits S times as long, so the batch as a whole probes as often as o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from orchestrator.acceptance import AcceptanceStats
@@ -38,8 +39,20 @@ PROBE_SIZE, PROBE_DEPTH = 4, 3
 LOAD_MARGIN = 1.15
 
 
+# The verify-cost curve is learned from the verifier's own passes (their sizes and times): on a
+# grid of pass sizes, each point an average over its last passes (weight LEARN_ALPHA), trusted
+# from LEARN_MIN passes on. The prior (or the calibration profile) gives the shape elsewhere.
+LEARN_GRID = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
+              224, 256)
+LEARN_ALPHA, LEARN_MIN = 0.1, 4
+
+
 def ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else (1 - alpha) * old + alpha * new
+
+
+def _grid_point(tokens: float) -> int:
+    return min(LEARN_GRID, key=lambda g: abs(math.log(g) - math.log(max(1.0, tokens))))
 
 
 @dataclass
@@ -59,6 +72,10 @@ class LinkStats:
     # A pass of 2 .. min_rows − 1 tokens is fed as min_rows (the target's ``min_pass_rows``: on
     # the CPU, 2–3-row matrix products are slower than 4-row ones), so it costs what that pass does.
     min_rows: int = 1
+    # The curve learned from the verifier's passes: per grid point, the average of (pass ms / the
+    # prior curve there) and how many passes it has seen (``observe_pass``).
+    learned: dict[int, float] = field(default_factory=dict)
+    learned_passes: dict[int, int] = field(default_factory=dict)
 
     def ratio(self, tokens: float) -> float:
         """A pass of ``tokens`` (rows of more than one token) as a share of a 1-token pass."""
@@ -77,8 +94,38 @@ class LinkStats:
         base = ratio(1)
         return tuple(ratio(length + 1) / base for length in range(max_len + 1))
 
-    def _curve(self, tokens: float) -> float:
+    def _prior(self, tokens: float) -> float:
         return CostProfile(self.verify_ratio, 0.0).verify_time(tokens)
+
+    def _curve(self, tokens: float) -> float:
+        """The pass cost of ``tokens`` as a share of a 1-token pass: the prior's shape, corrected
+        by what the verifier's passes measured (between measured sizes the correction is
+        interpolated in log size; beyond them, the nearest one's)."""
+        points = sorted(p for p, n in self.learned_passes.items() if n >= LEARN_MIN)
+        if not points:
+            return self._prior(tokens)
+        return self._prior(tokens) * self._correction(tokens, points) / self._correction(1, points)
+
+    def _correction(self, tokens: float, points: list[int]) -> float:
+        x = math.log(max(1.0, tokens))
+        logs = [math.log(p) for p in points]
+        if x <= logs[0]:
+            return self.learned[points[0]]
+        if x >= logs[-1]:
+            return self.learned[points[-1]]
+        i = next(i for i, lx in enumerate(logs) if lx >= x)
+        w = (x - logs[i - 1]) / (logs[i] - logs[i - 1])
+        lo, hi = math.log(self.learned[points[i - 1]]), math.log(self.learned[points[i]])
+        return math.exp(lo + w * (hi - lo))
+
+    def observe_pass(self, tokens: int, ms: float) -> None:
+        """A verifier pass over ``tokens`` tokens (all sessions' rows) took ``ms``."""
+        if tokens < 1 or not ms > 0:
+            return
+        rows = self.min_rows if 1 < tokens < self.min_rows else tokens
+        point = _grid_point(rows)
+        self.learned[point] = ewma(self.learned.get(point), ms / self._prior(rows), LEARN_ALPHA)
+        self.learned_passes[point] = self.learned_passes.get(point, 0) + 1
 
     def observe_load(self, sessions: float, tokens_per_pass: float) -> None:
         """The verifier's load: the sessions it holds (tokens per pass: kept for reports)."""

@@ -56,7 +56,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
     def _verify(self, header, tree):
         features_from = header.features_from if header.HasField("features_from") else None
         with telemetry.tracer().start_as_current_span("verify pass"):  # compute only, not the stream's arrival
-            result, verify_ms, features = self.worker.verify(
+            result, verify_ms, features, pass_rows = self.worker.verify(
                 header.session_id, header.step, codec.unpack_ids(header.context),
                 codec.params_from_pb(header.sampling), header.seed, tree, features_from, header.output_start,
                 header.run,
@@ -64,6 +64,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
         reply.timing.verify_ms = verify_ms
         reply.timing.sessions, reply.timing.pass_tokens = self.worker.load
+        reply.timing.pass_rows = pass_rows
         if features is not None:
             reply.features.CopyFrom(codec.features_to_pb(features, features_from))
         return reply

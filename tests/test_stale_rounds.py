@@ -21,8 +21,8 @@ CHAIN = list(TreeShape.chain(3).parents)
 def test_the_verifier_refuses_an_older_round_and_serves_a_retry(tiny_target):
     worker = VerifierWorker(tiny_target, keep_features=False)
     context = tiny_target.encode("the cat sat")
-    first, _, _ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())
-    again, _, _ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())  # a retry of round 2
+    first, *_ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())
+    again, *_ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())  # a retry of round 2
     assert again.next_token == first.next_token
     worker.verify("s", 3, context + [first.next_token], PARAMS, 0, empty_tree())
     with pytest.raises(StaleRound, match="round 2 is older than round 3"):

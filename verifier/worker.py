@@ -88,15 +88,16 @@ class VerifierWorker:
     def verify(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int, tree: TokenTree,
         features_from: int | None = None, output_start: int = 0, run: str = "",
-    ) -> tuple[VerifyResult, float, torch.Tensor | None]:
-        """(result, verify milliseconds, features). A fresh or restarted worker prefills from
+    ) -> tuple[VerifyResult, float, torch.Tensor | None, int]:
+        """(result, verify milliseconds, features, the pass's rows). A fresh or restarted worker prefills from
         `context`. features_from: also return the target's features of the confirmed tokens from
         that index to the last accepted one ([len(context) + accepted − features_from, H]).
         output_start: where the output begins in context (a grammar in params constrains it).
         A round older than the session's latest is refused (StaleRound): an abandoned call must
         not move a cache a newer round owns; the same round again (a retry) is served. So is a
         round of a released ``run`` (see specgrove.fence). The milliseconds are those of the
-        pass the round rode in, shared with the other rounds in it."""
+        pass the round rode in, shared with the other rounds in it; the rows are the tokens that
+        pass fed (every round's in it, prefills included)."""
         self.check(context, tree)
         return self._submit(_Job(session_id, step, run, list(context), tree, params, seed, features_from,
                                  output_start))
@@ -219,6 +220,7 @@ class VerifierWorker:
         if not rows:
             return
         rows.sort(key=lambda j: j.session.state.slot)  # slots 0..B−1 in order: the pass reads a view, copies nothing
+        fed = sum(self._feed_length(j) for j in rows)
         try:
             logits = self.target.run([Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist())
                                       for j in rows])
@@ -228,7 +230,7 @@ class VerifierWorker:
             elapsed = time.perf_counter() - start
             for job, row_logits in zip(rows, logits):
                 try:
-                    job.result = self._finish(job, row_logits, elapsed * 1000)
+                    job.result = self._finish(job, row_logits, elapsed * 1000, fed)
                 except BaseException as exc:  # noqa: BLE001
                     job.error = exc
             self.metrics.record_pass(sum(j.tree.size + 1 for j in rows), elapsed, batch=len(rows))
@@ -266,7 +268,7 @@ class VerifierWorker:
                                              job.output_start)
         return session
 
-    def _finish(self, job: _Job, logits: torch.Tensor, verify_ms: float):
+    def _finish(self, job: _Job, logits: torch.Tensor, verify_ms: float, fed: int):
         """Verify one row of the pass and keep its accepted path."""
         state = job.session.state
         if job.params is None:  # a prefill for features
@@ -282,7 +284,7 @@ class VerifierWorker:
         features = None
         if job.features_from is not None:
             features = state.features[: len(job.context) + len(result.accepted_tokens)][job.features_from:]
-        return result, verify_ms, features
+        return result, verify_ms, features, fed
 
     def _evict(self, keep: set[str]) -> int:
         """Drop least recently used sessions until the cached tokens fit the budget (never those

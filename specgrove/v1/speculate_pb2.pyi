@@ -90,7 +90,7 @@ class TreeMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens")
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows")
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_MS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class Timing(_message.Message):
     FEATURE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PASS_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PASS_ROWS_FIELD_NUMBER: _ClassVar[int]
     draft_ms: float
     verify_ms: float
     round_ms: float
@@ -105,7 +106,8 @@ class Timing(_message.Message):
     feature_bytes: int
     sessions: int
     pass_tokens: float
-    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ...) -> None: ...
+    pass_rows: int
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ...) -> None: ...
 
 class RoundReply(_message.Message):
     __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features")

@@ -120,3 +120,37 @@ def test_load_moves_a_rounds_cost_along_the_curve():
     profile = link.profile()
     assert abs(profile.verify_time(8) / profile.verify_time(1) - link.ratio(64) / link.ratio(8)) < 1e-3
     assert link.round_costs(4)[4] - 1 > link.ratio(5) - 1  # past the curve's flat part, extra tokens cost more
+
+
+def test_the_verify_cost_curve_is_learned_from_the_verifiers_passes():
+    prior = {1: 1.0, 4: 1.6, 8: 1.9, 16: 2.3, 32: 3.0}
+    link = LinkStats(verify_ratio=dict(prior))
+    for _ in range(3):  # too few passes to trust: the prior still rules
+        link.observe_pass(1, 40.0)
+        link.observe_pass(5, 40.0 * 1.3)
+    assert link.ratio(5) == LinkStats(verify_ratio=dict(prior)).ratio(5)
+    for _ in range(40):  # this host: a 5-token pass costs 1.3 plain steps, not the prior's 1.675
+        link.observe_pass(1, 40.0)
+        link.observe_pass(5, 40.0 * 1.3)
+    assert abs(link.ratio(5) - 1.3) < 0.02
+    assert abs(link.round_costs(4, loaded=False)[4] - 1.3) < 0.02  # what a chain round of 4 costs the planner
+    # beyond the passes seen, the prior's shape scaled by the nearest measurement
+    assert abs(link.ratio(32) / link.ratio(8) - prior[32] / prior[8]) < 1e-6
+    # a prefill of 300 tokens teaches the long end, not the 1-token point
+    before = link.ratio(5)
+    for _ in range(8):
+        link.observe_pass(300, 40.0 * 30)
+    assert abs(link.ratio(5) - before) < 1e-9 and link.ratio(256) > LinkStats(verify_ratio=dict(prior)).ratio(256)
+
+
+def test_a_learned_cheap_pass_makes_the_planner_draft_further():
+    acceptance = AcceptanceStats([0.8], prior_weight=1e9)
+    prior = measured_link(2.0)
+    prior.verify_ratio = {1: 1.0, 2: 1.15, 3: 1.25, 4: 1.65, 8: 1.9, 16: 2.3, 32: 3.0}  # the prior: 5 tokens ≈ 1.7
+    learned = measured_link(2.0)
+    learned.verify_ratio = dict(prior.verify_ratio)
+    for _ in range(10):  # this host's passes: 2–8 tokens at 1.1–1.3 plain steps
+        for tokens, ratio in ((1, 1.0), (3, 1.1), (5, 1.2), (9, 1.3)):
+            learned.observe_pass(tokens, 78.0 * ratio)
+    sized = [RoundPlanner("chain", link, acceptance, draft_len=8).next().size for link in (prior, learned)]
+    assert sized[0] < sized[1]

@@ -21,3 +21,14 @@ def test_sessions_past_the_kv_budget_are_evicted_and_re_prefill(tiny_target):
     assert budgeted.metrics.registry.get_sample_value("specgrove:kv_cache_evictions_total") == 1
     again = budgeted.verify("a", 2, a + [5], PARAMS, 0, empty_tree())[0]  # re-prefilled from its context
     assert again.next_token == free.verify("a", 2, a + [5], PARAMS, 0, empty_tree())[0].next_token
+
+
+def test_a_round_reports_the_rows_its_pass_fed(tiny_target):
+    """What the planner learns the verify-cost curve from: a first round prefills its whole
+    context; the next feeds only the token that is new."""
+    worker = VerifierWorker(tiny_target, keep_features=False)
+    context = tiny_target.encode("the cat sat on the mat")
+    first, _, _, rows = worker.verify("a", 1, context, PARAMS, 0, empty_tree())
+    assert rows == len(context)
+    _, ms, _, rows = worker.verify("a", 2, context + [first.next_token], PARAMS, 0, empty_tree())
+    assert rows == 1 and ms > 0
