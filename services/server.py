@@ -3,6 +3,8 @@ each with the error/tracing/auth interceptor, ``grpc.health.v1`` and server refl
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from concurrent import futures
 
@@ -17,25 +19,71 @@ from specgrove.v1 import generate_pb2, generate_pb2_grpc, speculate_pb2, specula
 
 
 class LinkDelay(grpc.ServerInterceptor):
-    """Delays every Verify call by a set time: an injected slow drafter→verifier link (tests,
-    benchmarks). Only Verify: a plain decoding step goes orchestrator→verifier directly. The
-    sleep happens in the call's own handler thread, so other calls are not held up."""
+    """An emulated slow drafter↔verifier link (tests, benchmarks): every message of the drafter's
+    calls (Verify's tree levels, Features) reaches the handler ``delay_ms`` after it arrived, and
+    every reply leaves ``delay_ms`` late, as on a link of that one-way latency. Messages in flight
+    overlap, as they would on a wire: a level sent while the previous one travels arrives
+    ``delay_ms`` after it was sent, not after the previous one. A plain step (Decode) comes from
+    the orchestrator, taken to sit beside the verifier, and is not delayed. The waits happen in
+    the call's own handler thread (and one reader thread per Verify stream), so other calls are
+    not held up."""
+
+    DELAYED = ("/Verify", "/Features")
 
     def __init__(self, delay_ms: float):
         self.delay_s = delay_ms / 1000
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        if self.delay_s <= 0 or handler is None or not details.method.endswith("/Verify"):
+        if self.delay_s <= 0 or handler is None or not details.method.endswith(self.DELAYED):
             return handler
-        behavior, delay = handler.stream_unary, self.delay_s
+        delay = self.delay_s
+        if handler.request_streaming:
+            behavior = handler.stream_unary
 
-        def delayed(request_iterator, context):
-            time.sleep(delay)
-            return behavior(request_iterator, context)
+            def delayed(request_iterator, context):
+                reply = behavior(_arriving(request_iterator, delay), context)
+                time.sleep(delay)  # the reply's way back
+                return reply
 
-        return grpc.stream_unary_rpc_method_handler(delayed, request_deserializer=handler.request_deserializer,
-                                                    response_serializer=handler.response_serializer)
+            wrap = grpc.stream_unary_rpc_method_handler
+        else:
+            behavior = handler.unary_unary
+
+            def delayed(request, context):
+                time.sleep(delay)  # the request's way here
+                reply = behavior(request, context)
+                time.sleep(delay)
+                return reply
+
+            wrap = grpc.unary_unary_rpc_method_handler
+        return wrap(delayed, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+
+def _arriving(messages, delay_s: float):
+    """``messages`` as a link of one-way latency ``delay_s`` delivers them: each one ``delay_s``
+    after gRPC received it. A reader thread takes them as they come, so their times are true."""
+    arrived: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read():
+        try:
+            for message in messages:
+                arrived.put((time.monotonic() + delay_s, message, None))
+        except BaseException as exc:  # noqa: BLE001 - the stream broke: the handler sees it, late like the rest
+            arrived.put((time.monotonic() + delay_s, None, exc))
+            return
+        arrived.put((time.monotonic() + delay_s, None, None))
+
+    threading.Thread(target=read, name="link-delay", daemon=True).start()
+    while True:
+        due, message, error = arrived.get()
+        time.sleep(max(0.0, due - time.monotonic()))
+        if error is not None:
+            raise error
+        if message is None:
+            return
+        yield message
 
 
 def _health(server, names: list[str], aio: bool):
