@@ -62,7 +62,7 @@ def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_toke
 
 def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
                   metrics_port: int | None = None, tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
-                  limits: Limits = DEFAULT_LIMITS) -> None:
+                  limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0) -> None:
     """verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any."""
     from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
@@ -73,7 +73,7 @@ def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path
     drafter, model = make_drafter(draft, text, cache_dir)
     worker = DrafterWorker(drafter, text=text)
     server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token, tls=tls, verifiers=verifiers,
-                                          limits=limits)
+                                          limits=limits, link_delay_ms=link_delay_ms)
     if not verifiers:
         log.warning("drafter: no --verifier given: it streams to whichever verifier a Draft request names")
     _metrics_port(worker.metrics.registry, host, metrics_port)
@@ -268,7 +268,7 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
                                  "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"])),
         "drafter": role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
-                                "--metrics-port", str(ports["drafter_metrics"]),
+                                "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms", str(link_delay_ms),
                                 "--verifier", f"127.0.0.1:{ports['verifier']}"),  # the only one it streams to
         "orchestrator": role_command(
             "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,

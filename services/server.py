@@ -19,23 +19,22 @@ from specgrove.v1 import generate_pb2, generate_pb2_grpc, speculate_pb2, specula
 
 
 class LinkDelay(grpc.ServerInterceptor):
-    """An emulated slow drafter↔verifier link (tests, benchmarks): every message of the drafter's
-    calls (Verify's tree levels, Features) reaches the handler ``delay_ms`` after it arrived, and
-    every reply leaves ``delay_ms`` late, as on a link of that one-way latency. Messages in flight
-    overlap, as they would on a wire: a level sent while the previous one travels arrives
-    ``delay_ms`` after it was sent, not after the previous one. A plain step (Decode) comes from
-    the orchestrator, taken to sit beside the verifier, and is not delayed. The waits happen in
-    the call's own handler thread (and one reader thread per Verify stream), so other calls are
-    not held up."""
+    """An emulated remote drafter (tests, benchmarks): its links have a one-way latency of
+    ``delay_ms``. Every message of the calls in ``methods`` reaches the handler that long after it
+    arrived and every reply leaves that long late. Messages in flight overlap, as on a wire: a
+    tree level sent while the previous one travels arrives ``delay_ms`` after it was sent, not
+    after the previous one. On the verifier the drafter's calls (Verify, Features) are delayed,
+    not the orchestrator's plain steps (Decode: the orchestrator is taken to sit beside the
+    verifier); on the drafter, the orchestrator's Draft. The waits happen in the call's own
+    handler thread (and one reader thread per Verify stream), so other calls are not held up."""
 
-    DELAYED = ("/Verify", "/Features")
-
-    def __init__(self, delay_ms: float):
+    def __init__(self, delay_ms: float, methods: tuple[str, ...] = ("/Verify", "/Features")):
         self.delay_s = delay_ms / 1000
+        self.methods = methods
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        if self.delay_s <= 0 or handler is None or not details.method.endswith(self.DELAYED):
+        if self.delay_s <= 0 or handler is None or not details.method.endswith(self.methods):
             return handler
         delay = self.delay_s
         if handler.request_streaming:
@@ -109,12 +108,13 @@ def create_verifier_server(addr: str, worker, auth_token: str | None = None, lin
 
 def create_drafter_server(addr: str, worker, model=None, auth_token: str | None = None, threads: int = 8,
                           tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
-                          limits: Limits = DEFAULT_LIMITS):
-    """verifiers: the only addresses its Draft calls may stream to (empty: any)."""
+                          limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0):
+    """verifiers: the only addresses its Draft calls may stream to (empty: any). link_delay_ms:
+    the orchestrator→drafter link's one-way latency, emulated (see LinkDelay)."""
     from services.workers import DrafterServicer
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
-                         interceptors=[ServerInterceptor("drafter", auth_token)],
+                         interceptors=[LinkDelay(link_delay_ms, ("/Draft",)), ServerInterceptor("drafter", auth_token)],
                          options=limits.grpc_options())
     speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model, auth_token=auth_token, tls=tls,
                                                                      verifiers=verifiers, limits=limits), server)

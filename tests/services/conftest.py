@@ -59,7 +59,7 @@ class InProcessStack:
         for _ in range(drafters if drafter is not None else 0):
             worker = DrafterWorker(drafter)
             server, dport = create_drafter_server("127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
-                                                  verifiers=tuple(addresses))
+                                                  verifiers=tuple(addresses), link_delay_ms=link_delay_ms)
             server.start()
             self.drafter_workers.append(worker)
             self.drafter_servers.append(server)

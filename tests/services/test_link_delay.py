@@ -2,7 +2,8 @@
 real gRPC over loopback: each tree level reaches the verifier's handler D after it was sent (a
 level drawn late is not let through early by an earlier wait, as a single sleep at the start of
 the call did), the reply comes back D late, and a plain step (Decode, from the orchestrator beside the verifier)
-is not delayed. Lower bounds only: a busy machine can only make things later."""
+is not delayed. Lower bounds only: a busy machine can only make things later. The drafter's
+server delays the orchestrator's Draft calls the same way (``LinkDelay(D, ("/Draft",))``)."""
 
 from __future__ import annotations
 
