@@ -247,7 +247,8 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
-                extra_orchestrator: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
+                env: dict[str, str] | None = None,
                 http_port: int | None = None, redis_dir: Path | None = None) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
@@ -266,7 +267,8 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         http = ("--http-port", str(ports["http"]))
     commands = {
         "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
-                                 "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"])),
+                                 "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"]),
+                                 *extra_verifier),
         "drafter": role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
                                 "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms", str(link_delay_ms),
                                 "--verifier", f"127.0.0.1:{ports['verifier']}"),  # the only one it streams to

@@ -169,7 +169,8 @@ class BenchConfig:
     grpc_tree: bool = False  # a grpc-tree mode sized by the network-aware planner
     grpc_chain_auto: bool = False  # grpc-chain-auto: the served default (K picked by goodput)
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
-    link_delays: tuple[float, ...] = (0.0,)  # injected drafter→verifier delays (ms), one deployment each
+    link_delays: tuple[float, ...] = (0.0,)  # a remote drafter's one-way link latency (ms), one deployment each
+    min_pass_ms: float = 0.0  # the deployments' verifier passes last at least this long (a GPU-bound target)
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
     concurrency: tuple[int, ...] = ()  # every SpecGrove mode again with this many clients at once, beside
     # transformers' generate over padded batches of as many prompts (aggregate throughput)
@@ -247,7 +248,8 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
     import tempfile
     from pathlib import Path
 
-    stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")))
+    stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")),
+                        config.min_pass_ms)
     sessions: dict[str, set[str]] = {}
     others, wall = other_cpu_seconds(), time.perf_counter()
     try:

@@ -69,18 +69,23 @@ def grpc_runner(client, spec: dict, sessions: set[str]):
 def round_split(trace_path: Path, sessions: set[str]) -> dict:
     """Per-round medians from the spans of these sessions: draft (sum of draft levels), verify
     (the verifier's compute, its ``verify pass`` span), network and serving overhead (round −
-    draft − verify), tree bytes; speculative rounds only."""
+    draft − verify), tree bytes, the planner's tree (size, depth) and the tokens a round emitted;
+    speculative rounds only, with the share of rounds that were (the rest: plain steps)."""
     spans = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()]
     by_parent: dict[str, list[dict]] = {}
     for span in spans:
         by_parent.setdefault(span["parent_id"], []).append(span)
     requests = {s["span_id"] for s in spans if s["name"] == "orchestrator Generate"
                 and s["attributes"].get("specgrove.session_id") in sessions}
-    rows = []
+    rows, shapes, total = [], [], 0
     for rnd in (s for s in spans if s["name"] == "round" and s["parent_id"] in requests):
+        total += 1
         drafts = [c for c in by_parent.get(rnd["span_id"], []) if c["name"] == "drafter Draft"]
         if not drafts:
             continue
+        attributes = rnd["attributes"]
+        shapes.append((attributes.get("specgrove.tree_size", 0), attributes.get("specgrove.tree_depth", 0),
+                       attributes.get("specgrove.accepted", 0) + 1))
         draft_span = drafts[0]
         kids = by_parent.get(draft_span["span_id"], [])
         draft_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "draft level")
@@ -92,16 +97,21 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
     if not rows:
         return {"rounds": 0}
     med = [statistics.median(col) for col in zip(*rows)]
-    return {"rounds": len(rows), "median_round_ms": round(med[0], 3), "median_draft_ms": round(med[1], 3),
+    size, depth, emitted = (statistics.median(col) for col in zip(*shapes))
+    return {"rounds": len(rows), "speculative_share": round(len(rows) / total, 3),
+            "median_round_ms": round(med[0], 3), "median_draft_ms": round(med[1], 3),
             "median_verify_ms": round(med[2], 3), "median_network_ms": round(med[0] - med[1] - med[2], 3),
-            "median_tree_bytes": int(med[3])}
+            "median_tree_bytes": int(med[3]), "median_tree_size": size, "median_tree_depth": depth,
+            "mean_tokens_per_round": round(sum(s[2] for s in shapes) / len(shapes), 3)}
 
 
 class GrpcStacks:
     """One local deployment per link delay, started lazily, all stopped together."""
 
-    def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path):
+    def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0):
+        """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target)."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
+        self.min_pass_ms = min_pass_ms
         self.stacks: dict[float, object] = {}
 
     def trace_file(self, delay: float) -> Path:
@@ -115,7 +125,7 @@ class GrpcStacks:
             self.trace_file(delay).unlink(missing_ok=True)
             self.stacks[delay] = start_stack(
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=self.work_dir,
-                extra_orchestrator=("--stop-policy", "static"),
+                extra_orchestrator=("--stop-policy", "static"), extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
                 env={**__import__("os").environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay))})
         return Client(self.stacks[delay].address)
 

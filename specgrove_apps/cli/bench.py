@@ -35,6 +35,7 @@ def cmd_bench(args) -> int:
         grpc_tree=args.grpc_tree,
         grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
+        min_pass_ms=args.min_pass_ms,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
     )
     if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets or config.grpc_chain_auto:
@@ -85,7 +86,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--grpc-chain-auto", action="store_true",
                        help="a grpc-chain-auto mode: the served default chain (no K named; goodput picks K)")
     bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
-    bench.add_argument("--link-delays", default="0", help="comma-separated injected link delays (ms) for gRPC modes")
+    bench.add_argument("--link-delays", default="0",
+                       help="comma-separated one-way latencies (ms) of a remote drafter's links, for gRPC modes")
+    bench.add_argument("--min-pass-ms", type=float, default=0.0,
+                       help="gRPC modes: every verifier pass lasts at least this long (emulates a GPU-bound target)")
     bench.add_argument("--concurrency", default="",
                        help="comma-separated client counts: every SpecGrove mode again under load, beside "
                             "transformers' generate over padded batches (e.g. 1,2,4,8,16)")

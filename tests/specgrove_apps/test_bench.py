@@ -117,6 +117,8 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     split = grpc_mode["round_split"]
     assert split["rounds"] > 0 and split["median_tree_bytes"] > 0
     assert split["median_verify_ms"] > 0 and split["median_round_ms"] >= split["median_verify_ms"]
+    assert split["median_tree_size"] >= 1 and split["median_tree_depth"] >= 1 and 0 < split["speculative_share"] <= 1
+    assert 1 <= split["mean_tokens_per_round"] <= 5  # a round of K = 4 emits 1 .. 5 tokens
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # under load: every SpecGrove mode and transformers' padded batches, 2 clients at once
     load = {(r["mode"], r["concurrency"]): r for r in report["concurrency"]}
