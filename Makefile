@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist: the suite on every core (at most 4 workers)
+PARALLEL := -n auto --maxprocesses 4 --dist worksteal
 
 .PHONY: install demo test test-fast protos clean
 
@@ -25,10 +27,10 @@ demo: install
 	$(VENV)/bin/specgrove demo
 
 test: install
-	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal
+	$(PY) -m pytest $(PARALLEL)
 
 test-fast: install
-	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal -m "not slow"
+	$(PY) -m pytest $(PARALLEL) -m "not slow"
 
 protos: install
 	$(PY) -m specgrove.protogen

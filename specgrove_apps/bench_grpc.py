@@ -77,15 +77,12 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
         by_parent.setdefault(span["parent_id"], []).append(span)
     requests = {s["span_id"] for s in spans if s["name"] == "orchestrator Generate"
                 and s["attributes"].get("specgrove.session_id") in sessions}
-    rows, shapes, total = [], [], 0
+    rows, total = [], 0
     for rnd in (s for s in spans if s["name"] == "round" and s["parent_id"] in requests):
         total += 1
         drafts = [c for c in by_parent.get(rnd["span_id"], []) if c["name"] == "drafter Draft"]
         if not drafts:
             continue
-        attributes = rnd["attributes"]
-        shapes.append((attributes.get("specgrove.tree_size", 0), attributes.get("specgrove.tree_depth", 0),
-                       attributes.get("specgrove.accepted", 0) + 1))
         draft_span = drafts[0]
         kids = by_parent.get(draft_span["span_id"], [])
         draft_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "draft level")
@@ -93,16 +90,18 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
         verify_ms = sum((p["end_ns"] - p["start_ns"]) / 1e6 for v in verifies for p in by_parent.get(v, [])
                         if p["name"] == "verify pass")
         round_ms = (rnd["end_ns"] - rnd["start_ns"]) / 1e6
-        rows.append((round_ms, draft_ms, verify_ms, draft_span["attributes"].get("specgrove.tree_bytes", 0)))
+        shape = rnd["attributes"]
+        rows.append((round_ms, draft_ms, verify_ms, draft_span["attributes"].get("specgrove.tree_bytes", 0),
+                     shape.get("specgrove.tree_size", 0), shape.get("specgrove.tree_depth", 0),
+                     shape.get("specgrove.accepted", 0) + 1))
     if not rows:
         return {"rounds": 0}
     med = [statistics.median(col) for col in zip(*rows)]
-    size, depth, emitted = (statistics.median(col) for col in zip(*shapes))
     return {"rounds": len(rows), "speculative_share": round(len(rows) / total, 3),
             "median_round_ms": round(med[0], 3), "median_draft_ms": round(med[1], 3),
             "median_verify_ms": round(med[2], 3), "median_network_ms": round(med[0] - med[1] - med[2], 3),
-            "median_tree_bytes": int(med[3]), "median_tree_size": size, "median_tree_depth": depth,
-            "mean_tokens_per_round": round(sum(s[2] for s in shapes) / len(shapes), 3)}
+            "median_tree_bytes": int(med[3]), "median_tree_size": med[4], "median_tree_depth": med[5],
+            "mean_tokens_per_round": round(sum(row[6] for row in rows) / len(rows), 3)}
 
 
 class GrpcStacks:

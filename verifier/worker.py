@@ -220,10 +220,10 @@ class VerifierWorker:
         if not rows:
             return
         rows.sort(key=lambda j: j.session.state.slot)  # slots 0..B−1 in order: the pass reads a view, copies nothing
-        fed = sum(self._feed_length(j) for j in rows)
         try:
-            logits = self.target.run([Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist())
-                                      for j in rows])
+            planned = [Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist()) for j in rows]
+            logits = self.target.run(planned)
+            fed = sum(len(row.feed) for row in planned)  # the tokens the pass fed (its plan filled each row's feed)
             spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
             if spare > 0:
                 time.sleep(spare)
@@ -233,9 +233,9 @@ class VerifierWorker:
                     job.result = self._finish(job, row_logits, elapsed * 1000, fed)
                 except BaseException as exc:  # noqa: BLE001
                     job.error = exc
-            self.metrics.record_pass(sum(j.tree.size + 1 for j in rows), elapsed, batch=len(rows))
-            self._pass_s += 0.2 * (elapsed - self._pass_s)
             tokens = sum(j.tree.size + 1 for j in rows)
+            self.metrics.record_pass(tokens, elapsed, batch=len(rows))
+            self._pass_s += 0.2 * (elapsed - self._pass_s)
             self._tokens_per_pass += 0.2 * (tokens - self._tokens_per_pass)
             done = time.monotonic()
             self._returned_at = {j.session_id: done for j in rows}

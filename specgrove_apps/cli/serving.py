@@ -130,7 +130,8 @@ def add_serve(sub) -> None:
     serve.add_argument("--max-batch", type=int, default=16,
                        help="verifier: the most sessions' rounds verified in one forward pass (1: no batching)")
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
-    serve.add_argument("--link-delay-ms", type=float, default=0.0, help="verifier and drafter: emulate a remote drafter whose links have this one-way latency "
+    serve.add_argument("--link-delay-ms", type=float, default=0.0,
+                       help="verifier and drafter: emulate a remote drafter whose links have this one-way latency "
                             "(each message and reply of Draft, Verify and Features travels it; not Decode)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,
                        help="verifier: every pass lasts at least this long (emulates a GPU-bound large target)")
