@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from drafter.feature_draft import is_feature_draft
+from specgrove.compute import on_compute
 from specgrove.config import SHIPPED_FEATURE_DRAFT
 
 LOOKUP_PREFIX = "ngram+"
@@ -16,7 +17,12 @@ SHIPPED_FEATURE_NAME = "smollm2-feature"  # the feature-level draft shipped in t
 
 def make_drafter(spec: str, target, cache_dir: Path, loaded: dict | None = None):
     """(drafter, draft CausalLM or None). `target` needs only vocab_size, vocab_hash and name
-    (a TextCodec will do): a draft with another tokenizer is refused."""
+    (a TextCodec will do): a draft with another tokenizer is refused. Built on the compute
+    thread (specgrove.compute), as models load."""
+    return on_compute(_make_drafter, spec, target, cache_dir, loaded)
+
+
+def _make_drafter(spec: str, target, cache_dir: Path, loaded: dict | None):
     from drafter.model_drafter import ModelDrafter
     from drafter.ngram import NgramDrafter
     from specgrove.models import check_same_vocabulary, load_model

@@ -10,6 +10,7 @@ from typing import Iterator
 
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
+from specgrove.compute import compute_iter, on_compute
 from specgrove.errors import StaleRound
 from specgrove.fence import ReleasedRuns
 from specgrove.grammar import for_session
@@ -56,10 +57,10 @@ class DrafterWorker:
             session.constraint = for_session(params.grammar, getattr(self.text, "tokenizer", None), self.vocab_size,
                                              output_start)
         if self.needs_features and fetch_features is not None and session.feature_count() < len(context) - 1:
-            session.add_features(*fetch_features(session.feature_count()))
+            on_compute(session.add_features, *fetch_features(session.feature_count()))
         generator = None if params.greedy else round_generator(seed, step, DRAFT_STREAM)  # greedy draws nothing
         if isinstance(self.drafter, ModelDrafter):
-            for level in session.grow_levels(context, shape_parents, params, generator, budget):
+            for level in compute_iter(session.grow_levels(context, shape_parents, params, generator, budget)):
                 yield level
                 latest = self._steps.get(session_id)
                 if latest is None:  # released meanwhile: draw no more
@@ -81,9 +82,9 @@ class DrafterWorker:
             return
         session = self._sessions.get(session_id)
         if session is not None and hasattr(session, "accept"):
-            session.accept(result)
+            on_compute(session.accept, result)
         if session is not None and features is not None and self.needs_features:
-            session.add_features(*features)
+            on_compute(session.add_features, *features)
 
     def feature_count(self, session_id: str) -> int:
         session = self._sessions.get(session_id)

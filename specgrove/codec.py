@@ -142,7 +142,7 @@ def result_from_pb(pb: speculate_pb2.RoundReply) -> VerifyResult:
 def features_to_pb(features: torch.Tensor, start: int) -> speculate_pb2.FeatureBlock:
     """Target features [n, H] of context tokens start.. as float16 bytes."""
     assert features.ndim == 2, features.shape
-    data = features.detach().to(torch.float16).contiguous().numpy().astype("<f2").tobytes()
+    data = features.detach().float().contiguous().numpy().astype("<f2").tobytes()  # numpy: no torch kernels off the compute thread
     return speculate_pb2.FeatureBlock(start=start, dim=features.shape[1], fp16=data)
 
 

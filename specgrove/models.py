@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from specgrove import draft_model
+from specgrove.compute import on_compute
 from specgrove.config import SHIPPED_DRAFT
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
 from specgrove.tree_mask import node_positions, tree_attention_mask
@@ -273,7 +274,13 @@ def load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None = 
     """Load 'smollm2' (the default target, cached from its GGUF), a Hugging Face model
     directory, or 'SPEC:layers=N' (SPEC's first N layers with its final norm and head: a weak,
     training-free draft). `loaded` (spec -> model) shares models across calls, so a layer slice
-    of an already loaded target shares its weights instead of loading them again."""
+    of an already loaded target shares its weights instead of loading them again. Loads on the
+    compute thread (specgrove.compute): a caller's thread that ran torch's parallel kernels
+    would slow every later pass."""
+    return on_compute(_load_model, spec, cache_dir, loaded)
+
+
+def _load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None) -> CausalLM:
     if loaded is not None and spec in loaded:
         return loaded[spec]
     base, marker, layers = spec.rpartition(":layers=")

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from specgrove.compute import on_compute
 from specgrove.errors import InvalidArgument
 from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
@@ -83,7 +84,7 @@ def hf_runner(model, **assist) -> Runner:
         elapsed = time.perf_counter() - start
         return Sample("", out[0, len(prompt_ids):].tolist(), elapsed, (clock.first or start + elapsed) - start)
 
-    return run
+    return lambda prompt_ids, params: on_compute(run, prompt_ids, params)  # the thread our workers' passes use
 
 
 def hf_batch_samples(model, prompts: list[list[int]], params: list[SamplingParams], batch: int) -> list[Sample]:
@@ -331,7 +332,7 @@ def _run_concurrent(config: BenchConfig, target, runners) -> list[dict]:
     records = []
     for c in config.concurrency:  # every mode at one concurrency, then the next: drift hits all alike
         start = time.perf_counter()
-        samples = hf_batch_samples(target, encoded, params, c)
+        samples = on_compute(hf_batch_samples, target, encoded, params, c)
         records.append(summarise_concurrent("hf-batch", c, samples, time.perf_counter() - start))
         for name, (runner, speculative) in runners.items():
             if name in ("ar", "hf-assisted") or name.startswith("hf-lookup"):  # transformers: one request at a time

@@ -75,3 +75,21 @@ def test_a_release_mid_round_stops_the_draft_and_leaves_no_cache(tiny_target, ti
     with pytest.raises(StaleRound, match="round 2 was released here mid-round"):
         next(levels)
     assert "s" not in worker._sessions
+
+
+def test_the_drafter_draws_its_levels_on_the_compute_thread(tiny_target, tiny_draft):
+    """Model work of a drafter runs on specgrove.compute's one thread, level by level."""
+    from specgrove.compute import on_compute_thread
+
+    worker = DrafterWorker(ModelDrafter(tiny_draft))
+    session = worker._session("s", 1)
+    grow, where = session.grow_levels, []
+
+    def spied(*args, **kwargs):
+        for level in grow(*args, **kwargs):
+            where.append(on_compute_thread())
+            yield level
+
+    session.grow_levels = spied
+    levels = list(worker.levels("s", 1, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3)))
+    assert len(levels) == len(where) == 3 and all(where)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specgrove.compute import on_compute
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
 from specgrove.fence import ReleasedRuns
 from specgrove.grammar import Constraint, constrain, for_session
@@ -222,17 +223,13 @@ class VerifierWorker:
         rows.sort(key=lambda j: j.session.state.slot)  # slots 0..B−1 in order: the pass reads a view, copies nothing
         try:
             planned = [Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist()) for j in rows]
-            logits = self.target.run(planned)
+            logits = on_compute(self.target.run, planned)  # the model's one thread (specgrove.compute)
             fed = sum(len(row.feed) for row in planned)  # the tokens the pass fed (its plan filled each row's feed)
             spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
-            if spare > 0:
+            if spare > 0:  # here, not on the compute thread: a GPU-bound pass leaves the CPU to drafting
                 time.sleep(spare)
+            on_compute(self._finish_all, rows, logits, (time.perf_counter() - start) * 1000, fed)
             elapsed = time.perf_counter() - start
-            for job, row_logits in zip(rows, logits):
-                try:
-                    job.result = self._finish(job, row_logits, elapsed * 1000, fed)
-                except BaseException as exc:  # noqa: BLE001
-                    job.error = exc
             tokens = sum(j.tree.size + 1 for j in rows)
             self.metrics.record_pass(tokens, elapsed, batch=len(rows))
             self._pass_s += 0.2 * (elapsed - self._pass_s)
@@ -267,6 +264,13 @@ class VerifierWorker:
             session.constraint = for_session(job.params.grammar, self.model.tokenizer, self.model.vocab_size,
                                              job.output_start)
         return session
+
+    def _finish_all(self, jobs: list[_Job], logits: list[torch.Tensor], verify_ms: float, fed: int) -> None:
+        for job, row_logits in zip(jobs, logits):
+            try:
+                job.result = self._finish(job, row_logits, verify_ms, fed)
+            except BaseException as exc:  # noqa: BLE001 - this round fails, the rest of the batch goes on
+                job.error = exc
 
     def _finish(self, job: _Job, logits: torch.Tensor, verify_ms: float, fed: int):
         """Verify one row of the pass and keep its accepted path."""

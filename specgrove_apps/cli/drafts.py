@@ -9,6 +9,7 @@ import sys
 
 from specgrove.config import (DEFAULT_DRAFT, DEFAULT_TARGET, DRAFT_TRAIN_CONFIG, FEATURE_TRAIN_CONFIG, SHIPPED_DRAFT,
                               SHIPPED_FEATURE_DRAFT)
+from specgrove.compute import on_compute
 from specgrove.errors import SpecGroveError
 
 
@@ -22,7 +23,8 @@ def cmd_calibrate(args) -> int:
     drafter, draft = make_drafter(args.draft, target, args.cache_dir, loaded)  # refuses another tokenizer
     if draft is None:
         raise SpecGroveError("calibrate needs a draft model, not the n-gram drafter")
-    profile = calibrate(target, draft, drafter, num_prompts=args.num_prompts, quick=args.quick)
+    # timed where served passes run (specgrove.compute): one thread, one OpenMP team
+    profile = on_compute(calibrate, target, draft, drafter, num_prompts=args.num_prompts, quick=args.quick)
     out = args.out or profile_path(args.cache_dir, target.name, draft.name)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
@@ -45,7 +47,8 @@ def cmd_eval_draft(args) -> int:
     for workload in args.workloads.split(","):
         prompts = load_workload(workload, args.num_prompts)
         ids = [target.chat_prompt(p.text) if p.chat else target.encode(p.text) for p in prompts]
-        report["workloads"][workload] = evaluate(target, draft, drafter, ids, args.max_new_tokens, args.draft_len)
+        report["workloads"][workload] = on_compute(evaluate, target, draft, drafter, ids, args.max_new_tokens,
+                                                  args.draft_len)  # timed where served passes run
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

@@ -32,3 +32,25 @@ def test_a_round_reports_the_rows_its_pass_fed(tiny_target):
     assert rows == len(context)
     _, ms, _, rows = worker.verify("a", 2, context + [first.next_token], PARAMS, 0, empty_tree())
     assert rows == 1 and ms > 0
+
+
+def test_passes_run_on_the_compute_thread_whichever_thread_submits_them(tiny_target):
+    """Every pass runs on specgrove.compute's one thread (one OpenMP team per process), whether
+    the round came from the main thread or from several client threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from specgrove.compute import on_compute_thread
+
+    worker = VerifierWorker(tiny_target, keep_features=False)
+    forward, where = worker.target.forward, []
+
+    def spied(*args, **kwargs):
+        where.append(on_compute_thread())
+        return forward(*args, **kwargs)
+
+    worker.target.forward = spied
+    context = tiny_target.encode("the cat sat on the mat")
+    worker.verify("main", 1, context, PARAMS, 0, empty_tree())
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda s: worker.verify(s, 1, context, PARAMS, 0, empty_tree()), ["a", "b", "c", "d"]))
+    assert len(where) >= 2 and all(where)

@@ -1,0 +1,79 @@
+"""One thread per process runs the model work: every forward pass, draft level and verification.
+
+Why: torch's CPU kernels fork and join GNU OpenMP teams, and libgomp keeps a team per thread
+that has ever run a parallel region. Once two such threads are alive and their teams together
+exceed the CPUs, libgomp stops spinning between regions and parks its workers on futexes, so
+every parallel region of every thread pays a wake-up. Measured on the 2-core CPU
+(tests/specgrove/test_compute.py documents the probe): a small matrix product took 250-280 us with one
+team alive and 400-500 us with two, a KV-sized ``cat`` 35-45 us against 190-280 us; 8 clients of
+batched plain decoding ran at 30-32 tok/s when the passes ran on whichever client thread led them
+after another thread had computed, and at 45-56 tok/s with one team. No OpenMP setting
+(OMP_WAIT_POLICY, GOMP_SPINCOUNT) removes the throttle. A server's handler threads, an engine's
+client threads and a bench's main thread would each grow a team; routing their model work
+through this one thread keeps a single team per process.
+
+``on_compute(fn, *args)`` runs ``fn`` there (inline when already there) under the caller's grad and
+inference modes and intra-op thread count, which are thread-local in torch; ``compute_iter(generator)`` advances a
+generator there, one item per call, so a tree still streams level by level."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_ident: int | None = None
+
+
+def _thread() -> ThreadPoolExecutor:
+    global _executor, _ident
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specgrove-compute")
+            _ident = _executor.submit(threading.get_ident).result()
+        return _executor
+
+
+def on_compute_thread() -> bool:
+    return _ident is not None and threading.get_ident() == _ident
+
+
+def on_compute(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` on the compute thread, with the caller's grad and inference modes and
+    intra-op threads; its exception is raised here. Calls from several threads run one at a time,
+    in arrival order."""
+    if on_compute_thread():
+        return fn(*args, **kwargs)
+    inference, grad, threads = torch.is_inference_mode_enabled(), torch.is_grad_enabled(), torch.get_num_threads()
+
+    def call():
+        if torch.get_num_threads() != threads:  # a thread's count is its own (tests set 1 for tiny models)
+            torch.set_num_threads(threads)
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(*args, **kwargs)
+
+    return _thread().submit(call).result()
+
+
+_DONE = object()
+
+
+def compute_iter(items: Iterator[T]) -> Iterator[T]:
+    """Advance ``items`` (a generator doing model work) on the compute thread, one item per step;
+    the items reach the caller as they come, and closing this closes ``items`` there too."""
+    try:
+        while True:
+            item = on_compute(next, items, _DONE)
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            on_compute(close)
