@@ -1,20 +1,23 @@
 """One thread per process runs the model work: every forward pass, draft level and verification.
 
-Why: torch's CPU kernels fork and join GNU OpenMP teams, and libgomp keeps a team per thread
-that has ever run a parallel region. Once two such threads are alive and their teams together
-exceed the CPUs, libgomp stops spinning between regions and parks its workers on futexes, so
-every parallel region of every thread pays a wake-up. Measured on the 2-core CPU
-(tests/specgrove/test_compute.py documents the probe): a small matrix product took 250-280 us with one
-team alive and 400-500 us with two, a KV-sized ``cat`` 35-45 us against 190-280 us; 8 clients of
-batched plain decoding ran at 30-32 tok/s when the passes ran on whichever client thread led them
-after another thread had computed, and at 45-56 tok/s with one team. No OpenMP setting
-(OMP_WAIT_POLICY, GOMP_SPINCOUNT) removes the throttle. A server's handler threads, an engine's
-client threads and a bench's main thread would each grow a team; routing their model work
-through this one thread keeps a single team per process.
+Why: torch's CPU kernels fork and join GNU OpenMP teams, and libgomp keeps a team for each thread
+that has run a parallel region, for as long as that thread lives. Once two threads own teams
+(more team threads than CPUs), libgomp stops spinning between regions and parks its workers, so
+every parallel region of every thread pays a wake-up. Measured on the 2-core CPU: a [8, 576] x
+[576, 1536] product took 250-280 us with one team alive and 400-500 us with two, a KV-sized
+``cat`` 35-45 us against 190-280 us; 8 clients of batched plain decoding ran at 30-32 tok/s after
+another thread had computed and at 55-57 tok/s with one team; one client's chain ran 30% slower
+when the model had been loaded on another thread. OMP_WAIT_POLICY and GOMP_SPINCOUNT do not lift
+the throttle. A server's handler threads, an engine's client threads and a bench's main thread
+would each grow a team; routing their model work (loading included) through this one thread
+keeps one team per process. A function run here must not wait for a thread that may itself be
+waiting to run something here (a deadlock): the verifier's leader sleeps and gathers outside it,
+and a feature draft fetches the target's features before its levels come here.
 
-``on_compute(fn, *args)`` runs ``fn`` there (inline when already there) under the caller's grad and
-inference modes and intra-op thread count, which are thread-local in torch; ``compute_iter(generator)`` advances a
-generator there, one item per call, so a tree still streams level by level."""
+``on_compute(fn, *args)`` runs ``fn`` there (inline when already there) under the caller's grad
+and inference modes and intra-op thread count, which are thread-local in torch;
+``compute_iter(generator)`` advances a generator there, one item per call, so a tree still streams
+level by level."""
 
 from __future__ import annotations
 
