@@ -129,6 +129,11 @@ class Constraint:
         self.spec, self.start, self.vocab_size = spec, start, vocab_size
         self._matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size), spec.llguidance_grammar())
         self._consumed: list[int] = []
+        # the matcher's first mask builds its lexer (seconds for a large vocabulary): build it here,
+        # on the thread that opens the session, not on the model's compute thread (specgrove.compute)
+        import llguidance.torch
+
+        llguidance.torch.fill_next_token_bitmask(self._matcher, llguidance.torch.allocate_token_bitmask(1, vocab_size), 0)
 
     def _sync(self, context: list[int]) -> None:
         """Move the matcher to the state after context[start:] (rolling back what differs)."""

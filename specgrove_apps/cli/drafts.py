@@ -75,8 +75,9 @@ def cmd_train_draft(args) -> int:
     defaults = {"feature": (FEATURE_TRAIN_CONFIG, "runs/feature", SHIPPED_FEATURE_DRAFT),
                 "model": (DRAFT_TRAIN_CONFIG, "runs/draft", SHIPPED_DRAFT)}[args.kind]
     config = Config.from_file(Path(args.config or defaults[0]))
-    out = run(config, Path(args.run_dir or defaults[1]), Path(args.out or defaults[2]), args.cache_dir,
-              max_minutes=args.max_minutes)
+    # on the thread the models load on (specgrove.compute): a second thread's kernels would slow both
+    out = on_compute(run, config, Path(args.run_dir or defaults[1]), Path(args.out or defaults[2]), args.cache_dir,
+                     max_minutes=args.max_minutes)
     print(f"{out}")
     return 0
 

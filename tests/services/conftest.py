@@ -32,11 +32,15 @@ class LoopThread:
 
 class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
-                 link_delay_ms: float = 0.0, draft_timeout_ms: int = 5000, auth_token: str | None = None,
+                 link_delay_ms: float = 0.0, draft_timeout_ms: int = 15000, auth_token: str | None = None,
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
-        ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``)."""
+        ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).
+        draft_timeout_ms is 3x the served default: every role here shares one compute thread
+        (specgrove.compute), so a drafter's cold first round (a grammar's first masks) can queue
+        behind the verifier's, which separate processes never do; on a loaded CI core that
+        passed 5 s."""
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
         from orchestrator.session_store import SessionStore
