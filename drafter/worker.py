@@ -81,10 +81,14 @@ class DrafterWorker:
         if self._steps.get(session_id) != step:
             return
         session = self._sessions.get(session_id)
-        if session is not None and hasattr(session, "accept"):
-            on_compute(session.accept, result)
-        if session is not None and features is not None and self.needs_features:
-            on_compute(session.add_features, *features)
+        if session is not None:
+            on_compute(self._update, session, result, features)  # the model's one thread (specgrove.compute)
+
+    def _update(self, session, result: VerifyResult, features: tuple[int, object] | None) -> None:
+        if hasattr(session, "accept"):
+            session.accept(result)
+        if features is not None and self.needs_features:
+            session.add_features(*features)
 
     def feature_count(self, session_id: str) -> int:
         session = self._sessions.get(session_id)

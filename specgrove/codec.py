@@ -142,7 +142,8 @@ def result_from_pb(pb: speculate_pb2.RoundReply) -> VerifyResult:
 def features_to_pb(features: torch.Tensor, start: int) -> speculate_pb2.FeatureBlock:
     """Target features [n, H] of context tokens start.. as float16 bytes."""
     assert features.ndim == 2, features.shape
-    data = features.detach().float().contiguous().numpy().astype("<f2").tobytes()  # numpy: no torch kernels off the compute thread
+    # converted by numpy: a gRPC handler thread runs no torch kernels (see specgrove.compute)
+    data = features.detach().float().contiguous().numpy().astype("<f2").tobytes()
     return speculate_pb2.FeatureBlock(start=start, dim=features.shape[1], fp16=data)
 
 

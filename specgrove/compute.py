@@ -69,14 +69,16 @@ _DONE = object()
 
 def compute_iter(items: Iterator[T]) -> Iterator[T]:
     """Advance ``items`` (a generator doing model work) on the compute thread, one item per step;
-    the items reach the caller as they come, and closing this closes ``items`` there too."""
+    the items reach the caller as they come, and closing this early closes ``items`` there too."""
+    exhausted = False
     try:
         while True:
             item = on_compute(next, items, _DONE)
             if item is _DONE:
+                exhausted = True  # nothing to close: no further trip to the compute thread
                 return
             yield item
     finally:
         close = getattr(items, "close", None)
-        if close is not None:
+        if close is not None and not exhausted:
             on_compute(close)

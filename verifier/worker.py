@@ -222,13 +222,10 @@ class VerifierWorker:
             return
         rows.sort(key=lambda j: j.session.state.slot)  # slots 0..B−1 in order: the pass reads a view, copies nothing
         try:
-            planned = [Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist()) for j in rows]
-            logits = on_compute(self.target.run, planned)  # the model's one thread (specgrove.compute)
-            fed = sum(len(row.feed) for row in planned)  # the tokens the pass fed (its plan filled each row's feed)
+            on_compute(self._pass, rows, start)  # the model's one thread (specgrove.compute)
             spare = self.min_pass_ms / 1000 - (time.perf_counter() - start)
             if spare > 0:  # here, not on the compute thread: a GPU-bound pass leaves the CPU to drafting
                 time.sleep(spare)
-            on_compute(self._finish_all, rows, logits, (time.perf_counter() - start) * 1000, fed)
             elapsed = time.perf_counter() - start
             tokens = sum(j.tree.size + 1 for j in rows)
             self.metrics.record_pass(tokens, elapsed, batch=len(rows))
@@ -265,7 +262,14 @@ class VerifierWorker:
                                              job.output_start)
         return session
 
-    def _finish_all(self, jobs: list[_Job], logits: list[torch.Tensor], verify_ms: float, fed: int) -> None:
+    def _pass(self, jobs: list[_Job], start: float) -> None:
+        """The forward pass over the jobs' rows, then each row's verification (on the compute
+        thread). The pass is reported to last at least ``min_pass_ms``: its emulated wait follows
+        in the caller, off this thread."""
+        planned = [Row(j.session.state, j.context, j.tree.tokens.tolist(), j.tree.parents.tolist()) for j in jobs]
+        logits = self.target.run(planned)
+        fed = sum(len(row.feed) for row in planned)  # the tokens the pass fed (its plan filled each row's feed)
+        verify_ms = max((time.perf_counter() - start) * 1000, self.min_pass_ms)
         for job, row_logits in zip(jobs, logits):
             try:
                 job.result = self._finish(job, row_logits, verify_ms, fed)

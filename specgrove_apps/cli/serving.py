@@ -132,7 +132,7 @@ def add_serve(sub) -> None:
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0,
                        help="verifier and drafter: emulate a remote drafter whose links have this one-way latency "
-                            "(each message and reply of Draft, Verify and Features travels it; not Decode)")
+                       "(each message and reply of Draft, Verify and Features travels it; not Decode)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,
                        help="verifier: every pass lasts at least this long (emulates a GPU-bound large target)")
     serve.add_argument("--http-port", type=int, default=None,
