@@ -63,6 +63,7 @@ class PipelineConfig:
     mode: str = "chain"  # default speculation mode: ar | chain | tree
     draft_len: int = 4  # chain: most draft tokens per round
     goodput: bool = True  # a request naming no draft length gets chains sized by goodput (False: draft_len exactly)
+    draft_ahead: bool = True  # a drafter runs the next round as soon as it holds this one's verdict (issue 16)
     stop_policy: str = "adaedl"
     adaedl_gamma: float = 0.2
     adaedl_lambda: float = 0.5
@@ -95,6 +96,7 @@ class _Run:
     resume_from: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this run's lease token
     place: _Placement | None = None  # the workers its rounds ran on (their caches are freed at the end)
+    ahead: tuple[str, RoundPlan] | None = None  # (drafter, plan): that drafter runs the next round ahead
 
 
 class Pipeline:
@@ -236,7 +238,8 @@ class Pipeline:
             plan = core.plan()
             with telemetry.tracer().start_as_current_span("round") as round_span:
                 result, drafted, depth = await self._round(run, plan, s.prompt + output.token_ids, place, link,
-                                                           measure=plan.step > first_step)  # 1st: prefill
+                                                           measure=plan.step > first_step,  # 1st: prefill
+                                                           ahead=self._ahead_room(core, plan))
                 outcome = core.commit(plan, result, drafted, depth)
                 round_span.set_attributes({"specgrove.step": plan.step, "specgrove.tree_size": drafted,
                                            "specgrove.tree_depth": depth, "specgrove.plan": plan.reason,
@@ -258,6 +261,14 @@ class Pipeline:
         telemetry.trace.get_current_span().set_attributes({"gen_ai.usage.output_tokens": n,
                                                            "gen_ai.response.finish_reasons": [finish]})
         yield self._completion(s, output, finish, n)
+
+    def _ahead_room(self, core: SessionRounds, plan: RoundPlan) -> int:
+        """What the drafter may run ahead: 0 (nothing) unless this round drafts; else the tokens
+        the session may still emit, this round's included. (The drafter runs the next round only
+        when this one leaves some to draft; one that ends on EOS or a stop string wastes it.)"""
+        if not self.config.draft_ahead or plan.shape is None or not plan.shape.size:
+            return 0
+        return core.output.max_new_tokens - len(core.output.token_ids)
 
     def _trace_request(self, s: Session, spec: Speculation) -> None:
         telemetry.trace.get_current_span().set_attributes({
@@ -323,18 +334,31 @@ class Pipeline:
         return self._channels[address]
 
     async def _round(self, run: _Run, plan: RoundPlan, context: list[int], place: _Placement,
-                     link: LinkStats, measure: bool = True) -> tuple[VerifyResult, int, int]:
-        """(result, draft tokens proposed, tree depth). Falls back to K = 0 when the drafter fails."""
+                     link: LinkStats, measure: bool = True, ahead: int = 0) -> tuple[VerifyResult, int, int]:
+        """(result, draft tokens proposed, tree depth). Falls back to K = 0 when the drafter fails.
+        ahead: when > 0, the drafter may run the next round as soon as it holds this one's verdict
+        (``DraftRequest.ahead_room``); a round run ahead is always collected (a plain step planned
+        in its place comes a round later)."""
         s, drafter = run.session, place.drafter
+        pending, run.ahead = run.ahead, None
+        room = s.params.max_new_tokens - (len(context) - len(s.prompt))  # tokens still to emit
+        if pending is not None and min(pending[1].budget.max_len, room - 1) <= 0:
+            pending = None  # the last round left nothing to draft: the drafter ran nothing ahead
         round_pb = speculate_pb2.RoundContext(session_id=s.id, step=plan.step, context=codec.pack_ids(context),
                                               sampling=codec.params_to_pb(s.params), seed=s.seed,
                                               output_start=len(s.prompt), run=run.token)
-        shape = plan.shape
         if drafter and not self._live(drafter):
             drafter = place.drafter = self._next_live(self.config.drafters, drafter)  # move if one is live
+        if pending is not None and pending[0] == drafter and (plan.shape is None or not plan.shape.size):
+            budget = replace(pending[1].budget, max_len=min(pending[1].budget.max_len, room - 1))  # as the drafter did
+            plan, ahead = replace(plan, shape=pending[1].shape, budget=budget), 0
+        shape = plan.shape
         if shape is not None and shape.size and drafter and self._live(drafter):
-            drafted = await self._draft_round(round_pb, plan, drafter, place.verifier, link, measure)
+            drafted = await self._draft_round(round_pb, plan, drafter, place.verifier, link, measure, ahead,
+                                              asked=pending is not None)
             if drafted is not None:
+                if ahead:
+                    run.ahead = (drafter, plan)
                 return drafted
         return await self._plain_round(run, round_pb, place, link, measure)
 
@@ -352,10 +376,13 @@ class Pipeline:
         return next((a for a in ordered if self._live(a)), ordered[0])
 
     async def _draft_round(self, round_pb, plan: RoundPlan, drafter: str, verifier: str, link: LinkStats,
-                           measure: bool) -> tuple[VerifyResult, int, int] | None:
-        """The drafter grows the tree and streams it to the verifier; None when the drafter failed."""
+                           measure: bool, ahead: int = 0, asked: bool = False) -> tuple[VerifyResult, int, int] | None:
+        """The drafter grows the tree and streams it to the verifier; None when the drafter failed.
+        ahead: the room it may run the next round in (0: it may not); asked: the last round gave
+        it that leave."""
         request = speculate_pb2.DraftRequest(round=round_pb, plan=codec.budget_to_pb(plan.budget, list(plan.shape.parents)),
-                                             verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms)
+                                             verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms,
+                                             ahead=ahead > 0, ahead_room=ahead)
         stub = speculate_pb2_grpc.DrafterStub(self._channel(drafter))
         t0 = time.perf_counter()
         try:
@@ -367,11 +394,17 @@ class Pipeline:
             telemetry.trace.get_current_span().add_event("drafter failed", {"code": err.code().name})
             self._mark_down(drafter)
             return None
+        timing = reply.timing
+        if asked:
+            self.metrics.ahead_rounds.labels(outcome="hit" if timing.ahead else "miss").inc()
+        telemetry.trace.get_current_span().set_attributes({
+            "specgrove.ahead": timing.ahead, "specgrove.overlap_ms": timing.overlap_ms,
+            "specgrove.draft_ms": timing.draft_ms, "specgrove.verify_ms": timing.verify_ms})
         if measure:
-            link.observe_load(reply.timing.sessions, reply.timing.pass_tokens)
-            link.observe_pass(reply.timing.pass_rows, reply.timing.verify_ms)
-            link.observe_tree((time.perf_counter() - t0) * 1000, reply.timing.draft_ms, reply.timing.verify_ms,
-                              reply.tree_size, reply.tree_depth, reply.timing.tree_bytes)
+            link.observe_load(timing.sessions, timing.pass_tokens)
+            link.observe_pass(timing.pass_rows, timing.verify_ms)
+            link.observe_tree((time.perf_counter() - t0) * 1000, timing.draft_ms, timing.verify_ms,
+                              reply.tree_size, reply.tree_depth, timing.tree_bytes, timing.overlap_ms)
         return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
 
     async def _plain_round(self, run: _Run, round_pb, place: _Placement, link: LinkStats,

@@ -4,8 +4,10 @@
 orchestrator every round: the time of one draft level, the target's verify time (normalised to a
 1-token pass with the verify-cost curve), the network time of a speculative round (its
 orchestrator-side round trip minus draft and verify compute, i.e. every hop of
-orchestrator → drafter → verifier → drafter → orchestrator), bytes per round, and the round
-trip of a plain decoding step (orchestrator → verifier → orchestrator).
+orchestrator → drafter → verifier → drafter → orchestrator), the part of a round that
+draft-ahead ran before it was asked for (its overlap: the orchestrator waits draft + verify +
+network − overlap), bytes per round, and the round trip of a plain decoding step (orchestrator →
+verifier → orchestrator).
 
 ``RoundPlanner`` (one per session) turns them into each round's tree: in tree mode it picks the
 Sequoia (size, depth) maximising expected tokens per millisecond with the network time added to
@@ -62,6 +64,9 @@ class LinkStats:
     draft_level_ms: float | None = None
     verify_1_ms: float | None = None
     network_ms: float | None = None
+    # Draft-ahead: how much of a speculative round ran before the orchestrator asked for it (0
+    # for a round drawn when asked). A round costs draft + verify + network − overlap.
+    overlap_ms: float = 0.0
     plain_ms: float | None = None  # round trip of a K = 0 step
     tree_bytes: float | None = None
     rounds: int = 0
@@ -132,12 +137,21 @@ class LinkStats:
         self.sessions = ewma(self.sessions, max(1.0, sessions), self.alpha)
 
     def observe_tree(self, rtt_ms: float, draft_ms: float, verify_ms: float, size: int, depth: int,
-                     tree_bytes: int) -> None:
+                     tree_bytes: int, overlap_ms: float = 0.0) -> None:
+        """A speculative round: the orchestrator waited ``rtt_ms`` for it, of which ``overlap_ms``
+        had already run before it asked (draft-ahead), so its hops took rtt + overlap − draft − verify."""
         self.rounds += 1
         self.draft_level_ms = ewma(self.draft_level_ms, draft_ms / max(1, depth), self.alpha)
         self.verify_1_ms = ewma(self.verify_1_ms, verify_ms / self.batch_ratio(size + 1), self.alpha)
-        self.network_ms = ewma(self.network_ms, max(0.0, rtt_ms - draft_ms - verify_ms), self.alpha)
+        self.network_ms = ewma(self.network_ms, max(0.0, rtt_ms + overlap_ms - draft_ms - verify_ms), self.alpha)
+        self.overlap_ms = ewma(self.overlap_ms, max(0.0, overlap_ms), self.alpha)
         self.tree_bytes = ewma(self.tree_bytes, float(tree_bytes), self.alpha)
+
+    @property
+    def exposed_network_ms(self) -> float:
+        """The network time a speculative round adds to the orchestrator's wait: its hops less
+        what draft-ahead overlaps (never below 0: an overlap is counted against the hops only)."""
+        return max(0.0, (self.network_ms or 0.0) - self.overlap_ms)
 
     def observe_plain(self, rtt_ms: float, verify_ms: float) -> None:
         self.rounds += 1
@@ -160,12 +174,12 @@ class LinkStats:
         """The costs of a round of n tokens at the current load (its pass: sessions · n tokens)."""
         assert self.measured
         return CostProfile({n: self.verify_1_ms * self.batch_ratio(n) for n in self.verify_ratio},
-                           self.draft_level_ms, self.network_ms)
+                           self.draft_level_ms, self.exposed_network_ms)
 
     def summary(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {
             "draft_level_ms": self.draft_level_ms, "verify_1_ms": self.verify_1_ms, "network_ms": self.network_ms,
-            "plain_ms": self.plain_ms, "tree_bytes": self.tree_bytes, "rounds": self.rounds,
+            "overlap_ms": self.overlap_ms, "plain_ms": self.plain_ms, "tree_bytes": self.tree_bytes, "rounds": self.rounds,
             "sessions": self.sessions}.items()}
 
 
@@ -277,7 +291,7 @@ class RoundPlanner:
         for length in range(1, self.draft_len + 1):
             expected = 1.0 + tree_value(TreeShape.chain(length).parents, acceptance)
             draft_ms = self.link.sessions * length * (self.link.draft_level_ms or 0.0)
-            spec_ms = verify_1 * self.link.batch_ratio(length + 1) + draft_ms + (self.link.network_ms or 0.0)
+            spec_ms = verify_1 * self.link.batch_ratio(length + 1) + draft_ms + self.link.exposed_network_ms
             if expected / spec_ms > best_rate:
                 best, best_rate = length, expected / spec_ms
         return best

@@ -5,20 +5,36 @@ streaming ``Verify`` call), then trims its own cache to the accepted path."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+import grpc
+
 from opentelemetry import context as otel_context
 
+from drafter.ahead import AheadRounds
 from drafter.model_drafter import Level, tree_from_levels
 from drafter.worker import DrafterWorker
 from services.auth import allow_verifier
 from specgrove import codec, telemetry
-from specgrove.errors import InvalidArgument
+from specgrove.errors import InvalidArgument, StaleRound
 from specgrove.limits import DEFAULT_LIMITS, Limits
 from specgrove.tls import open_channel
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 from verifier.worker import VerifierWorker, empty_tree
+
+
+class _QuietStaleRounds(logging.Filter):
+    """gRPC logs any exception of a request stream's iterator. A round overtaken or released
+    mid-stream (as a round run ahead past a session's end is) is expected, and reported by the
+    round itself: not logged as a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StaleRound))
+
+
+logging.getLogger("grpc._channel").addFilter(_QuietStaleRounds())
 
 
 def worker_info(role: str, model) -> speculate_pb2.WorkerInfo:
@@ -86,6 +102,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         self.model = model
         self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
         self._stubs_lock = threading.Lock()
+        self._ahead = AheadRounds(worker.max_sessions, worker.metrics)
         from orchestrator.pipeline import CHANNEL_OPTIONS
 
         self._channel_options = [*(channel_options or CHANNEL_OPTIONS), *limits.grpc_options()]  # to the verifiers
@@ -99,34 +116,52 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             return self._stubs[address]
 
     def Draft(self, request, context):
-        """Grow the round's tree, streaming each level to the verifier as it is drawn; return its verdict."""
+        """Grow the round's tree, streaming each level to the verifier as it is drawn; return its
+        verdict. A round drawn ahead for exactly this request is not drawn again: its verdict is
+        returned (waiting for it if it is still on its way)."""
         r = request.round
         if not request.verifier:
             raise InvalidArgument("verifier", "the address of the verifier to stream to is required")
+        reply = self._ahead.take(request, time.perf_counter())
+        if reply is None:
+            reply = self._round(request, context.time_remaining())
+        if request.ahead:
+            self._ahead.start(request, reply, self._round)
+        return reply
+
+    def _round(self, request, time_remaining: float | None):
+        """One round: draw its levels, stream them to the verifier, take the verdict."""
+        r = request.round
         verifier = self._verifier(request.verifier)
         ids = codec.unpack_ids(r.context)
         header = speculate_pb2.RoundContext()
         header.CopyFrom(r)
         timing = {"draft_ms": 0.0, "bytes": 0, "size": 0, "depth": 0, "feature_bytes": 0}
+        timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
+                                time_remaining) if t is not None]
+        timeout = min(timeouts) if timeouts else None
         fetch = None
         if self.worker.needs_features:  # the verifier answers with the new tokens' features
             header.features_from = len(ids) - 1
-            fetch = self._feature_fetcher(verifier, r, context, timing)
+            fetch = self._feature_fetcher(verifier, r, timeout, timing)
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
                                     list(request.plan.shape_parents), codec.budget_from_pb(request.plan), fetch,
                                     r.output_start, r.run)
         started = time.perf_counter()
-        timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
-                                context.time_remaining()) if t is not None]
-        reply = verifier.Verify(self._messages(header, levels, timing), timeout=min(timeouts) if timeouts else None,
-                                metadata=telemetry.inject_metadata() + self._auth)
+        try:
+            reply = verifier.Verify(self._messages(header, levels, timing), timeout=timeout,
+                                    metadata=telemetry.inject_metadata() + self._auth)
+        except grpc.RpcError:
+            if "stale" in timing:  # the round was overtaken or released mid-stream: say so, not UNKNOWN
+                raise timing["stale"] from None
+            raise
         return self._finish(r, reply, timing, started)
 
-    def _feature_fetcher(self, verifier, r, context, timing: dict):
+    def _feature_fetcher(self, verifier, r, timeout: float | None, timing: dict):
         def fetch(start: int):  # the target's features of context[start:−1], asked of the verifier
             ask = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=r.context,
                                              features_from=start, run=r.run)
-            block = verifier.Features(ask, timeout=context.time_remaining(),
+            block = verifier.Features(ask, timeout=timeout,
                                       metadata=telemetry.inject_metadata() + self._auth)
             timing["feature_bytes"] += block.ByteSize()
             return codec.features_from_pb(block)
@@ -142,7 +177,11 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             yield message
             with tracer.start_as_current_span("draft level", context=parent), self.worker.lock:
                 t0 = time.perf_counter()  # the model is shared by sessions: one level at a time
-                level = next(levels, None)
+                try:
+                    level = next(levels, None)
+                except StaleRound as exc:  # gRPC cancels the stream; the round raises it (``_round``)
+                    timing["stale"] = exc
+                    raise
                 timing["draft_ms"] += (time.perf_counter() - t0) * 1000
             message = None
             if level is not None:
@@ -168,6 +207,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
     def Release(self, request, context):
         self.worker.release(request.session_id, request.run)
+        self._ahead.drop(request.session_id)
         return speculate_pb2.ReleaseReply()
 
     def Info(self, request, context):

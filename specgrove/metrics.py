@@ -45,6 +45,8 @@ class OrchestratorMetrics:
         self.generation_tokens = Counter(P + "generation_tokens", "tokens generated", registry=r)
         self.finished = Counter(P + "request_success", "finished requests by reason", ["finished_reason"],
                                 registry=r)
+        self.ahead_rounds = Counter(P + "spec_decode_ahead_rounds", "rounds the drafter was asked to run ahead, by "
+                                    "outcome: hit (it had), miss (drafted when asked)", ["outcome"], registry=r)
 
     def record_round(self, num_drafted: int, num_accepted: int, num_emitted: int) -> None:
         self.emitted_per_round.observe(num_emitted)
@@ -79,6 +81,10 @@ class WorkerMetrics:
         self.kv_tokens = Gauge(P + "kv_cache_tokens", "tokens held in KV caches", registry=r)
         self.kv_usage = Gauge(P + "kv_cache_usage_perc", "KV cache slots in use (0-1)", registry=r)
         self.kv_evictions = Counter(P + "kv_cache_evictions", "sessions evicted to fit the KV budget", registry=r)
+        if role == "draft":
+            self.ahead_rounds = Counter(P + "draft_ahead_rounds", "rounds run ahead (drafter), by outcome: hit (asked "
+                                        "for as drawn), miss (asked otherwise, or failed), unused (never asked "
+                                        "for)", ["outcome"], registry=r)
 
     def record_pass(self, tokens: int, seconds: float, batch: int = 1) -> None:
         self.passes.inc()

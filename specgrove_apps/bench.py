@@ -170,6 +170,7 @@ class BenchConfig:
     grpc_tree: bool = False  # a grpc-tree mode sized by the network-aware planner
     grpc_chain_auto: bool = False  # grpc-chain-auto: the served default (K picked by goodput)
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
+    grpc_serial: bool = False  # every gRPC mode also without draft-ahead (-serial: the pipeline before issue 16)
     link_delays: tuple[float, ...] = (0.0,)  # a remote drafter's one-way link latency (ms), one deployment each
     min_pass_ms: float = 0.0  # the deployments' verifier passes last at least this long (a GPU-bound target)
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
@@ -185,7 +186,7 @@ class BenchConfig:
         every += [f"chain-{p}" for p in self.stop_policies]
         every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
         every += grpc_mode_names(self.grpc_chain_lens, self.grpc_tree, self.grpc_tree_budgets, self.link_delays,
-                                 self.grpc_chain_auto)
+                                 self.grpc_chain_auto, self.grpc_serial)
         unknown = set(self.modes) - set(every)
         if unknown:
             raise InvalidArgument("modes", f"unknown modes {sorted(unknown)}; available: {', '.join(every)}")
@@ -239,9 +240,9 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
             built = assemble(specs[name], cache_dir, loaded)
             runners[name] = (engine_runner(built.engine), True)
         elif name.startswith("grpc-"):
-            spec, delay = parse_mode(name)
+            spec, delay, ahead = parse_mode(name)
             sessions[name] = set()
-            runners[name] = (grpc_runner(stacks.client(delay), spec, sessions[name]), True)
+            runners[name] = (grpc_runner(stacks.client(delay, ahead), spec, sessions[name]), True)
     return target, {name: runners[name] for name in config.mode_names()}
 
 
@@ -270,10 +271,13 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
                                            "CPU this run used; its ratios are unreliable")
     by_mode = {r["mode"]: r for r in report["results"]}
     for name, ids in sessions.items():
-        spec, delay = parse_mode(name)
+        spec, delay, ahead = parse_mode(name)
         record = by_mode[name]
-        record["link_delay_ms"] = delay
-        record["round_split"] = round_split(stacks.trace_file(delay), ids)
+        record["link_delay_ms"], record["draft_ahead"] = delay, ahead
+        record["round_split"] = round_split(stacks.trace_file(delay, ahead), ids)
+        serial = by_mode.get(name + "-serial")
+        if serial and serial["output_throughput"]:
+            record["throughput_vs_serial"] = round(record["output_throughput"] / serial["output_throughput"], 4)
         twin = by_mode.get(f"chain-k{spec['draft_len']}") if spec["mode"] == "chain" else None
         if twin and twin["output_throughput"]:
             record["throughput_vs_in_process"] = round(record["output_throughput"] / twin["output_throughput"], 4)

@@ -3,9 +3,11 @@ processes: Redis, verifier, drafter, orchestrator), one deployment per injected 
 
 Mode names: ``grpc-chain-kK`` (a static chain of K, the in-process ``chain-kK``'s twin),
 ``grpc-tree`` (the network-aware planner), ``grpc-tree-mM`` (a pinned size), each with
-``-dD`` appended when D ms of delay are injected on the drafter→verifier link. Every process
-writes its spans to a JSON-lines trace file, from which ``round_split`` takes the per-round
-split of time into draft, verify and network, and the bytes each round put on the wire.
+``-dD`` appended when D ms of delay are injected on the drafter's links, and ``-serial`` when
+the deployment runs without draft-ahead (each round drawn only when the orchestrator asks: the
+pipeline before issue 16, the same run's baseline). Every process writes its spans to a
+JSON-lines trace file, from which ``round_split`` takes the per-round split of time into draft,
+verify, network and the overlap draft-ahead won, and the bytes each round put on the wire.
 """
 
 from __future__ import annotations
@@ -19,20 +21,26 @@ from specgrove_apps.bench_metrics import Sample
 
 
 def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple[int, ...],
-                    delays: tuple[float, ...], chain_auto: bool = False) -> list[str]:
+                    delays: tuple[float, ...], chain_auto: bool = False, serial: bool = False) -> list[str]:
+    """serial: every mode also on a deployment without draft-ahead (``-serial``), right after it."""
     names = []
     for delay in delays:
         suffix = f"-d{delay:g}" if delay else ""
-        names += [f"grpc-chain-k{k}{suffix}" for k in chain_lens]
-        names += [f"grpc-chain-auto{suffix}"] if chain_auto else []  # no draft_len named: the served default
-        names += [f"grpc-tree{suffix}"] if tree else []
-        names += [f"grpc-tree-m{m}{suffix}" for m in tree_budgets]
+        modes = [f"grpc-chain-k{k}{suffix}" for k in chain_lens]
+        modes += [f"grpc-chain-auto{suffix}"] if chain_auto else []  # no draft_len named: the served default
+        modes += [f"grpc-tree{suffix}"] if tree else []
+        modes += [f"grpc-tree-m{m}{suffix}" for m in tree_budgets]
+        names += [n for mode in modes for n in ([mode, mode + "-serial"] if serial else [mode])]
     return names
 
 
-def parse_mode(name: str) -> tuple[dict, float]:
-    """'grpc-tree-m8-d20' -> ({'mode': 'tree', 'tree_budget': 8}, 20.0)."""
+def parse_mode(name: str) -> tuple[dict, float, bool]:
+    """'grpc-tree-m8-d20-serial' -> ({'mode': 'tree', 'tree_budget': 8}, 20.0, False): the
+    request's speculation, the link delay, and whether the deployment runs draft-ahead."""
     parts = name.split("-")[1:]
+    ahead = parts[-1] != "serial"
+    if not ahead:
+        parts.pop()
     delay = 0.0
     if parts[-1].startswith("d") and parts[-1][1:].replace(".", "").isdigit():
         delay = float(parts.pop()[1:])
@@ -42,7 +50,7 @@ def parse_mode(name: str) -> tuple[dict, float]:
             spec["draft_len"] = int(part[1:])
         elif part.startswith("m"):
             spec["tree_budget"] = int(part[1:])
-    return spec, delay
+    return spec, delay, ahead
 
 
 def grpc_runner(client, spec: dict, sessions: set[str]):
@@ -67,16 +75,22 @@ def grpc_runner(client, spec: dict, sessions: set[str]):
 
 
 def round_split(trace_path: Path, sessions: set[str]) -> dict:
-    """Per-round medians from the spans of these sessions: draft (sum of draft levels), verify
-    (the verifier's compute, its ``verify pass`` span), network and serving overhead (round −
-    draft − verify), tree bytes, the planner's tree (size, depth) and the tokens a round emitted;
-    speculative rounds only, with the share of rounds that were (the rest: plain steps)."""
+    """Per-round medians from the spans of these sessions: the round as the orchestrator waited
+    for it, draft (its levels' compute), verify (the verifier's pass), network and serving
+    overhead (every hop: round + overlap − draft − verify), the overlap (the part of a round run
+    ahead before the orchestrator asked for it: the time draft-ahead saved), tree bytes, the
+    planner's tree (size, depth) and the tokens a round emitted; speculative rounds only, with
+    the share of rounds that were (the rest: plain steps) and the share of those run ahead.
+    Draft and verify come from the round's reply (the round span's attributes) when it has
+    them: a round run ahead has its level and pass spans under the previous round's Draft."""
     spans = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()]
     by_parent: dict[str, list[dict]] = {}
     for span in spans:
         by_parent.setdefault(span["parent_id"], []).append(span)
-    requests = {s["span_id"] for s in spans if s["name"] == "orchestrator Generate"
-                and s["attributes"].get("specgrove.session_id") in sessions}
+    requests = {s["span_id"]: s["attributes"]["specgrove.session_id"] for s in spans
+                if s["name"] == "orchestrator Generate" and s["attributes"].get("specgrove.session_id") in sessions}
+    ahead_spans = {(s["attributes"].get("specgrove.session_id"), s["attributes"].get("specgrove.step")): s
+                   for s in spans if s["name"] == "drafter ahead round"}
     rows, total = [], 0
     for rnd in (s for s in spans if s["name"] == "round" and s["parent_id"] in requests):
         total += 1
@@ -84,28 +98,38 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
         if not drafts:
             continue
         draft_span = drafts[0]
+        attrs = rnd["attributes"]
         kids = by_parent.get(draft_span["span_id"], [])
-        draft_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "draft level")
-        verifies = [k["span_id"] for k in kids if k["name"] == "verifier Verify"]
-        verify_ms = sum((p["end_ns"] - p["start_ns"]) / 1e6 for v in verifies for p in by_parent.get(v, [])
-                        if p["name"] == "verify pass")
+        if "specgrove.draft_ms" in attrs:
+            draft_ms, verify_ms = attrs["specgrove.draft_ms"], attrs["specgrove.verify_ms"]
+        else:  # a trace from before the reply's timings were recorded on the round
+            draft_ms = sum((k["end_ns"] - k["start_ns"]) / 1e6 for k in kids if k["name"] == "draft level")
+            verifies = [k["span_id"] for k in kids if k["name"] == "verifier Verify"]
+            verify_ms = sum((p["end_ns"] - p["start_ns"]) / 1e6 for v in verifies for p in by_parent.get(v, [])
+                            if p["name"] == "verify pass")
         round_ms = (rnd["end_ns"] - rnd["start_ns"]) / 1e6
-        shape = rnd["attributes"]
-        rows.append((round_ms, draft_ms, verify_ms, draft_span["attributes"].get("specgrove.tree_bytes", 0),
-                     shape.get("specgrove.tree_size", 0), shape.get("specgrove.tree_depth", 0),
-                     shape.get("specgrove.accepted", 0) + 1))
+        overlap_ms = attrs.get("specgrove.overlap_ms", 0.0)
+        source = draft_span
+        if attrs.get("specgrove.ahead"):  # its levels went out from the round run ahead
+            source = ahead_spans.get((requests[rnd["parent_id"]], attrs.get("specgrove.step")), draft_span)
+        rows.append((round_ms, draft_ms, verify_ms, round_ms + overlap_ms - draft_ms - verify_ms, overlap_ms,
+                     source["attributes"].get("specgrove.tree_bytes", 0),
+                     attrs.get("specgrove.tree_size", 0), attrs.get("specgrove.tree_depth", 0),
+                     attrs.get("specgrove.accepted", 0) + 1, bool(attrs.get("specgrove.ahead"))))
     if not rows:
         return {"rounds": 0}
     med = [statistics.median(col) for col in zip(*rows)]
     return {"rounds": len(rows), "speculative_share": round(len(rows) / total, 3),
+            "ahead_share": round(sum(row[9] for row in rows) / len(rows), 3),
             "median_round_ms": round(med[0], 3), "median_draft_ms": round(med[1], 3),
-            "median_verify_ms": round(med[2], 3), "median_network_ms": round(med[0] - med[1] - med[2], 3),
-            "median_tree_bytes": int(med[3]), "median_tree_size": med[4], "median_tree_depth": med[5],
-            "mean_tokens_per_round": round(sum(row[6] for row in rows) / len(rows), 3)}
+            "median_verify_ms": round(med[2], 3), "median_network_ms": round(med[3], 3),
+            "median_overlap_ms": round(med[4], 3), "median_tree_bytes": int(med[5]), "median_tree_size": med[6],
+            "median_tree_depth": med[7], "mean_tokens_per_round": round(sum(row[8] for row in rows) / len(rows), 3)}
 
 
 class GrpcStacks:
-    """One local deployment per link delay, started lazily, all stopped together."""
+    """One local deployment per link delay and draft-ahead setting, started lazily, all stopped
+    together."""
 
     def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0):
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target)."""
@@ -113,20 +137,25 @@ class GrpcStacks:
         self.min_pass_ms = min_pass_ms
         self.stacks: dict[float, object] = {}
 
-    def trace_file(self, delay: float) -> Path:
-        return self.work_dir / f"trace-d{delay:g}.jsonl"
+    def trace_file(self, delay: float, ahead: bool = True) -> Path:
+        return self.work_dir / f"trace-d{delay:g}{'' if ahead else '-serial'}.jsonl"
 
-    def client(self, delay: float):
+    def client(self, delay: float, ahead: bool = True):
+        import os
+
         from services.roles import start_stack
         from specgrove_apps.client import Client
 
-        if delay not in self.stacks:
-            self.trace_file(delay).unlink(missing_ok=True)
-            self.stacks[delay] = start_stack(
-                0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=self.work_dir,
-                extra_orchestrator=("--stop-policy", "static"), extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
-                env={**__import__("os").environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay))})
-        return Client(self.stacks[delay].address)
+        if (delay, ahead) not in self.stacks:
+            self.trace_file(delay, ahead).unlink(missing_ok=True)
+            logs = self.work_dir / f"logs-d{delay:g}{'' if ahead else '-serial'}"
+            logs.mkdir(exist_ok=True)
+            self.stacks[delay, ahead] = start_stack(
+                0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
+                extra_orchestrator=("--stop-policy", "static", *(() if ahead else ("--no-draft-ahead",))),
+                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
+                env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead))})
+        return Client(self.stacks[delay, ahead].address)
 
     def stop(self) -> None:
         for stack in self.stacks.values():

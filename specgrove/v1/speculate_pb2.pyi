@@ -54,16 +54,20 @@ class DraftPlan(_message.Message):
     def __init__(self, shape_parents: _Optional[_Iterable[int]] = ..., max_len: _Optional[int] = ..., gamma: _Optional[float] = ..., lam: _Optional[float] = ..., min_confidence: _Optional[float] = ..., pass_costs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftRequest(_message.Message):
-    __slots__ = ("round", "plan", "verifier", "verify_timeout_ms")
+    __slots__ = ("round", "plan", "verifier", "verify_timeout_ms", "ahead", "ahead_room")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     VERIFY_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_ROOM_FIELD_NUMBER: _ClassVar[int]
     round: RoundContext
     plan: DraftPlan
     verifier: str
     verify_timeout_ms: int
-    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., plan: _Optional[_Union[DraftPlan, _Mapping]] = ..., verifier: _Optional[str] = ..., verify_timeout_ms: _Optional[int] = ...) -> None: ...
+    ahead: bool
+    ahead_room: int
+    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., plan: _Optional[_Union[DraftPlan, _Mapping]] = ..., verifier: _Optional[str] = ..., verify_timeout_ms: _Optional[int] = ..., ahead: _Optional[bool] = ..., ahead_room: _Optional[int] = ...) -> None: ...
 
 class TreeLevel(_message.Message):
     __slots__ = ("tokens", "parents", "q_rows", "q_width", "q_ids", "q_probs")
@@ -90,7 +94,7 @@ class TreeMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows")
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows", "ahead", "overlap_ms")
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_MS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +103,8 @@ class Timing(_message.Message):
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PASS_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PASS_ROWS_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_MS_FIELD_NUMBER: _ClassVar[int]
     draft_ms: float
     verify_ms: float
     round_ms: float
@@ -107,7 +113,9 @@ class Timing(_message.Message):
     sessions: int
     pass_tokens: float
     pass_rows: int
-    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ...) -> None: ...
+    ahead: bool
+    overlap_ms: float
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ..., ahead: _Optional[bool] = ..., overlap_ms: _Optional[float] = ...) -> None: ...
 
 class RoundReply(_message.Message):
     __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features")

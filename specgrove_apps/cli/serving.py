@@ -56,7 +56,7 @@ def cmd_serve(args) -> int:
             mode=args.mode, draft_len=args.draft_len, stop_policy=args.stop_policy,
             draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s, profile=args.profile,
             auth_token=token, http_port=args.http_port, tls=tls, limits=limits, max_sessions=args.max_sessions,
-            queue_timeout_s=args.queue_timeout_s)
+            queue_timeout_s=args.queue_timeout_s, draft_ahead=args.draft_ahead)
         roles.serve_orchestrator(options, args.cache_dir)
     return 0
 
@@ -120,6 +120,9 @@ def add_serve(sub) -> None:
     serve.add_argument("--draft-len", type=int, default=None)
     serve.add_argument("--stop-policy", choices=["adaedl", "static", "max-confidence", "heuristic"], default="adaedl")
     serve.add_argument("--draft-timeout-ms", type=int, default=5000, help="slower drafts fall back to K = 0")
+    serve.add_argument("--no-draft-ahead", dest="draft_ahead", action="store_false",
+                       help="orchestrator: a drafter draws each round only when asked (default: it runs the next "
+                            "round as soon as it holds this one's verdict)")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
     serve.add_argument("--max-sessions", type=int, default=64,
                        help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")

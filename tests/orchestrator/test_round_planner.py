@@ -37,6 +37,28 @@ def test_link_stats_split_a_round_into_draft_verify_and_network():
     assert abs(link.profile().verify_time(8) - VERIFY_MS[8]) < 1e-6
 
 
+def test_draft_ahead_overlap_is_not_counted_as_network_and_makes_a_slow_link_pay_again():
+    """A round run ahead (issue 16) was partly done before the orchestrator asked: it waited
+    rtt, the round's hops took rtt + overlap − draft − verify, and only the hops not overlapped
+    count against speculating."""
+    link = measured_link(300.0)
+    planner = RoundPlanner("tree", link, AcceptanceStats(ACCEPTANCE, prior_weight=1e9))
+    assert planner.next().shape is None  # 300 ms of hops: K = 0 beats any tree
+    for _ in range(30):  # the drafter now runs each round ahead: 260 ms of it before it is asked for
+        link.observe_tree(rtt_ms=4 * 9.0 + VERIFY_MS[8] + 300.0 - 260.0, draft_ms=4 * 9.0, verify_ms=VERIFY_MS[8],
+                          size=7, depth=4, tree_bytes=3000, overlap_ms=260.0)
+    assert abs(link.network_ms - 300.0) < 1e-6  # the hops are as slow as before
+    assert abs(link.overlap_ms - 260.0) < 0.1 and abs(link.exposed_network_ms - 40.0) < 0.1  # EWMAs, from 0
+    assert abs(link.profile().network_ms - 40.0) < 0.1
+    planner.plan = None
+    assert planner.next().shape is not None  # 40 ms exposed: trees pay again
+    chains = RoundPlanner("chain", link, AcceptanceStats(ACCEPTANCE, prior_weight=1e9), draft_len=4)
+    assert chains.next().size > 0
+    hidden_nothing = measured_link(300.0)
+    assert RoundPlanner("chain", hidden_nothing, AcceptanceStats(ACCEPTANCE, prior_weight=1e9),
+                        draft_len=4).next().size == 0
+
+
 def test_planner_measures_plain_decoding_then_probes_a_tree_then_plans():
     planner = RoundPlanner("tree", LinkStats(), AcceptanceStats(ACCEPTANCE))
     first = planner.next()

@@ -16,6 +16,25 @@ from specgrove.local_redis import LocalRedis
 from specgrove.tiny import build_tiny_llama
 
 
+def in_memory_spans():
+    """An in-memory exporter of every span finished from now on in this process. OpenTelemetry
+    keeps the first tracer provider a process installs, so a later test adds its exporter to it."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from specgrove import telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        telemetry.setup("specgrove-test", {}, span_exporter=exporter)
+    return exporter
+
+
 class LoopThread:
     def __init__(self):
         self.loop = asyncio.new_event_loop()

@@ -59,7 +59,9 @@ def test_seeded_sampling_gives_the_same_tokens_in_process_and_served(mode, tiny_
     spec = Speculation("tree", tree_budget=8, tree_depth=4) if mode == "tree" else Speculation("chain", 4)
     engine = SpeculativeEngine(tiny_target, ModelDrafter(tiny_draft), speculation=spec,
                                policy_factory=lambda n: make_policy("adaedl", n))
-    stack = InProcessStack(tiny_target, ModelDrafter(tiny_draft), redis_server.url, mode=mode, draft_len=4)
+    # Draft-ahead draws a round under the previous round's plan (AdaEDL's λ lags one round): off here
+    stack = InProcessStack(tiny_target, ModelDrafter(tiny_draft), redis_server.url, mode=mode, draft_len=4,
+                           draft_ahead=False)
     try:
         client, drafted = Client(stack.address), 0
         for seed in range(3):

@@ -33,7 +33,8 @@ def models(tmp_path_factory):
 
 def serve(models, redis_url: str, case: str, speculation: dict, n: int, **pipeline):
     """n seeded requests: (outputs, per request its chunks' (drafted, accepted, emitted, tree depth),
-    every verify result the orchestrator received)."""
+    every verify result the orchestrator received). Draft-ahead is on (the served default): at
+    least a fifth of the requests take a round the drafter ran ahead, before it was asked for."""
     target, draft = models
     stack = InProcessStack(target, ModelDrafter(draft, top_n=TOP_N), redis_url, **pipeline)
     results = []
@@ -45,6 +46,9 @@ def serve(models, redis_url: str, case: str, speculation: dict, n: int, **pipeli
     finally:
         client.close()
         stack.stop()
+    registry = stack.pipeline.metrics.registry
+    hits = registry.get_sample_value("specgrove:spec_decode_ahead_rounds_total", {"outcome": "hit"}) or 0
+    assert hits >= n // 5, f"{hits} rounds run ahead were used"
     rounds = [[(c.stats.num_drafted, c.stats.num_accepted, len(c.token_ids), c.stats.tree_depth) for c in done.chunks]
               for done in completions]
     return [done.token_ids for done in completions], rounds, results
