@@ -263,10 +263,14 @@ class Pipeline:
         yield self._completion(s, output, finish, n)
 
     def _ahead_room(self, core: SessionRounds, plan: RoundPlan) -> int:
-        """What the drafter may run ahead: 0 (nothing) unless this round drafts; else the tokens
-        the session may still emit, this round's included. (The drafter runs the next round only
-        when this one leaves some to draft; one that ends on EOS or a stop string wastes it.)"""
+        """What the drafter may run ahead: 0 (nothing) unless the planner drafts this round as
+        its plan (not a probe or a measurement at K = 0: the round run ahead is always taken, so
+        a probe would cost two rounds); else the tokens the session may still emit, this round's
+        included. (The drafter runs the next round only when this one leaves some to draft; one
+        that ends on EOS or a stop string wastes it.)"""
         if not self.config.draft_ahead or plan.shape is None or not plan.shape.size:
+            return 0
+        if plan.reason not in ("plan", "fixed"):
             return 0
         return core.output.max_new_tokens - len(core.output.token_ids)
 

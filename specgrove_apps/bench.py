@@ -278,7 +278,7 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
         serial = by_mode.get(name + "-serial")
         if serial and serial["output_throughput"]:
             record["throughput_vs_serial"] = round(record["output_throughput"] / serial["output_throughput"], 4)
-        twin = by_mode.get(f"chain-k{spec['draft_len']}") if spec["mode"] == "chain" else None
+        twin = by_mode.get(f"chain-k{spec['draft_len']}") if "draft_len" in spec else None  # grpc-chain-auto: none
         if twin and twin["output_throughput"]:
             record["throughput_vs_in_process"] = round(record["output_throughput"] / twin["output_throughput"], 4)
     return report

@@ -83,6 +83,7 @@ def cmd_up(args) -> int:
                               redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                               draft_len=args.draft_len, link_delay_ms=args.link_delay_ms,
                               http_port=args.http_port if args.http_port >= 0 else None,
+                              extra_orchestrator=() if args.draft_ahead else ("--no-draft-ahead",),
                               redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
     p = stack.ports
     print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
@@ -155,6 +156,8 @@ def add_up(sub) -> None:
     up.add_argument("--mode", choices=["ar", "chain", "tree"], default="chain")
     up.add_argument("--draft-len", type=int, default=4)
     up.add_argument("--link-delay-ms", type=float, default=0.0)
+    up.add_argument("--no-draft-ahead", dest="draft_ahead", action="store_false",
+                    help="the drafter draws each round only when asked (default: as soon as the last one's verdict is in)")
     up.add_argument("--http-port", type=int, default=8000,
                     help="the OpenAI-compatible API and /metrics (0 = any free port, -1 = off)")
     up.add_argument("--ray", action="store_true", help="run the roles as Ray actors (a local cluster unless --address)")

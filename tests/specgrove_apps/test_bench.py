@@ -76,6 +76,19 @@ def test_unknown_mode_is_refused():
         BenchConfig(modes=("warp-speed",)).mode_names()
 
 
+def test_grpc_mode_names_carry_the_speculation_the_link_delay_and_draft_ahead():
+    from specgrove_apps.bench_grpc import grpc_mode_names, parse_mode
+
+    names = grpc_mode_names((4,), True, (8,), (0.0, 20.0), chain_auto=True, serial=True)
+    assert names[:4] == ["grpc-chain-k4", "grpc-chain-k4-serial", "grpc-chain-auto", "grpc-chain-auto-serial"]
+    assert "grpc-tree-m8-d20-serial" in names and len(names) == 16
+    assert parse_mode("grpc-tree-m8-d20-serial") == ({"mode": "tree", "tree_budget": 8}, 20.0, False)
+    assert parse_mode("grpc-chain-k4-d5") == ({"mode": "chain", "draft_len": 4}, 5.0, True)
+    assert parse_mode("grpc-chain-auto") == ({"mode": "chain"}, 0.0, True)
+    assert BenchConfig(grpc_chain_lens=(4,), grpc_serial=True, draft_lens=(4,)).mode_names()[-2:] == [
+        "grpc-chain-k4", "grpc-chain-k4-serial"]
+
+
 def test_workloads_load():
     humaneval = humaneval_prompts(3)
     assert [p.name for p in humaneval] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
