@@ -73,6 +73,18 @@ class DrafterWorker:
         if tokens:  # prompt lookup's chain: one-hot q
             yield one_hot_chain(tokens)
 
+    def prefetch_features(self, session_id: str, step: int, context: list[int], fetch_features, run: str = "") -> None:
+        """A feature-level draft's missing target features of the context, asked of the verifier
+        before the round's levels take ``lock``. A fetch waits for a verifier pass (a prefill). Under
+        the lock it held up every other session's levels: 8 sessions' first rounds queued behind
+        one another past the orchestrator's draft deadline, and every later round did the same
+        after the plain steps that followed. ``levels`` then finds nothing to fetch."""
+        if not self.needs_features or fetch_features is None:
+            return
+        session = self._session(session_id, step, run)
+        if session.feature_count() < len(context) - 1:
+            on_compute(session.add_features, *fetch_features(session.feature_count()))
+
     def accept(self, session_id: str, step: int, result: VerifyResult,
                features: tuple[int, object] | None = None) -> None:
         """After the verdict: trim the draft's cache; a feature-level draft also keeps the target's

@@ -144,6 +144,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         if self.worker.needs_features:  # the verifier answers with the new tokens' features
             header.features_from = len(ids) - 1
             fetch = self._feature_fetcher(verifier, r, timeout, timing)
+            self.worker.prefetch_features(r.session_id, r.step, ids, fetch, r.run)  # not under the model's lock
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
                                     list(request.plan.shape_parents), codec.budget_from_pb(request.plan), fetch,
                                     r.output_start, r.run)
