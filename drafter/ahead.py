@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from opentelemetry import context as otel_context
@@ -58,7 +58,7 @@ class _Pending:
     key: bytes
     started: float
     future: Future | None = None
-    finished: float | None = field(default=None)
+    finished: float | None = None
 
 
 class AheadRounds:

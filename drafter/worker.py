@@ -43,21 +43,18 @@ class DrafterWorker:
 
     def levels(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
-        shape_parents: list[int], budget: DraftBudget, fetch_features=None, output_start: int = 0, run: str = "",
+        shape_parents: list[int], budget: DraftBudget, output_start: int = 0, run: str = "",
     ) -> Iterator[Level]:
         """The round's tree, one level at a time (draw each level under ``lock``: the model is shared;
-        one session's rounds never overlap, the orchestrator runs them in order).
+        one session's rounds never overlap, the orchestrator runs them in order). A feature-level
+        draft reads the features ``prefetch_features`` brought in before.
 
-        fetch_features(start) -> (start, features [n, H]): the target's features of context[start:−1],
-        asked of the verifier when a feature-level draft lacks them (fresh worker, plain rounds).
         A round older than the session's latest is refused (StaleRound), as by the verifier, and
         so is a round of a released ``run``."""
         session = self._session(session_id, step, run)
         if params.grammar is not None and getattr(session, "constraint", False) is None:
             session.constraint = for_session(params.grammar, getattr(self.text, "tokenizer", None), self.vocab_size,
                                              output_start)
-        if self.needs_features and fetch_features is not None and session.feature_count() < len(context) - 1:
-            on_compute(session.add_features, *fetch_features(session.feature_count()))
         generator = None if params.greedy else round_generator(seed, step, DRAFT_STREAM)  # greedy draws nothing
         if isinstance(self.drafter, ModelDrafter):
             for level in compute_iter(session.grow_levels(context, shape_parents, params, generator, budget)):
@@ -74,12 +71,13 @@ class DrafterWorker:
             yield one_hot_chain(tokens)
 
     def prefetch_features(self, session_id: str, step: int, context: list[int], fetch_features, run: str = "") -> None:
-        """A feature-level draft's missing target features of the context, asked of the verifier
-        before the round's levels take ``lock``. A fetch waits for a verifier pass (a prefill). Under
-        the lock it held up every other session's levels: 8 sessions' first rounds queued behind
-        one another past the orchestrator's draft deadline, and every later round did the same
-        after the plain steps that followed. ``levels`` then finds nothing to fetch."""
-        if not self.needs_features or fetch_features is None:
+        """Before a round's ``levels``, without holding ``lock``: a feature-level draft's missing
+        target features of context[:−1] (fresh worker, plain rounds), from
+        fetch_features(start) -> (start, features [n, H]), asked of the verifier. A fetch waits for
+        a verifier pass (a prefill); under the lock it held up every other session's levels (8
+        served sessions' first rounds queued past the orchestrator's draft deadline, and every
+        later round after the plain steps that followed). Nothing for other drafts."""
+        if not self.needs_features:
             return
         session = self._session(session_id, step, run)
         if session.feature_count() < len(context) - 1:

@@ -196,20 +196,14 @@ class SpeculativeEngine:
         tree, depth = empty_tree(), 0
         feeds = self.drafts is not None and self.drafts.needs_features
         if plan.shape is not None and self.drafts is not None:
-            fetched = None  # a feature draft's missing features, asked of the verifier before taking
-            if feeds and (start := self.drafts.feature_count(session_id)) < len(context) - 1:  # the draft model
-                fetched = start, self.verifier.prefix_features(session_id, context, start)
-
-            def fetch(start: int):
-                if fetched is not None and fetched[0] == start:
-                    return fetched
+            def fetch(start: int):  # a feature draft's missing features, asked before taking the draft model
                 return start, self.verifier.prefix_features(session_id, context, start)
 
+            self.drafts.prefetch_features(session_id, plan.step, context, fetch)
             with self.drafts.lock:  # generations on other threads share the draft model
                 t0 = time.perf_counter()
                 levels = list(self.drafts.levels(session_id, plan.step, context, params, seed,
-                                                 list(plan.shape.parents), plan.budget, fetch if feeds else None,
-                                                 output_start))
+                                                 list(plan.shape.parents), plan.budget, output_start))
                 draft_ms = (time.perf_counter() - t0) * 1000
             tree, depth = tree_from_levels(levels), len(levels)
         features_from = len(context) - 1 if feeds and tree.size else None

@@ -268,9 +268,8 @@ class Pipeline:
         a probe would cost two rounds); else the tokens the session may still emit, this round's
         included. (The drafter runs the next round only when this one leaves some to draft; one
         that ends on EOS or a stop string wastes it.)"""
-        if not self.config.draft_ahead or plan.shape is None or not plan.shape.size:
-            return 0
-        if plan.reason not in ("plan", "fixed"):
+        drafts_by_plan = plan.shape is not None and plan.shape.size and plan.reason in ("plan", "fixed")
+        if not self.config.draft_ahead or not drafts_by_plan:
             return 0
         return core.output.max_new_tokens - len(core.output.token_ids)
 

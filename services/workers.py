@@ -140,13 +140,12 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         timeouts = [t for t in (request.verify_timeout_ms / 1000 if request.verify_timeout_ms else None,
                                 time_remaining) if t is not None]
         timeout = min(timeouts) if timeouts else None
-        fetch = None
         if self.worker.needs_features:  # the verifier answers with the new tokens' features
             header.features_from = len(ids) - 1
-            fetch = self._feature_fetcher(verifier, r, timeout, timing)
-            self.worker.prefetch_features(r.session_id, r.step, ids, fetch, r.run)  # not under the model's lock
+            self.worker.prefetch_features(r.session_id, r.step, ids, self._feature_fetcher(verifier, r, timeout, timing),
+                                          r.run)  # not under the model's lock
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
-                                    list(request.plan.shape_parents), codec.budget_from_pb(request.plan), fetch,
+                                    list(request.plan.shape_parents), codec.budget_from_pb(request.plan),
                                     r.output_start, r.run)
         started = time.perf_counter()
         try:

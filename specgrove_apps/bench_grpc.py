@@ -135,10 +135,14 @@ class GrpcStacks:
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target)."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
         self.min_pass_ms = min_pass_ms
-        self.stacks: dict[float, object] = {}
+        self.stacks: dict[tuple[float, bool], object] = {}
+
+    @staticmethod
+    def _name(delay: float, ahead: bool) -> str:
+        return f"d{delay:g}{'' if ahead else '-serial'}"
 
     def trace_file(self, delay: float, ahead: bool = True) -> Path:
-        return self.work_dir / f"trace-d{delay:g}{'' if ahead else '-serial'}.jsonl"
+        return self.work_dir / f"trace-{self._name(delay, ahead)}.jsonl"
 
     def client(self, delay: float, ahead: bool = True):
         import os
@@ -148,7 +152,7 @@ class GrpcStacks:
 
         if (delay, ahead) not in self.stacks:
             self.trace_file(delay, ahead).unlink(missing_ok=True)
-            logs = self.work_dir / f"logs-d{delay:g}{'' if ahead else '-serial'}"
+            logs = self.work_dir / f"logs-{self._name(delay, ahead)}"
             logs.mkdir(exist_ok=True)
             self.stacks[delay, ahead] = start_stack(
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
