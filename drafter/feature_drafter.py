@@ -10,6 +10,8 @@ own features for them arrive, so every round starts from true features, as EAGLE
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from drafter import feature_draft
@@ -43,10 +45,19 @@ class FeatureSequence:
     def ready(self, context: list[int]) -> bool:
         return len(context) >= 2 and len(self.features) >= 1
 
-    @torch.inference_mode()
     def logits_for(self, context: list[int], num_logits: int) -> torch.Tensor:  # [1, V]
         """q's logits for the token after ``context`` (num_logits must be 1)."""
         assert num_logits == 1, "the feature draft scores one position per call"
+        return run_inline(self.logits_for_steps(context))
+
+    def tree_logits(self, context: list[int], node_tokens: list[int], parents: list[int], first: int, last: int,
+                    with_root: bool) -> torch.Tensor:  # [last − first, V]
+        """Feed tree nodes first..last−1 (their parents cached) in one pass with a tree mask."""
+        assert not with_root, "the feature draft grows trees after logits_for(context)"
+        return run_inline(self.tree_logits_steps(context, node_tokens, parents, first, last, with_root))
+
+    def logits_for_steps(self, context: list[int], num_logits: int = 1):
+        """``logits_for`` as steps: each pass is yielded as a ``Feed`` and its result sent back."""
         if not self.ready(context):
             raise NoFeatures("the target's features of the context are not known yet")
         pairs = context[1:]  # pair i holds token x_i (i = 1..len − 1)
@@ -56,17 +67,19 @@ class FeatureSequence:
                    len(pairs) - 1)
         self._crop(keep)
         fed_true = min(len(pairs), n_true)
+        logits = None
         if keep < fed_true:  # pairs on the target's features: one pass
             feats = self.features[keep:fed_true].to(self.device, torch.float32)
-            self._feed(feats, pairs[keep:fed_true], list(range(keep + 1, fed_true + 1)), true=True)
+            logits = yield from self._feed(feats, pairs[keep:fed_true], list(range(keep + 1, fed_true + 1)), True,
+                                           last=fed_true == len(pairs))
         for i in range(max(keep, fed_true), len(pairs)):  # pairs on drafted features: one at a time
-            self._feed(self.outputs[i - 1: i].to(self.device), pairs[i: i + 1], [i + 1], true=False)
-        return self.draft.full_logits(self.draft.lm_head(self.outputs[-1:].to(self.device))).float().cpu()
+            logits = yield from self._feed(self.outputs[i - 1: i].to(self.device), pairs[i: i + 1], [i + 1], False,
+                                           last=i == len(pairs) - 1)
+        return logits
 
-    @torch.inference_mode()
-    def tree_logits(self, context: list[int], node_tokens: list[int], parents: list[int], first: int, last: int,
-                    with_root: bool) -> torch.Tensor:  # [last − first, V]
-        """Feed tree nodes first..last−1 (their parents cached) in one pass with a tree mask."""
+    def tree_logits_steps(self, context: list[int], node_tokens: list[int], parents: list[int], first: int,
+                          last: int, with_root: bool = False):
+        """``tree_logits`` as steps (one ``Feed``)."""
         assert not with_root, "the feature draft grows trees after logits_for(context)"
         pairs = len(context) - 1
         assert self.tokens == context[1:] and len(self.node_tokens) == first, "feed tree levels in order"
@@ -74,33 +87,27 @@ class FeatureSequence:
         feats = parent_out[torch.tensor([p + 1 for p in parents[first:last]])]
         positions = node_positions(len(context), parents)[first:last]
         mask = tree_attention_mask(pairs, 0, parents, first, last)
-        out = self._run(feats, node_tokens[first:last], positions, mask)
+        out, self.kv, logits = yield Feed(self, feats, node_tokens[first:last], positions, mask, head="all")
         self.node_tokens = node_tokens[:last]
         self.node_outputs = torch.cat([self.node_outputs, out])
-        return self.draft.full_logits(self.draft.lm_head(out.to(self.device))).float().cpu()
+        return logits
 
     def keep_path(self, path: list[int]) -> None:
         """After verification: drop every node (their pairs read drafted features; the next round
         feeds the accepted tokens again on the target's own features)."""
         self._crop(len(self.tokens))
 
-    def _feed(self, feats: torch.Tensor, tokens: list[int], positions: list[int], true: bool) -> None:
+    def _feed(self, feats: torch.Tensor, tokens: list[int], positions: list[int], true: bool, last: bool):
+        """Pairs after the cached ones, causally; with ``last``, q's logits after the final one."""
         past = len(self.tokens)
         n = len(tokens)
         allowed = torch.ones(n, past + n, dtype=torch.bool).tril(past)
         mask = torch.zeros(n, past + n).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
-        out = self._run(feats, tokens, positions, mask)
+        out, self.kv, logits = yield Feed(self, feats, tokens, positions, mask, head="last" if last else None)
         self.tokens += tokens
         self.true += [true] * n
         self.outputs = torch.cat([self.outputs, out])
-
-    def _run(self, feats: torch.Tensor, tokens: list[int], positions: list[int], mask: torch.Tensor) -> torch.Tensor:
-        """One draft pass over new pairs/nodes after everything cached; extends the KV cache; F̂ [n, H]."""
-        d = self.device
-        out, self.kv = self.draft(
-            feats.to(d, torch.float32)[None], torch.tensor(tokens, device=d)[None], torch.tensor(positions, device=d),
-            self.kv, mask.to(d))
-        return out[0].cpu()
+        return logits
 
     def _crop(self, pairs: int) -> None:
         """Keep the first ``pairs`` cached pairs; drop later pairs and every node."""
@@ -109,6 +116,96 @@ class FeatureSequence:
         self.tokens, self.true = self.tokens[:pairs], self.true[:pairs]
         self.outputs = self.outputs[:pairs]
         self.node_tokens, self.node_outputs = [], self.node_outputs[:0]
+
+
+@dataclass
+class Feed:
+    """One draft pass a ``FeatureSequence`` asks for: new pairs or tree nodes after its cached
+    ones, under ``mask`` ([1, 1, n, past + n], additive). Its result is (F̂ [n, H] on the CPU, the
+    KV cache with these pairs, q's logits over the full vocabulary for the last row (head
+    "last"), every row ("all") or none)."""
+
+    sequence: "FeatureSequence"
+    feats: torch.Tensor  # [n, H]
+    tokens: list[int]
+    positions: list[int]
+    mask: torch.Tensor
+    head: str | None = None
+
+    @property
+    def past(self) -> int:
+        return 0 if self.sequence.kv is None else self.sequence.kv[0].shape[2]
+
+    def head_rows(self, out: torch.Tensor) -> torch.Tensor:
+        return out[-1:] if self.head == "last" else out if self.head == "all" else out[:0]
+
+    @torch.inference_mode()
+    def run(self):
+        """This pass alone (exactly the unbatched computation)."""
+        draft, d = self.sequence.draft, self.sequence.device
+        out, kv = draft(self.feats.to(d, torch.float32)[None], torch.tensor(self.tokens, device=d)[None],
+                        torch.tensor(self.positions, device=d), self.sequence.kv, self.mask.to(d))
+        logits = None
+        if self.head is not None:
+            logits = draft.full_logits(draft.lm_head(self.head_rows(out[0]))).float().cpu()
+        return out[0].cpu(), kv, logits
+
+
+@torch.inference_mode()
+def run_feeds(feeds: list[Feed]) -> list[tuple]:
+    """Several sessions' feeds on one draft in one pass (a lone feed runs as ``Feed.run``): rows
+    right-padded to the longest feed, each row's cached keys padded to the longest cache, one
+    additive mask [B, 1, T, S + T] holding each row's own past and mask; then one head pass over
+    every row that wants q. Results as ``Feed.run``'s, in order."""
+    if len(feeds) == 1:
+        return [feeds[0].run()]
+    draft, d = feeds[0].sequence.draft, feeds[0].sequence.device
+    assert all(f.sequence.draft is draft for f in feeds), "one pass runs one draft"
+    b, t, s = len(feeds), max(len(f.tokens) for f in feeds), max(f.past for f in feeds)
+    c = draft.config
+    feats = torch.zeros(b, t, c.hidden_size, device=d)
+    tokens = torch.zeros(b, t, dtype=torch.long, device=d)
+    positions = torch.zeros(b, t, dtype=torch.long, device=d)
+    keys = torch.zeros(b, c.num_kv_heads, s, c.head_dim, device=d)
+    values = torch.zeros_like(keys)
+    low = torch.finfo(torch.float32).min
+    mask = torch.full((b, 1, t, s + t), low, device=d)
+    for row, f in enumerate(feeds):
+        n, past = len(f.tokens), f.past
+        feats[row, :n] = f.feats.to(d, torch.float32)
+        tokens[row, :n] = torch.tensor(f.tokens, device=d)
+        positions[row, :n] = torch.tensor(f.positions, device=d)
+        if past:
+            keys[row, :, :past], values[row, :, :past] = f.sequence.kv[0][0], f.sequence.kv[1][0]
+        own = f.mask[0, 0].to(d)
+        mask[row, 0, :n, :past] = own[:, :past]
+        mask[row, 0, :n, s: s + n] = own[:, past:]
+        mask[row, 0, n:, s + n:] = 0.0  # padding rows see only padding: no empty softmax row
+    out, (k, v) = draft(feats, tokens, positions, (keys, values), mask)
+    heads = [f.head_rows(out[row, : len(f.tokens)]) for row, f in enumerate(feeds)]
+    logits = draft.full_logits(draft.lm_head(torch.cat(heads))).float().cpu() if any(len(h) for h in heads) else None
+    results, at = [], 0
+    for row, f in enumerate(feeds):
+        n, past = len(f.tokens), f.past
+        kv = (torch.cat([keys[row: row + 1, :, :past], k[row: row + 1, :, s: s + n]], 2),
+              torch.cat([values[row: row + 1, :, :past], v[row: row + 1, :, s: s + n]], 2))
+        mine = None
+        if f.head is not None:
+            mine = logits[at: at + len(heads[row])]
+            at += len(heads[row])
+        results.append((out[row, :n].cpu(), kv, mine))
+    return results
+
+
+def run_inline(steps):
+    """Run a sequence's steps alone, every feed at once: the steps' return value."""
+    reply = None
+    while True:
+        try:
+            feed = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        reply = feed.run()
 
 
 class FeatureDraftModel:
@@ -133,6 +230,13 @@ class FeatureDrafter(ModelDrafter):
 
 
 class FeatureDraftSession(ModelDraftSession):
+    def grow(self, context, shape_parents, params, generator, budget=None):
+        """As ``ModelDraftSession.grow``; a context without a feature yet (a one-token prompt) has
+        no pair to draft from: no levels, so the round is a plain step."""
+        if not self.sequence.ready(context):
+            return
+        yield from super().grow(context, shape_parents, params, generator, budget)
+
     def set_features(self, features: torch.Tensor) -> None:
         self.sequence.set_features(features)
 

@@ -4,7 +4,7 @@ tree of width one) on its own KV cache, with q warped exactly like p."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Generator, Iterator
 
 import torch
 
@@ -59,7 +59,16 @@ class ModelDraftSession:
         budget: DraftBudget | None = None,
     ) -> Iterator[Level]:
         """``propose_tree`` one level at a time, each yielded as soon as it is drawn (so a remote
-        drafter can stream a level while it computes the next)."""
+        drafter can stream a level while it computes the next). Passes run here, one session alone."""
+        return inline(self.grow(context, shape_parents, params, generator, budget))
+
+    def grow(
+        self, context: list[int], shape_parents: list[int], params: SamplingParams, generator: torch.Generator,
+        budget: DraftBudget | None = None,
+    ) -> Generator[object, object, None]:
+        """``grow_levels`` as steps: it yields each ``Level`` as it is drawn, and each forward pass a
+        batchable draft asks for (a ``Feed``: drafter/batching.py runs several sessions' feeds in
+        one pass and sends each its result back); other drafts run their passes themselves."""
         if all(p == i - 1 for i, p in enumerate(shape_parents)):  # a chain: prompt lookup may serve it
             found = self._looked_up(context, min(len(shape_parents), budget.max_len if budget else len(shape_parents)))
             if found:
@@ -72,7 +81,7 @@ class ModelDraftSession:
         depth: list[int] = []
         paths: list[list[int]] = []  # realised node -> its tokens from the root (the grammar's state)
         shape_kids = children_of(shape_parents)  # shape node -> its children, in sampling order
-        logits = self.sequence.logits_for(context, num_logits=1)  # [1, V]: the root
+        logits = yield from _steps(self.sequence, "logits_for", context, 1)  # [1, V]: the root
         logits = constrain(logits, self.constraint, context, [[]])
         frontier = [-1]
         while True:
@@ -101,7 +110,8 @@ class ModelDraftSession:
                 yield Level(tokens[start:], parents[start:], q_rows)
             if not new or not any(shape_of[n] in shape_kids and not ended[n] for n in new):
                 break
-            logits = self.sequence.tree_logits(context, tokens, parents, start, len(tokens), with_root=False)
+            logits = yield from _steps(self.sequence, "tree_logits", context, tokens, parents, start, len(tokens),
+                                       False)
             logits = constrain(logits, self.constraint, context, [paths[n] for n in new])
             frontier = new
 
@@ -128,6 +138,41 @@ class Level:
     tokens: list[int]  # new nodes, breadth-first
     parents: list[int]  # their parents (−1 = the root), all in earlier levels
     q_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]  # row (parent node + 1) -> (support ids, q)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A forward pass of a draft that runs its own passes (one session's, on its own cache)."""
+
+    call: object
+    args: tuple
+
+    def run(self):
+        return self.call(*self.args)
+
+
+def _steps(sequence, call: str, *args):
+    """A sequence's call as steps: a batchable one (``call + "_steps"``) yields its feeds; any other
+    yields one ``Pass``, which runs alone."""
+    steps = getattr(sequence, call + "_steps", None)
+    if steps is not None:
+        return (yield from steps(*args))
+    return (yield Pass(getattr(sequence, call), args))
+
+
+def inline(steps: Generator) -> Iterator:
+    """Drive ``steps`` alone: yield its Levels, run each feed it asks for at once."""
+    reply = None
+    while True:
+        try:
+            item = steps.send(reply)
+        except StopIteration:
+            return
+        if isinstance(item, Level):
+            reply = None
+            yield item
+        else:
+            reply = item.run()
 
 
 def one_hot_chain(tokens: list[int]) -> Level:

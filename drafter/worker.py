@@ -8,9 +8,10 @@ import threading
 from collections import OrderedDict
 from typing import Iterator
 
+from drafter.batching import MAX_BATCH, LevelBatcher, Steps
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
-from specgrove.compute import compute_iter, on_compute
+from specgrove.compute import on_compute
 from specgrove.errors import StaleRound
 from specgrove.fence import ReleasedRuns
 from specgrove.grammar import for_session
@@ -22,9 +23,12 @@ MAX_SESSIONS = 64
 
 
 class DrafterWorker:
-    def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None):
+    def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None, max_batch: int = MAX_BATCH,
+                 min_pass_ms: float = 0.0):
         """text: the target's TextCodec, whose tokenizer reads a request's grammar (model drafts
-        fall back to their own tokenizer; without one, q is not masked: still exact)."""
+        fall back to their own tokenizer; without one, q is not masked: still exact).
+        max_batch: the most sessions whose levels share one draft pass (1 turns batching off).
+        min_pass_ms: every draft pass lasts at least this long (a draft on a GPU; tests, benchmarks)."""
         self.drafter = drafter
         self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name
@@ -33,8 +37,9 @@ class DrafterWorker:
         self._sessions: OrderedDict[str, object] = OrderedDict()
         self._steps: dict[str, int] = {}  # session -> its latest round here
         self._released = ReleasedRuns()
-        self.lock = threading.RLock()  # one forward pass at a time on this model
+        self.lock = threading.RLock()  # the sessions' bookkeeping (passes: the batcher and the compute thread)
         self.metrics = WorkerMetrics("draft", max_sessions)
+        self.batcher = LevelBatcher(max_batch, self.metrics, min_pass_ms)
 
     @property
     def needs_features(self) -> bool:
@@ -44,10 +49,14 @@ class DrafterWorker:
     def levels(
         self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
         shape_parents: list[int], budget: DraftBudget, output_start: int = 0, run: str = "",
+        timing: dict | None = None,
     ) -> Iterator[Level]:
-        """The round's tree, one level at a time (draw each level under ``lock``: the model is shared;
-        one session's rounds never overlap, the orchestrator runs them in order). A feature-level
-        draft reads the features ``prefetch_features`` brought in before.
+        """The round's tree, one level at a time. Sessions drafting at once draw their levels
+        together (``batcher``: one draft pass per level across them); one session's rounds never
+        overlap, the orchestrator runs them in order. A feature-level draft reads the features
+        ``prefetch_features`` brought in before. ``timing``: adds ``draft_ms``, the time of the
+        draft passes the levels rode in (shared with the sessions in them), and ``draft_rows``,
+        the most sessions in one.
 
         A round older than the session's latest is refused (StaleRound), as by the verifier, and
         so is a round of a released ``run``."""
@@ -57,14 +66,24 @@ class DrafterWorker:
                                              output_start)
         generator = None if params.greedy else round_generator(seed, step, DRAFT_STREAM)  # greedy draws nothing
         if isinstance(self.drafter, ModelDrafter):
-            for level in compute_iter(session.grow_levels(context, shape_parents, params, generator, budget)):
-                yield level
-                latest = self._steps.get(session_id)
-                if latest is None:  # released meanwhile: draw no more
-                    raise StaleRound(f"session {session_id}: round {step} was released here mid-round")
-                if latest != step:  # a newer round took the session: draw no more
-                    raise StaleRound(f"session {session_id}: round {step} was overtaken by round {latest}")
-            return
+            job = Steps(session_id, session.grow(context, shape_parents, params, generator, budget))
+            try:
+                while True:
+                    before = job.ms
+                    level = self.batcher.next(job)  # with the other sessions drafting now, in one pass
+                    if timing is not None:
+                        timing["draft_ms"] = timing.get("draft_ms", 0.0) + job.ms - before
+                        timing["draft_rows"] = max(timing.get("draft_rows", 0), job.rows)
+                    if level is None:
+                        return
+                    yield level
+                    latest = self._steps.get(session_id)
+                    if latest is None:  # released meanwhile: draw no more
+                        raise StaleRound(f"session {session_id}: round {step} was released here mid-round")
+                    if latest != step:  # a newer round took the session: draw no more
+                        raise StaleRound(f"session {session_id}: round {step} was overtaken by round {latest}")
+            finally:
+                self.batcher.close(job)
         depth = min(budget.max_len, max(depths_of(shape_parents), default=0))
         tokens = session.propose(context, depth, params, generator, budget)
         if tokens:  # prompt lookup's chain: one-hot q
@@ -111,6 +130,7 @@ class DrafterWorker:
             self._sessions.pop(session_id, None)
             self._steps.pop(session_id, None)
             self.metrics.record_cache(len(self._sessions), 0)
+        self.batcher.forget(session_id)
 
     def _session(self, session_id: str, step: int, run: str = ""):
         with self.lock:

@@ -200,11 +200,10 @@ class SpeculativeEngine:
                 return start, self.verifier.prefix_features(session_id, context, start)
 
             self.drafts.prefetch_features(session_id, plan.step, context, fetch)
-            with self.drafts.lock:  # generations on other threads share the draft model
-                t0 = time.perf_counter()
-                levels = list(self.drafts.levels(session_id, plan.step, context, params, seed,
-                                                 list(plan.shape.parents), plan.budget, output_start))
-                draft_ms = (time.perf_counter() - t0) * 1000
+            timing: dict = {}  # generations on other threads draw their levels in the same draft passes
+            levels = list(self.drafts.levels(session_id, plan.step, context, params, seed, list(plan.shape.parents),
+                                             plan.budget, output_start, timing=timing))
+            draft_ms = timing.get("draft_ms", 0.0)
             tree, depth = tree_from_levels(levels), len(levels)
         features_from = len(context) - 1 if feeds and tree.size else None
         verdict, verify_ms, features, pass_rows = self.verifier.verify(session_id, plan.step, context, params, seed,

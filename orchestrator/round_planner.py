@@ -72,7 +72,8 @@ class LinkStats:
     rounds: int = 0
     # Load: the sessions sharing the verifier (continuous batching). Each decides as the others
     # do, so the planner weighs the batch's goodput: S rounds of n tokens make a pass of S·n
-    # tokens, and a drafter that drafts one session at a time draws S rounds' levels in turn.
+    # tokens. A draft level is measured as the draft pass it rode in, which the sessions drafting
+    # at once share (drafter/batching.py), so it carries the load itself.
     sessions: float = 1.0
     # A pass of 2 .. min_rows − 1 tokens is fed as min_rows (the target's ``min_pass_rows``: on
     # the CPU, 2–3-row matrix products are slower than 4-row ones), so it costs what that pass does.
@@ -279,8 +280,8 @@ class RoundPlanner:
     def _chain_length(self) -> int:
         """Goodput (SmartSpec, arXiv 2406.14066): the chain length K in 0 .. draft_len with the
         most expected tokens (1 + accepted) per millisecond, with every session of the batch
-        choosing alike: S rounds of K + 1 tokens make the shared pass, and a drafter that drafts
-        one session at a time draws every session's K levels in turn. Network time counts when
+        choosing alike: S rounds of K + 1 tokens make the shared pass, and K draft levels cost K
+        of the draft passes the sessions share (as measured under this load). Network time counts when
         measured. K = 0 (a plain step) when no chain beats one token per plain step: with one
         session when the draft does not pay on this text, with many when the batch makes it a loss."""
         acceptance = self.acceptance.vector()
@@ -290,7 +291,7 @@ class RoundPlanner:
             best_rate *= LOAD_MARGIN  # cost model does not price; a chain must beat plain steps by this much
         for length in range(1, self.draft_len + 1):
             expected = 1.0 + tree_value(TreeShape.chain(length).parents, acceptance)
-            draft_ms = self.link.sessions * length * (self.link.draft_level_ms or 0.0)
+            draft_ms = length * (self.link.draft_level_ms or 0.0)
             spec_ms = verify_1 * self.link.batch_ratio(length + 1) + draft_ms + self.link.exposed_network_ms
             if expected / spec_ms > best_rate:
                 best, best_rate = length, expected / spec_ms

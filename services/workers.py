@@ -146,7 +146,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                                           r.run)  # not under the model's lock
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
                                     list(request.plan.shape_parents), codec.budget_from_pb(request.plan),
-                                    r.output_start, r.run)
+                                    r.output_start, r.run, timing)
         started = time.perf_counter()
         try:
             reply = verifier.Verify(self._messages(header, levels, timing), timeout=timeout,
@@ -175,14 +175,13 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         while message is not None:
             timing["bytes"] += message.ByteSize()
             yield message
-            with tracer.start_as_current_span("draft level", context=parent), self.worker.lock:
-                t0 = time.perf_counter()  # the model is shared by sessions: one level at a time
-                try:
+            with tracer.start_as_current_span("draft level", context=parent) as span:
+                try:  # with the other sessions drafting now, in one draft pass (``draft_ms``: that pass's time)
                     level = next(levels, None)
                 except StaleRound as exc:  # gRPC cancels the stream; the round raises it (``_round``)
                     timing["stale"] = exc
                     raise
-                timing["draft_ms"] += (time.perf_counter() - t0) * 1000
+                span.set_attribute("specgrove.draft_batch", timing.get("draft_rows", 1))
             message = None
             if level is not None:
                 timing["size"] += len(level.tokens)
@@ -202,7 +201,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         reply.timing.tree_bytes = timing["bytes"]
         reply.timing.feature_bytes = timing["feature_bytes"]
         reply.timing.round_ms = (time.perf_counter() - started) * 1000
-        self.worker.metrics.record_pass(timing["size"], timing["draft_ms"] / 1000)
+        self.worker.metrics.record_pass(timing["size"], timing["draft_ms"] / 1000, batch=None)  # the batcher's
         return reply
 
     def Release(self, request, context):

@@ -86,11 +86,14 @@ class WorkerMetrics:
                                         "for as drawn), miss (asked otherwise, or failed), unused (never asked "
                                         "for)", ["outcome"], registry=r)
 
-    def record_pass(self, tokens: int, seconds: float, batch: int = 1) -> None:
+    def record_pass(self, tokens: int, seconds: float, batch: int | None = 1) -> None:
+        """A round served; batch: the sessions in its pass (None: counted where the passes run, as
+        a drafter's batcher does, one round riding several passes)."""
         self.passes.inc()
         self.tokens_per_pass.observe(tokens)
         self.pass_seconds.observe(seconds)
-        self.batch_size.observe(batch)
+        if batch is not None:
+            self.batch_size.observe(batch)
 
     def record_cache(self, sessions: int, tokens: int) -> None:
         self.kv_sessions.set(sessions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter, tree_from_levels
+from drafter.model_drafter import ModelDrafter, Pass, tree_from_levels
 from drafter.worker import DrafterWorker
 from orchestrator.sequoia import TreeShape
 from specgrove.budget import DraftBudget
@@ -78,18 +78,38 @@ def test_a_release_mid_round_stops_the_draft_and_leaves_no_cache(tiny_target, ti
 
 
 def test_the_drafter_draws_its_levels_on_the_compute_thread(tiny_target, tiny_draft):
-    """Model work of a drafter runs on specgrove.compute's one thread, level by level."""
+    """Model work of a drafter runs on specgrove.compute's one thread, level by level: its steps
+    (sampling each level) and its passes."""
+    from drafter.model_drafter import Level
     from specgrove.compute import on_compute_thread
 
     worker = DrafterWorker(ModelDrafter(tiny_draft))
     session = worker._session("s", 1)
-    grow, where = session.grow_levels, []
+    grow, where = session.grow, []
 
     def spied(*args, **kwargs):
-        for level in grow(*args, **kwargs):
+        steps = grow(*args, **kwargs)
+        reply = None
+        while True:
             where.append(on_compute_thread())
-            yield level
+            try:
+                item = steps.send(reply)
+            except StopIteration:
+                return
+            reply = yield item
+            where.append(on_compute_thread())
 
-    session.grow_levels = spied
-    levels = list(worker.levels("s", 1, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3)))
-    assert len(levels) == len(where) == 3 and all(where)
+    session.grow = spied
+    run = Pass.run
+
+    def spied_run(self):
+        where.append(on_compute_thread())
+        return run(self)
+
+    Pass.run = spied_run
+    try:
+        levels = list(worker.levels("s", 1, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3)))
+    finally:
+        Pass.run = run
+    assert len(levels) == 3 and all(isinstance(level, Level) for level in levels)
+    assert len(where) >= 3 * 3 and all(where)

@@ -46,7 +46,8 @@ def cmd_serve(args) -> int:
                              args.min_pass_ms, args.metrics_port, tls, limits, args.max_kv_tokens, args.max_batch)
     elif args.role == "drafter":
         roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
-                            args.metrics_port, tls, tuple(args.verifier), limits, args.link_delay_ms)
+                            args.metrics_port, tls, tuple(args.verifier), limits, args.link_delay_ms, args.max_batch,
+                            args.min_pass_ms)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -132,13 +133,15 @@ def add_serve(sub) -> None:
     serve.add_argument("--max-kv-tokens", type=int, default=None,
                        help="verifier: KV budget in tokens over all sessions (least recently used evicted)")
     serve.add_argument("--max-batch", type=int, default=16,
-                       help="verifier: the most sessions' rounds verified in one forward pass (1: no batching)")
+                       help="verifier: the most sessions' rounds verified in one forward pass; drafter: the most "
+                       "sessions' tree levels drawn in one draft pass (1: no batching)")
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0,
                        help="verifier and drafter: emulate a remote drafter whose links have this one-way latency "
                        "(each message and reply of Draft, Verify and Features travels it; not Decode)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,
-                       help="verifier: every pass lasts at least this long (emulates a GPU-bound large target)")
+                       help="verifier and drafter: every pass lasts at least this long (emulates a model on a GPU, "
+                       "whose pass costs about the same for one token as for dozens)")
     serve.add_argument("--http-port", type=int, default=None,
                        help="orchestrator: serve the OpenAI-compatible API and /metrics on this port (0 = any)")
     serve.add_argument("--metrics-port", type=int, default=None, help="drafter/verifier: serve /metrics on this port")

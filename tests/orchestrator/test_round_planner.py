@@ -98,14 +98,18 @@ def loaded(link: LinkStats, sessions: int, tokens_per_round: float) -> LinkStats
 
 def test_under_batching_a_chain_turns_off_when_it_stops_paying_and_back_on_when_load_drops():
     """Goodput: 16 sessions' chains of 4 make a pass of 80 tokens, 2.3× the cost of their 16
-    plain steps on this curve (and 16 sessions' draft levels in turn), for 2.3 expected tokens a
-    round: a loss. Alone, the chain pays."""
+    plain steps on this curve, and each draft level is the shared draft pass of 16 sessions
+    (measured at 30 ms, against 9 alone), for 2.3 expected tokens a round: a loss. Alone, the
+    chain pays."""
     link = measured_link(2.0)
     planner = RoundPlanner("chain", link, AcceptanceStats([0.6, 0.1], prior_weight=1e9), draft_len=4,
                            probe_every=8)
     alone = planner.next()
     assert (alone.size, alone.reason) == (4, "plan")  # one session: the chain pays
     loaded(link, 16, 5.0)
+    for _ in range(30):  # rounds drafted under this load: their levels rode 16 sessions' draft passes
+        link.observe_tree(rtt_ms=4 * 30.0 + VERIFY_MS[8] + 2.0, draft_ms=4 * 30.0, verify_ms=VERIFY_MS[8], size=4,
+                          depth=4, tree_bytes=3000)
     assert link.sessions > 15
     reasons = [planner.next().reason for _ in range(300)]
     probes = [i for i, reason in enumerate(reasons) if reason == "probe"]
