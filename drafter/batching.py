@@ -14,7 +14,6 @@ What a level cost a session is the time of the advances it rode in: the batch's 
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Generator
@@ -23,6 +22,7 @@ import torch
 
 from drafter.model_drafter import Level
 from specgrove.compute import on_compute, on_compute_thread
+from specgrove.leading import Turns
 
 MAX_BATCH = 16  # sessions in one draft pass
 
@@ -49,13 +49,11 @@ class LevelBatcher:
         self.max_batch = max(1, max_batch)
         self.metrics = metrics
         self.min_pass_ms = min_pass_ms
-        self._turn = threading.Condition()
+        self._turns = Turns()  # leading advances; ``out``: the last advance's sessions not back yet
+        self._turn = self._turns.turn
         self._waiting: list[Steps] = []
-        self._busy = False
-        self._out: dict[str, float] = {}  # the last advance's sessions not back yet: when they left
         self._recent: dict[str, float] = {}  # sessions whose last round ended lately: when it ended
-        self._gap_s = 0.0  # how long a session takes to come back for its next level (EWMA)
-        self._pass_s = 0.0  # how long an advance takes (EWMA)
+        self._pass_s = 0.0  # how long a draft pass takes (EWMA)
 
     def next(self, job: Steps) -> Level | None:
         """The round's next level, None when its tree is complete; its error is raised here."""
@@ -70,14 +68,14 @@ class LevelBatcher:
     def forget(self, key: str) -> None:
         """The session is gone (released): no leader waits for it."""
         with self._turn:
-            self._out.pop(key, None)
+            self._turns.out.pop(key, None)
             self._recent.pop(key, None)
             self._turn.notify_all()
 
     def close(self, job: Steps) -> None:
         """The caller leaves the round early: its steps end; no leader waits for it."""
         with self._turn:
-            self._out.pop(job.key, None)
+            self._turns.out.pop(job.key, None)
             self._turn.notify_all()
         if not job.ended:
             job.ended = True
@@ -87,41 +85,34 @@ class LevelBatcher:
         with self._turn:
             job.ready = False
             self._waiting.append(job)
-            left = self._out.pop(job.key, None)
-            if left is not None:
-                self._gap_s += 0.2 * (time.monotonic() - left - self._gap_s)
-            self._turn.notify_all()  # a gathering leader may be waiting for this session
-            while not job.ready:
-                if self._busy:
-                    self._turn.wait()
-                    continue
-                self._busy = True
-                self._gather()
-                batch = self._take()
-                self._turn.release()
-                t0, passes = time.perf_counter(), 0
-                try:
-                    passes = on_compute(self._advance, batch)
-                    rest = passes * self.min_pass_ms / 1000 - (time.perf_counter() - t0)
-                    if rest > 0:
-                        time.sleep(rest)
-                        for j in batch:
-                            j.ms += rest * 1000
-                except BaseException as exc:  # noqa: BLE001 — not a round's own error: every round of the advance
-                    for j in batch:
-                        j.error = j.error or exc
-                finally:
-                    elapsed = time.perf_counter() - t0
-                    self._turn.acquire()
-                    self._busy = False
-                    for j in batch:
-                        j.ready = True
-                    self._turn.notify_all()
-                if passes:  # (an advance that only ends rounds runs no pass)
-                    self._pass_s += 0.2 * (elapsed / passes - self._pass_s)
-                now = time.monotonic()
-                self._out = {j.key: now for j in batch if not j.ended and j.error is None}
-                self._recent.update((j.key, now) for j in batch if j.ended)
+            self._turns.arrive(job.key)
+            self._turns.lead_until(lambda: job.ready, self._gather, self._take, self._run, self._ran)
+
+    def _run(self, batch: list[Steps]) -> None:
+        """Lead one advance (the turn released): the passes on the compute thread, then, with
+        ``min_pass_ms``, the rest of each pass slept here (not on the compute thread)."""
+        t0 = time.perf_counter()
+        try:
+            passes = on_compute(self._advance, batch)
+            rest = passes * self.min_pass_ms / 1000 - (time.perf_counter() - t0)
+            if rest > 0:
+                time.sleep(rest)
+                for j in batch:
+                    j.ms += rest * 1000
+        except BaseException as exc:  # noqa: BLE001 — not a round's own error: every round of the advance
+            for j in batch:
+                j.error = j.error or exc
+            return
+        if passes:  # (an advance that only ends rounds runs no pass)
+            self._pass_s += 0.2 * ((time.perf_counter() - t0) / passes - self._pass_s)
+
+    def _ran(self, batch: list[Steps]) -> None:
+        """Holding the turn: the advance's rounds have their levels; who is expected back."""
+        now = time.monotonic()
+        for j in batch:
+            j.ready = True
+        self._turns.out = {j.key: now for j in batch if not j.ended and j.error is None}
+        self._recent.update((j.key, now) for j in batch if j.ended)
 
     def _gather(self) -> None:
         """Wait a little for the sessions likely to want a level now, so one early session does not
@@ -137,16 +128,14 @@ class LevelBatcher:
 
         def expected() -> bool:
             waiting = {j.key for j in self._waiting}
-            if any(key not in waiting for key in self._out):
+            if any(key not in waiting for key in self._turns.out):
                 return True
             return starting and any(key not in waiting for key in self._recent)
 
         if not expected() or len(self._waiting) >= self.max_batch:
             return
-        wait = 0.5 * self._pass_s if starting else min(3 * self._gap_s + 0.0005, 0.5 * self._pass_s)
-        deadline = now + wait
-        while expected() and time.monotonic() < deadline:
-            self._turn.wait(deadline - time.monotonic())
+        self._turns.wait_while(expected, 0.5 * self._pass_s if starting
+                               else min(3 * self._turns.gap_s + 0.0005, 0.5 * self._pass_s))
 
     def _take(self) -> list[Steps]:
         batch, seen = [], set()

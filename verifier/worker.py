@@ -9,7 +9,6 @@ then it hands over to one of them. A lone round runs at once, so one session pay
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from specgrove.compute import on_compute
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
 from specgrove.fence import ReleasedRuns
 from specgrove.grammar import Constraint, constrain, for_session
+from specgrove.leading import Turns
 from specgrove.metrics import WorkerMetrics
 from specgrove.models import CausalLM
 from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator, warp
@@ -77,13 +77,11 @@ class VerifierWorker:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # most recently used last
         self._released = ReleasedRuns()
         self._waiting: list[_Job] = []
-        self._busy = False  # a leader is gathering or running a pass
         self._running = False  # a pass is running (the sessions' caches are in use)
-        self._returned_at: dict[str, float] = {}  # the last pass's sessions not back yet: when they left
-        self._gap_s = 0.0  # how long a session takes to come back with its next round (EWMA)
+        self._turns = Turns()  # leading passes; ``out``: the last pass's sessions not back yet
+        self._turn = self._turns.turn
         self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._tokens_per_pass = 1.0  # EWMA
-        self._turn = threading.Condition()
         self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
@@ -147,25 +145,8 @@ class VerifierWorker:
         with self._turn:
             self._waiting.append(job)
             self.metrics.waiting.inc()
-            returned = self._returned_at.pop(job.session_id, None)
-            if returned is not None:
-                self._gap_s += 0.2 * (time.monotonic() - returned - self._gap_s)
-            self._turn.notify_all()  # a gathering leader may be waiting for this round
-            while not job.done:
-                if self._busy:
-                    self._turn.wait()
-                    continue
-                self._busy = True
-                self._gather()
-                batch = self._take()
-                self._running = True
-                self._turn.release()
-                try:
-                    self._run(batch)
-                finally:
-                    self._turn.acquire()
-                    self._busy = self._running = False
-                    self._turn.notify_all()
+            self._turns.arrive(job.session_id)
+            self._turns.lead_until(lambda: job.done, self._gather, self._take, self._run, self._ran)
         if job.error is not None:
             raise job.error
         return job.result
@@ -176,13 +157,11 @@ class VerifierWorker:
         three times their usual return time and half a pass: a late session costs at most that.
         Called holding the turn."""
         def expected() -> bool:  # a session of the last pass, still open, has not come back
-            return any(s in self._sessions for s in self._returned_at)
+            return any(s in self._sessions for s in self._turns.out)
 
         if not expected() or len({job.session_id for job in self._waiting}) >= self.max_batch:
             return
-        deadline = time.monotonic() + min(3 * self._gap_s + 0.001, 0.5 * self._pass_s)
-        while expected() and time.monotonic() < deadline:
-            self._turn.wait(deadline - time.monotonic())
+        self._turns.wait_while(expected, min(3 * self._turns.gap_s + 0.001, 0.5 * self._pass_s))
 
     def _take(self) -> list[_Job]:
         """The rounds of the next pass: the oldest waiting first, one per session, short ones
@@ -201,7 +180,11 @@ class VerifierWorker:
         for job in batch:
             self._waiting.remove(job)
             self.metrics.waiting.dec()
+        self._running = True  # from here until ``_ran``, the sessions' caches are in use
         return batch
+
+    def _ran(self, batch: list[_Job]) -> None:
+        self._running = False
 
     def _feed_length(self, job: _Job) -> int:
         session = self._sessions.get(job.session_id)
@@ -232,7 +215,7 @@ class VerifierWorker:
             self._pass_s += 0.2 * (elapsed - self._pass_s)
             self._tokens_per_pass += 0.2 * (tokens - self._tokens_per_pass)
             done = time.monotonic()
-            self._returned_at = {j.session_id: done for j in rows}
+            self._turns.out = {j.session_id: done for j in rows}
             self._record_cache(self._evict(keep={j.session_id for j in rows}))
         except BaseException as exc:  # noqa: BLE001 - the pass failed: every round in it fails
             for job in rows:

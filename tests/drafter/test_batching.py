@@ -100,7 +100,7 @@ def test_a_round_left_mid_way_frees_its_place(tiny_target, tiny_feature_drafter)
     levels = worker.levels("s", 1, ids, SamplingParams(), 0, list(range(-1, 5)), DraftBudget(6))
     next(levels)
     levels.close()
-    assert not worker.batcher._waiting and not worker.batcher._busy
+    assert not worker.batcher._waiting and not worker.batcher._turns.busy
     tokens, _ = round_levels(worker, tiny_target, "s", CONTEXTS[0], 6)
     assert len(tokens) == 6
 
