@@ -162,20 +162,18 @@ class LevelBatcher:
                     break
                 feeding = [j for j in live if isinstance(j.item, Feed)]
                 alone = [j for j in live if not isinstance(j.item, Feed)]
-                groups: dict[int, list[Steps]] = {}  # one pass per draft model
-                for j in feeding:
-                    groups.setdefault(id(j.item.sequence.draft), []).append(j)
-                for group in groups.values():
+                if feeding:  # one pass: a worker's sessions share its one draft
                     try:
-                        results = run_feeds([j.item for j in group])
+                        results = run_feeds([j.item for j in feeding])
                     except Exception as exc:  # noqa: BLE001 — every round of the failed pass gets it
-                        for j in group:
+                        for j in feeding:
                             j.error = exc
-                        continue
-                    passes += 1
-                    if self.metrics is not None:
-                        self.metrics.batch_size.observe(len(group))
-                    for j, result in zip(group, results):
+                        results = []
+                    else:
+                        passes += 1
+                        if self.metrics is not None:
+                            self.metrics.batch_size.observe(len(feeding))
+                    for j, result in zip(feeding, results):
                         self._send(j, result)
                 for j in alone:  # a draft that runs its own passes: one session at a time
                     try:

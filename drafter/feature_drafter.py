@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from drafter import feature_draft
-from drafter.model_drafter import ModelDrafter, ModelDraftSession
+from drafter.model_drafter import ModelDrafter, ModelDraftSession, run_alone
 from specgrove.models import common_prefix_length
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
@@ -48,13 +48,13 @@ class FeatureSequence:
     def logits_for(self, context: list[int], num_logits: int) -> torch.Tensor:  # [1, V]
         """q's logits for the token after ``context`` (num_logits must be 1)."""
         assert num_logits == 1, "the feature draft scores one position per call"
-        return run_inline(self.logits_for_steps(context))
+        return run_alone(self.logits_for_steps(context))
 
     def tree_logits(self, context: list[int], node_tokens: list[int], parents: list[int], first: int, last: int,
                     with_root: bool) -> torch.Tensor:  # [last − first, V]
         """Feed tree nodes first..last−1 (their parents cached) in one pass with a tree mask."""
         assert not with_root, "the feature draft grows trees after logits_for(context)"
-        return run_inline(self.tree_logits_steps(context, node_tokens, parents, first, last, with_root))
+        return run_alone(self.tree_logits_steps(context, node_tokens, parents, first, last, with_root))
 
     def logits_for_steps(self, context: list[int], num_logits: int = 1):
         """``logits_for`` as steps: each pass is yielded as a ``Feed`` and its result sent back."""
@@ -195,17 +195,6 @@ def run_feeds(feeds: list[Feed]) -> list[tuple]:
             at += len(heads[row])
         results.append((out[row, :n].cpu(), kv, mine))
     return results
-
-
-def run_inline(steps):
-    """Run a sequence's steps alone, every feed at once: the steps' return value."""
-    reply = None
-    while True:
-        try:
-            feed = steps.send(reply)
-        except StopIteration as done:
-            return done.value
-        reply = feed.run()
 
 
 class FeatureDraftModel:

@@ -160,19 +160,29 @@ def _steps(sequence, call: str, *args):
     return (yield Pass(getattr(sequence, call), args))
 
 
-def inline(steps: Generator) -> Iterator:
-    """Drive ``steps`` alone: yield its Levels, run each feed it asks for at once."""
+def inline(steps: Generator) -> Generator:
+    """Drive ``steps`` alone: yield its Levels, run each pass it asks for at once; return what
+    ``steps`` returns."""
     reply = None
     while True:
         try:
             item = steps.send(reply)
-        except StopIteration:
-            return
+        except StopIteration as done:
+            return done.value
         if isinstance(item, Level):
             reply = None
             yield item
         else:
             reply = item.run()
+
+
+def run_alone(steps: Generator):
+    """Drive steps that draw no levels (one sequence call's passes) alone: their return value."""
+    try:
+        item = next(inline(steps))
+    except StopIteration as done:
+        return done.value
+    raise AssertionError(f"a sequence call drew a level: {item}")
 
 
 def one_hot_chain(tokens: list[int]) -> Level:
