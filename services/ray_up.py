@@ -42,7 +42,9 @@ class RoleServer:
     def __init__(self, role: str, cache_dir: str, options: dict):
         import os
 
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from services.roles import quiet_omp
+
+        quiet_omp(os.environ)  # before the role loads torch
         self.role, self.cache_dir, self.options = role, Path(cache_dir), options
         self.server = None
         self.loop = None

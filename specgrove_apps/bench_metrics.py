@@ -115,4 +115,18 @@ def summarise_concurrent(mode: str, concurrency: int, samples: list[Sample], wal
     return {"mode": mode, "concurrency": concurrency, "completed": len(samples), "total_output_tokens": tokens,
             "duration_s": round(wall_s, 4), "output_throughput": round(tokens / wall_s, 3) if wall_s > 0 else 0.0,
             "p50_ttft_ms": pct(ttft, 0.5), "p99_ttft_ms": pct(ttft, 0.99),
-            "p50_tpot_ms": pct(tpot, 0.5), "p99_tpot_ms": pct(tpot, 0.99)}
+            "p50_tpot_ms": pct(tpot, 0.5), "p99_tpot_ms": pct(tpot, 0.99), **_rounds_record(samples)}
+
+
+def _rounds_record(samples: list[Sample]) -> dict:
+    """What a speculative mode's rounds did under this load: the share of rounds that drafted (the
+    goodput planner turns chains off when the batch makes them a loss), their mean draft length
+    and vLLM's acceptance length; nothing for a mode without rounds."""
+    drafted = [d for s in samples for d in s.drafted]
+    if not drafted:
+        return {}
+    accepted = sum(a for s in samples for a in s.accepted)
+    drafts = sum(1 for d in drafted if d > 0)
+    return {"rounds": len(drafted), "drafting_share": round(drafts / len(drafted), 4),
+            "mean_draft_len": round(sum(drafted) / len(drafted), 4),
+            "spec_decode_acceptance_length": round(1 + accepted / drafts, 4) if drafts else None}

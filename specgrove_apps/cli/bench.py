@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
 from specgrove.sampling import SamplingParams
@@ -39,9 +38,6 @@ def cmd_bench(args) -> int:
         min_pass_ms=args.min_pass_ms,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
     )
-    if config.grpc_chain_lens or config.grpc_tree or config.grpc_tree_budgets or config.grpc_chain_auto:
-        # the drafter and verifier processes take turns with this one: idle threads must sleep
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
     config.mode_names()  # rejects unknown modes before loading models
     report = run_bench(config, args.cache_dir, progress=not args.no_progress)

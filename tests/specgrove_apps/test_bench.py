@@ -162,3 +162,15 @@ def test_a_load_record_divides_every_token_by_the_wall_time():
     assert record["output_throughput"] == 20.0  # 40 tokens / 2 s, not / the 4 s of summed latencies
     assert record["p50_ttft_ms"] == 300.0 and record["p99_ttft_ms"] == 400.0
     assert record["concurrency"] == 4 and record["completed"] == 4
+    assert "drafting_share" not in record  # plain generations have no rounds to report
+
+
+def test_a_load_record_says_what_its_rounds_drafted():
+    from specgrove_apps.bench_metrics import summarise_concurrent
+
+    samples = [Sample("a", [1] * 7, 1.0, 0.1, drafted=[0, 4, 0, 2], accepted=[0, 3, 0, 0]),
+               Sample("b", [1] * 3, 1.0, 0.1, drafted=[0, 0, 0], accepted=[0, 0, 0])]
+    record = summarise_concurrent("chain-auto", 2, samples, wall_s=1.0)
+    assert record["rounds"] == 7 and record["drafting_share"] == round(2 / 7, 4)
+    assert record["mean_draft_len"] == round(6 / 7, 4)
+    assert record["spec_decode_acceptance_length"] == 2.5  # 1 + 3 accepted over the 2 rounds that drafted
