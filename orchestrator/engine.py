@@ -190,8 +190,14 @@ class SpeculativeEngine:
     def _round(self, session_id: str, plan: RoundPlan, context: list[int], params: SamplingParams, seed: int,
                output_start: int) -> tuple[VerifyResult, TokenTree, int]:
         """Draft the plan's tree, verify it, trim the draft cache: (verdict, tree, levels drawn).
-        The costs measured here feed the planner (network time 0; draft time is the draft model's
-        work, not the wait for it, as on a served drafter)."""
+        The costs measured here feed the planner as a served round's do. What the round waited
+        for its levels and its verdict stands for the orchestrator's wait: with no hops, what it
+        holds beyond draft and verify is the wait for the batched passes (a session that drafts
+        while the others step plainly misses their pass). Draft time is the draft passes the
+        levels rode in, not the wait for them. A feature draft's catch-up after plain steps is
+        left out: it is the cost of switching to drafting, not of drafting, and counting it
+        against every chain kept the planner switching."""
+        waited = 0.0
         draft_ms = 0.0
         tree, depth = empty_tree(), 0
         feeds = self.drafts is not None and self.drafts.needs_features
@@ -201,21 +207,25 @@ class SpeculativeEngine:
 
             self.drafts.prefetch_features(session_id, plan.step, context, fetch)
             timing: dict = {}  # generations on other threads draw their levels in the same draft passes
+            started = time.perf_counter()
             levels = list(self.drafts.levels(session_id, plan.step, context, params, seed, list(plan.shape.parents),
                                              plan.budget, output_start, timing=timing))
+            waited += time.perf_counter() - started
             draft_ms = timing.get("draft_ms", 0.0)
             tree, depth = tree_from_levels(levels), len(levels)
         features_from = len(context) - 1 if feeds and tree.size else None
+        started = time.perf_counter()
         verdict, verify_ms, features, pass_rows = self.verifier.verify(session_id, plan.step, context, params, seed,
                                                                        tree, features_from, output_start)
+        waited_ms = (waited + time.perf_counter() - started) * 1000
         self.link.observe_load(*self.verifier.load)
         self.link.observe_pass(pass_rows, verify_ms)
         if tree.size:
             with self.drafts.lock:
                 self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)
-            self.link.observe_tree(draft_ms + verify_ms, draft_ms, verify_ms, tree.size, depth, 0)
+            self.link.observe_tree(waited_ms, draft_ms, verify_ms, tree.size, depth, 0)
         else:
-            self.link.observe_plain(verify_ms, verify_ms)
+            self.link.observe_plain(waited_ms, verify_ms)
         return verdict, tree, depth
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:

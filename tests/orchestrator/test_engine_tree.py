@@ -59,8 +59,8 @@ def test_the_planner_measures_in_process_then_plans(tiny_target, tiny_draft):
     result = engine.generate(prompt_ids, SamplingParams(max_new_tokens=40))
     assert result.token_ids == hf_greedy(tiny_target, prompt_ids, 40)
     assert result.rounds[0].num_drafted == 0 and result.rounds[1].num_drafted > 0
-    assert engine.link.measured  # draft and verify costs measured in process (network time 0)
-    assert engine.link.network_ms == 0.0
+    assert engine.link.measured  # draft and verify costs measured in process
+    assert engine.link.network_ms >= 0.0  # no hops: what a round waits beyond them (passes, catch-up)
 
 
 def test_sessions_start_from_the_shared_estimate_and_feed_it():

@@ -135,7 +135,8 @@ def test_alone_goodput_sizes_the_chain_by_the_draft_and_turns_it_off_when_the_dr
     for a in (0.2, 0.6, 0.9):  # the choice is the best expected tokens per ms among K = 0 .. 8
         planner = RoundPlanner("chain", link, AcceptanceStats([a], prior_weight=1e9), draft_len=8)
         rate = [(1 + sum(a ** d for d in range(1, k + 1)))
-                / (link.verify_1_ms * link.ratio(k + 1) + k * link.draft_level_ms + (link.network_ms if k else 0))
+                / (link.verify_1_ms * link.ratio(k + 1) + k * link.draft_level_ms
+                   + (link.network_ms if k else link.plain_network_ms))
                 for k in range(9)]
         assert lengths[a] == max(range(9), key=rate.__getitem__)
 
@@ -180,3 +181,24 @@ def test_a_learned_cheap_pass_makes_the_planner_draft_further():
             learned.observe_pass(tokens, 78.0 * ratio)
     sized = [RoundPlanner("chain", link, acceptance, draft_len=8).next().size for link in (prior, learned)]
     assert sized[0] < sized[1]
+
+
+def test_a_chain_pays_only_for_what_it_waits_beyond_a_plain_step():
+    """Goodput weighs each round's wait beyond its compute. Under load in process, the sessions
+    that draft while the others step plainly miss their pass and wait for the next one (measured
+    on chat at 4 clients: K = 1 rounds 201 ms, plain steps 124 ms), and the planner must see it;
+    a wait that plain steps share (their hops, a busy verifier) must not count against a chain."""
+    def link(spec_wait: float, plain_wait: float) -> LinkStats:
+        stats = LinkStats(verify_ratio={n: v / VERIFY_MS[1] for n, v in VERIFY_MS.items()})
+        for _ in range(30):
+            stats.observe_plain(rtt_ms=78.0 + plain_wait, verify_ms=78.0)
+            stats.observe_tree(rtt_ms=2 * 9.0 + VERIFY_MS[3] + spec_wait, draft_ms=2 * 9.0, verify_ms=VERIFY_MS[3],
+                               size=2, depth=2, tree_bytes=1000)
+        return stats
+
+    def length(stats: LinkStats) -> int:
+        return RoundPlanner("chain", stats, AcceptanceStats([0.6], prior_weight=1e9), draft_len=4).next().size
+
+    assert length(link(spec_wait=5.0, plain_wait=5.0)) > 0  # a good draft pays
+    assert length(link(spec_wait=85.0, plain_wait=5.0)) == 0  # unless its rounds wait a pass more
+    assert length(link(spec_wait=85.0, plain_wait=85.0)) > 0  # a wait every round shares is no reason

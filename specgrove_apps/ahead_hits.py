@@ -1,0 +1,113 @@
+"""How often a guessed next round would be right (issue 16's guessed draft-ahead, not built).
+
+While round r is verified, a drafter could draw round r + 1 under guessed verdicts: "j draft
+tokens accepted, then token x", for each j = 0 .. K, with x among the draft's own top candidates
+at position j + 1 (its drafted token there excluded when j < K, since a rejection means the
+target's token differs). A verifier holding those guessed trees could start the next pass the
+moment its verdict matches one. This measures the share of rounds whose verdict is among R such
+guesses per j (``hit_top{R}_every_j``: (K + 1) · R guesses) or among R guesses of the full path
+only (``hit_top{R}_full_path_only``).
+
+Chain rounds of K are drawn and verified through the engine's own workers, with the draft one
+level deeper than verified, for its candidates at the bonus position. At T = 0 the draft's q is
+one-hot, so the rounds run at a small temperature (default 0.05), close to greedy but with q
+ranking the candidates.
+
+``python -m specgrove_apps.ahead_hits [--workloads humaneval,chat] [--num-prompts 8] [--json PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import uuid
+
+import torch
+
+from drafter.model_drafter import tree_from_levels
+from specgrove.budget import DraftBudget
+from specgrove.sampling import SamplingParams
+
+RANKS = (1, 2, 3, 5)
+
+
+def verdict_ranks(engine, prompt_ids: list[int], k: int, params: SamplingParams) -> list[tuple[int, int]]:
+    """Per speculative round of one generation: (j accepted, the rank of the next token among the
+    draft's candidates at position j + 1, 0 when not among them)."""
+    session, step, context, start, rows = uuid.uuid4().hex, 0, list(prompt_ids), len(prompt_ids), []
+    feeds = engine.drafts.needs_features
+    try:
+        while len(context) - start < params.max_new_tokens:
+            now = list(context)
+            engine.drafts.prefetch_features(session, step, now,
+                                            lambda s: (s, engine.verifier.prefix_features(session, now, s)))
+            levels = list(engine.drafts.levels(session, step, now, params, params.seed or 0, list(range(-1, k)),
+                                               DraftBudget(k + 1), start))
+            tree = tree_from_levels(levels[:k] if len(levels) > k else [])  # short: the first round, a plain step
+            features_from = len(now) - 1 if feeds and tree.size else None
+            verdict, _, features, _ = engine.verifier.verify(session, step, now, params, params.seed or 0, tree,
+                                                             features_from, start)
+            if tree.size:
+                with engine.drafts.lock:
+                    engine.drafts.accept(session, step, verdict, (features_from, features) if feeds else None)
+                j = len(verdict.accepted_tokens)
+                ids, q = levels[j].q_rows[j]  # the draft's q at position j + 1 (its row: parent node j − 1, + 1)
+                order = [int(i) for i in ids[torch.argsort(q, descending=True)]]
+                if j < k:
+                    order = [i for i in order if i != levels[j].tokens[0]]
+                rows.append((j, order.index(verdict.next_token) + 1 if verdict.next_token in order else 0))
+            context += verdict.accepted_tokens + [verdict.next_token]
+            step += 1
+    finally:
+        engine.verifier.release(session)
+        engine.drafts.release(session)
+    return rows
+
+
+def guess_hits(engine, prompts: list[list[int]], k: int = 4, max_new_tokens: int = 64,
+               temperature: float = 0.05, seed: int = 0) -> dict:
+    params = SamplingParams(temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
+    rows = [row for ids in prompts for row in verdict_ranks(engine, ids, k, params)]
+    n = max(1, len(rows))
+    accepted = collections.Counter(j for j, _ in rows)
+    report = {"rounds": len(rows), "draft_len": k, "temperature": temperature,
+              "accepted_share": {str(j): round(accepted[j] / n, 4) for j in range(k + 1)}}
+    for r in RANKS:
+        report[f"hit_top{r}_every_j"] = round(sum(0 < rank <= r for _, rank in rows) / n, 4)
+        report[f"hit_top{r}_full_path_only"] = round(sum(0 < rank <= r and j == k for j, rank in rows) / n, 4)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+    from specgrove.workloads import load_workload
+    from specgrove_apps.assemble import EngineSpec, assemble
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="humaneval,chat")
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--draft-len", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--draft", default=DEFAULT_DRAFT)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "specgrove")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    engine = assemble(EngineSpec(mode="chain", target=DEFAULT_TARGET, draft=args.draft, draft_len=args.draft_len,
+                                 stop_policy="static"), args.cache_dir).engine
+    report = {}
+    for workload in args.workloads.split(","):
+        prompts = load_workload(workload, args.num_prompts)
+        ids = [engine.target.chat_prompt(p.text) if p.chat else engine.target.encode(p.text) for p in prompts]
+        report[workload] = guess_hits(engine, ids, args.draft_len, args.max_new_tokens, args.temperature)
+        print(workload, json.dumps(report[workload]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
