@@ -71,7 +71,7 @@ class LinkStats:
     # What a plain step waits beyond its pass: its hops (orchestrator → verifier and back) and,
     # under load, its wait for a pass. A speculative round's own (``network_ms``) is weighed
     # against it, so a chain pays only for what it waits more than a plain step does.
-    plain_network_ms: float = 0.0
+    plain_network_ms: float | None = None
     tree_bytes: float | None = None
     rounds: int = 0
     # Load: the sessions sharing the verifier (continuous batching). Each decides as the others
@@ -162,10 +162,8 @@ class LinkStats:
         """A plain step: the orchestrator (or the engine) waited ``rtt_ms`` for it, of which the
         verifier's pass took ``verify_ms``."""
         self.rounds += 1
-        first = self.plain_ms is None
         self.plain_ms = ewma(self.plain_ms, rtt_ms, self.alpha)
-        waited = max(0.0, rtt_ms - verify_ms)
-        self.plain_network_ms = waited if first else ewma(self.plain_network_ms, waited, self.alpha)
+        self.plain_network_ms = ewma(self.plain_network_ms, max(0.0, rtt_ms - verify_ms), self.alpha)
         self.verify_1_ms = ewma(self.verify_1_ms, verify_ms / self.batch_ratio(1), self.alpha)
 
     @classmethod
@@ -300,9 +298,9 @@ class RoundPlanner:
         text, with many when the batch makes it a loss."""
         acceptance = self.acceptance.vector()
         verify_1 = self.link.verify_1_ms or 1.0
-        best, best_rate = 0, 1.0 / (verify_1 * self.link.batch_ratio(1) + self.link.plain_network_ms)
-        if self.link.sessions >= 1.5:  # batched: a session that drafts comes late to the shared pass, which the
-            best_rate *= LOAD_MARGIN  # cost model does not price; a chain must beat plain steps by this much
+        best, best_rate = 0, 1.0 / (verify_1 * self.link.batch_ratio(1) + (self.link.plain_network_ms or 0.0))
+        if self.link.sessions >= 1.5:  # batched: on top of the waits measured, a chain must beat plain
+            best_rate *= LOAD_MARGIN  # steps by this much
         for length in range(1, self.draft_len + 1):
             expected = 1.0 + tree_value(TreeShape.chain(length).parents, acceptance)
             draft_ms = length * (self.link.draft_level_ms or 0.0)

@@ -51,15 +51,13 @@ def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
         "median_ttft_ms": round(1000 * statistics.median(s.ttft_s for s in samples), 3),
     }
     if speculative:
-        drafted = [d for s in samples for d in s.drafted]
-        accepted = [a for s in samples for a in s.accepted]
+        drafted, accepted = _rounds_of(samples)
         rounds = len(drafted)
-        drafts = sum(1 for d in drafted if d > 0)  # rounds that drafted (K = 0 rounds are plain steps)
         record.update(
-            spec_decode_num_drafts=drafts,
+            spec_decode_num_drafts=_drafts(drafted),
             spec_decode_num_draft_tokens=sum(drafted),
             spec_decode_num_accepted_tokens=sum(accepted),
-            spec_decode_acceptance_length=round(1 + sum(accepted) / drafts, 4) if drafts else None,  # vLLM's
+            spec_decode_acceptance_length=_acceptance_length(drafted, accepted),
             tokens_per_round=round((sum(accepted) + rounds) / rounds, 4) if rounds else None,  # K = 0 rounds too
             spec_decode_acceptance_rate=round(sum(accepted) / sum(drafted), 4) if sum(drafted) else None,
             spec_decode_per_position_acceptance_rates=[round(r, 4) for r in per_position_acceptance(drafted, accepted)],
@@ -77,6 +75,22 @@ def summarise(mode: str, samples: list[Sample], speculative: bool) -> dict:
             spec_decode_per_position_acceptance_rates=None,
         )
     return record
+
+
+def _rounds_of(samples: list[Sample]) -> tuple[list[int], list[int]]:
+    """Every round's draft tokens and accepted tokens, over the samples."""
+    return [d for s in samples for d in s.drafted], [a for s in samples for a in s.accepted]
+
+
+def _drafts(drafted: list[int]) -> int:
+    """The rounds that drafted (K = 0 rounds are plain steps)."""
+    return sum(1 for d in drafted if d > 0)
+
+
+def _acceptance_length(drafted: list[int], accepted: list[int]) -> float | None:
+    """vLLM's acceptance length: 1 + accepted tokens per round that drafted."""
+    drafts = _drafts(drafted)
+    return round(1 + sum(accepted) / drafts, 4) if drafts else None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -122,11 +136,9 @@ def _rounds_record(samples: list[Sample]) -> dict:
     """What a speculative mode's rounds did under this load: the share of rounds that drafted (the
     goodput planner turns chains off when the batch makes them a loss), their mean draft length
     and vLLM's acceptance length; nothing for a mode without rounds."""
-    drafted = [d for s in samples for d in s.drafted]
+    drafted, accepted = _rounds_of(samples)
     if not drafted:
         return {}
-    accepted = sum(a for s in samples for a in s.accepted)
-    drafts = sum(1 for d in drafted if d > 0)
-    return {"rounds": len(drafted), "drafting_share": round(drafts / len(drafted), 4),
+    return {"rounds": len(drafted), "drafting_share": round(_drafts(drafted) / len(drafted), 4),
             "mean_draft_len": round(sum(drafted) / len(drafted), 4),
-            "spec_decode_acceptance_length": round(1 + accepted / drafts, 4) if drafts else None}
+            "spec_decode_acceptance_length": _acceptance_length(drafted, accepted)}

@@ -136,7 +136,7 @@ def test_alone_goodput_sizes_the_chain_by_the_draft_and_turns_it_off_when_the_dr
         planner = RoundPlanner("chain", link, AcceptanceStats([a], prior_weight=1e9), draft_len=8)
         rate = [(1 + sum(a ** d for d in range(1, k + 1)))
                 / (link.verify_1_ms * link.ratio(k + 1) + k * link.draft_level_ms
-                   + (link.network_ms if k else link.plain_network_ms))
+                   + (link.network_ms if k else link.plain_network_ms or 0.0))
                 for k in range(9)]
         assert lengths[a] == max(range(9), key=rate.__getitem__)
 
