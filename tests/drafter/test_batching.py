@@ -15,7 +15,7 @@ from orchestrator.engine import SpeculativeEngine
 from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 from tests.drafter.test_feature_draft import exact_marginals
-from tests.stats import ALPHA, chi_square_p_value
+from tests.stats import ALPHA, chi_square_p_value, detectable_tv
 
 CONTEXTS = ["the cat sat on the mat", "a dog ran", "once upon a time there was a", "hello world", "to be or not"]
 
@@ -109,9 +109,12 @@ def test_a_round_left_mid_way_frees_its_place(tiny_target, tiny_feature_drafter)
 def test_sampled_chains_are_exact_when_sessions_share_draft_passes(tiny_target, tiny_feature_drafter, params):
     """2,000 seeded generations of 5 tokens, 8 at a time: their feature-draft levels share draft
     passes (and their rounds verify passes). Round 2 drafts a chain of 3 (rejections mid-chain
-    happen). Tokens 2 and 3 against the exact target marginals: Pearson's chi-square, p > 1e-3."""
+    happen). Tokens 2 and 3 against the exact target marginals: Pearson's chi-square, p > 1e-3.
+    Power (tests/stats.py): any error of total variation ≥ 0.08 in either token's distribution
+    fails with probability ≥ 90%."""
     prompt_ids = tiny_target.encode("the cat sat")
     exact = exact_marginals(tiny_target, prompt_ids, params, 3)
+    assert detectable_tv(exact[1], 2000) < 0.085 and detectable_tv(exact[2], 2000) < 0.085  # the power stated
     engine = SpeculativeEngine(tiny_target, tiny_feature_drafter, draft_len=3)
     engine.verifier.min_pass_ms = 5  # rounds meet, as on a large target
     vocab = tiny_target.vocab_size
