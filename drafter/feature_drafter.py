@@ -10,6 +10,7 @@ own features for them arrive, so every round starts from true features, as EAGLE
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,13 @@ class FeatureSequence:
         self.node_tokens = node_tokens[:last]
         self.node_outputs = torch.cat([self.node_outputs, out])
         return logits
+
+    def fork(self) -> "FeatureSequence":
+        """A copy to draw on without touching this one (guessed draft-ahead): the tensors are
+        shared, never written in place, and the lists copied."""
+        twin = copy.copy(self)
+        twin.tokens, twin.true, twin.node_tokens = list(self.tokens), list(self.true), list(self.node_tokens)
+        return twin
 
     def keep_path(self, path: list[int]) -> None:
         """After verification: drop every node (their pairs read drafted features; the next round

@@ -4,11 +4,13 @@ n-gram drafter proposes one chain with one-hot q."""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
-from typing import Iterator
+from typing import Callable, Iterator
 
 from drafter.batching import MAX_BATCH, LevelBatcher, Steps
+from drafter.guess import Guess, guess_steps
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.compute import on_compute
@@ -89,6 +91,39 @@ class DrafterWorker:
         if tokens:  # prompt lookup's chain: one-hot q
             yield one_hot_chain(tokens)
 
+    def guesses(
+        self, session_id: str, step: int, context: list[int], chain: list[int], params: SamplingParams, seed: int,
+        max_lens: list[int], budget: DraftBudget | None, wanted: Callable[[], bool] = lambda: True,
+    ) -> list[Guess]:
+        """Guessed draft-ahead: round ``step`` + 1 drawn under each likely verdict of round
+        ``step`` (a chain drafted after ``context``), on a copy of the session's draft cache, one
+        pass at a time on the compute thread; it stops, with no guesses, as soon as ``wanted()``
+        is false (the verdict came first). Only drafts that can copy their cache guess (the
+        feature draft), and not under a grammar; [] otherwise. The random draws are round
+        ``step`` + 1's (one of its guesses or its own drawing is verified, never both)."""
+        session = self._sessions.get(session_id)
+        if (session is None or not hasattr(getattr(session, "sequence", None), "fork")
+                or getattr(session, "constraint", None) is not None or not session.sequence.ready(context)):
+            return []
+        twin = on_compute(_twin, session)
+        generator = None if params.greedy else round_generator(seed, step + 1, DRAFT_STREAM)
+        steps = guess_steps(twin, context, chain, params, generator, max_lens, budget)
+        reply = None
+        while True:
+            if not wanted():
+                steps.close()
+                return []
+            try:
+                item = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            reply = on_compute(item.run)
+
+    def claim(self, session_id: str, step: int, run: str = "") -> None:
+        """Round ``step`` of the session is this worker's latest though it drew no levels for it
+        (a guessed round the verifier started on its own): its verdict is then accepted here."""
+        self._session(session_id, step, run)
+
     def prefetch_features(self, session_id: str, step: int, context: list[int], fetch_features, run: str = "") -> None:
         """Before a round's ``levels``, without holding ``lock``: a feature-level draft's missing
         target features of context[:−1] (fresh worker, plain rounds), from
@@ -149,3 +184,10 @@ class DrafterWorker:
             self._steps.pop(evicted, None)
         self.metrics.record_cache(len(self._sessions), 0)  # draft caches are small; their tokens are not counted
         return session
+
+
+def _twin(session):
+    """A copy of a draft session on a copy of its cache (on the compute thread: a consistent one)."""
+    twin = copy.copy(session)
+    twin.sequence = session.sequence.fork()
+    return twin

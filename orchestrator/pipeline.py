@@ -64,6 +64,7 @@ class PipelineConfig:
     draft_len: int = 4  # chain: most draft tokens per round
     goodput: bool = True  # a request naming no draft length gets chains sized by goodput (False: draft_len exactly)
     draft_ahead: bool = True  # a drafter runs the next round as soon as it holds this one's verdict (issue 16)
+    guess_ahead: bool = False  # with draft_ahead, on chains: the drafter also guesses the verdict (drafter/guess.py)
     stop_policy: str = "adaedl"
     adaedl_gamma: float = 0.2
     adaedl_lambda: float = 0.5
@@ -385,7 +386,8 @@ class Pipeline:
         it that leave."""
         request = speculate_pb2.DraftRequest(round=round_pb, plan=codec.budget_to_pb(plan.budget, list(plan.shape.parents)),
                                              verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms,
-                                             ahead=ahead > 0, ahead_room=ahead)
+                                             ahead=ahead > 0, ahead_room=ahead,
+                                             guess=self.config.guess_ahead and ahead > 0)
         stub = speculate_pb2_grpc.DrafterStub(self._channel(drafter))
         t0 = time.perf_counter()
         try:
@@ -401,7 +403,7 @@ class Pipeline:
         if asked:
             self.metrics.ahead_rounds.labels(outcome="hit" if timing.ahead else "miss").inc()
         telemetry.trace.get_current_span().set_attributes({
-            "specgrove.ahead": timing.ahead, "specgrove.overlap_ms": timing.overlap_ms,
+            "specgrove.ahead": timing.ahead, "specgrove.overlap_ms": timing.overlap_ms, "specgrove.guessed": timing.guessed,
             "specgrove.draft_ms": timing.draft_ms, "specgrove.verify_ms": timing.verify_ms})
         if measure:
             link.observe_load(timing.sessions, timing.pass_tokens)

@@ -107,6 +107,7 @@ class OrchestratorOptions:
     max_sessions: int = 64  # concurrent generations; more queue for queue_timeout_s, then RESOURCE_EXHAUSTED
     queue_timeout_s: float = 2.0
     draft_ahead: bool = True  # drafters run the next round as soon as they hold this one's verdict
+    guess_ahead: bool = False  # with draft_ahead, on chains: drafters also guess the verdict (drafter/guess.py)
 
 
 async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: asyncio.Event | None = None):
@@ -124,7 +125,8 @@ async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: as
                             draft_len=options.draft_len, stop_policy=options.stop_policy,
                             draft_timeout_ms=options.draft_timeout_ms, verify_ratio=ratio,
                             auth_token=options.auth_token, tls=options.tls, max_sessions=options.max_sessions,
-                            queue_timeout_s=options.queue_timeout_s, draft_ahead=options.draft_ahead)
+                            queue_timeout_s=options.queue_timeout_s, draft_ahead=options.draft_ahead,
+                            guess_ahead=options.guess_ahead)
     store = SessionStore(options.redis_url, ttl_s=options.session_ttl_s)
     pipeline = Pipeline(load_text_codec(options.target, cache_dir), store, config)
     server, bound = await create_orchestrator_server(f"{options.host}:{options.port}", pipeline,

@@ -23,12 +23,12 @@ class LinkDelay(grpc.ServerInterceptor):
     ``delay_ms``. Every message of the calls in ``methods`` reaches the handler that long after it
     arrived and every reply leaves that long late. Messages in flight overlap, as on a wire: a
     tree level sent while the previous one travels arrives ``delay_ms`` after it was sent, not
-    after the previous one. On the verifier the drafter's calls (Verify, Features) are delayed,
+    after the previous one. On the verifier the drafter's calls (Verify, Features, Guess) are delayed,
     not the orchestrator's plain steps (Decode: the orchestrator is taken to sit beside the
     verifier); on the drafter, the orchestrator's Draft. The waits happen in the call's own
     handler thread (and one reader thread per Verify stream), so other calls are not held up."""
 
-    def __init__(self, delay_ms: float, methods: tuple[str, ...] = ("/Verify", "/Features")):
+    def __init__(self, delay_ms: float, methods: tuple[str, ...] = ("/Verify", "/Features", "/Guess")):
         self.delay_s = delay_ms / 1000
         self.methods = methods
 

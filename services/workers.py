@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 
 from opentelemetry import context as otel_context
 
 from drafter.ahead import AheadRounds
+from drafter.guess import Guess
 from drafter.model_drafter import Level, tree_from_levels
 from drafter.worker import DrafterWorker
 from services.auth import allow_verifier
@@ -35,6 +38,8 @@ class _QuietStaleRounds(logging.Filter):
 
 
 logging.getLogger("grpc._channel").addFilter(_QuietStaleRounds())
+log = logging.getLogger(__name__)
+GUESS_WAIT_S = 30.0  # the longest a guesser waits for its round to be drawn here
 
 
 def worker_info(role: str, model) -> speculate_pb2.WorkerInfo:
@@ -69,14 +74,41 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
                                                request.run)
         return codec.features_to_pb(features, start)
 
+    def Guess(self, request, context):
+        """Guessed draft-ahead: hold the guessed next rounds until the verdict they guess is in;
+        verify the one that matches at once, or answer ``missed``."""
+        header = request.round
+        vocab = self.worker.model.vocab_size
+        guesses = []
+        for guess in request.guesses:
+            checked = codec.tree_levels_from_pb(guess.levels, vocab)  # InvalidArgument / OutOfRange
+            guesses.append((list(guess.emitted), tree_from_levels([Level(*parts) for parts in checked])))
+        timeouts = [t for t in (request.timeout_ms / 1000 if request.timeout_ms else None, context.time_remaining())
+                    if t is not None]
+        with telemetry.tracer().start_as_current_span("verify guessed round") as span:
+            found = self.worker.verify_guess(
+                header.session_id, header.step, codec.unpack_ids(header.context), guesses,
+                codec.params_from_pb(header.sampling), header.seed, header.HasField("features_from"),
+                header.output_start, header.run, min(timeouts) if timeouts else None)
+            span.set_attributes({"specgrove.guesses": len(guesses), "specgrove.guess_hit": found is not None})
+        if found is None:
+            return speculate_pb2.RoundReply(missed=True)
+        index, answer = found
+        features_from = len(codec.unpack_ids(header.context)) + len(guesses[index][0]) - 1
+        return self._reply(guesses[index][1], answer, features_from if header.HasField("features_from") else None)
+
     def _verify(self, header, tree):
         features_from = header.features_from if header.HasField("features_from") else None
         with telemetry.tracer().start_as_current_span("verify pass"):  # compute only, not the stream's arrival
-            result, verify_ms, features, pass_rows = self.worker.verify(
+            answer = self.worker.verify(
                 header.session_id, header.step, codec.unpack_ids(header.context),
                 codec.params_from_pb(header.sampling), header.seed, tree, features_from, header.output_start,
                 header.run,
             )
+        return self._reply(tree, answer, features_from)
+
+    def _reply(self, tree, answer, features_from):
+        result, verify_ms, features, pass_rows = answer
         reply = codec.result_to_pb(result, tree.size, max(tree.depths(), default=0))
         reply.timing.verify_ms = verify_ms
         reply.timing.sessions, reply.timing.pass_tokens = self.worker.load
@@ -103,6 +135,10 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
         self._stubs_lock = threading.Lock()
         self._ahead = AheadRounds(worker.max_sessions, worker.metrics)
+        self._flights: dict[str, _Flight] = {}  # session -> its latest round drawn here (guessed draft-ahead)
+        self._guessed: dict[str, _Guessed] = {}  # session -> the guesses sent for its next round
+        self._flight_turn = threading.Condition()
+        self._guessers = ThreadPoolExecutor(max_workers=max(1, worker.max_sessions), thread_name_prefix="guess")
         from orchestrator.pipeline import CHANNEL_OPTIONS
 
         self._channel_options = [*(channel_options or CHANNEL_OPTIONS), *limits.grpc_options()]  # to the verifiers
@@ -122,12 +158,117 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         r = request.round
         if not request.verifier:
             raise InvalidArgument("verifier", "the address of the verifier to stream to is required")
-        reply = self._ahead.take(request, time.perf_counter())
+        arrived = time.perf_counter()
+        if request.ahead and request.guess and _is_chain(request.plan.shape_parents):
+            parent = otel_context.get_current()
+            self._guessers.submit(self._guess, request, parent, context.time_remaining())
+        reply = self._ahead.take(request, arrived)
         if reply is None:
             reply = self._round(request, context.time_remaining())
         if request.ahead:
-            self._ahead.start(request, reply, self._round)
+            self._ahead.start(request, reply, self._next_round)
         return reply
+
+    def _next_round(self, request, time_remaining: float | None):
+        """A round run ahead: the verifier's verdict on the guess that matched this round's
+        context, when one did (it started the round itself); else the round drawn afresh."""
+        r = request.round
+        with self._flight_turn:
+            guessed = self._guessed.pop(r.session_id, None)
+        hit = guessed.by_context.get(r.context) if guessed is not None and guessed.step == r.step else None
+        if guessed is not None:
+            self.worker.metrics.guessed_rounds.labels(outcome="hit" if hit is not None else "miss").inc()
+        if hit is None:
+            return self._round(request, time_remaining)
+        flight = self._fly(r.session_id, r.step, codec.unpack_ids(r.context))
+        self._landed(flight, [level.tokens[0] for level in hit.levels])
+        started = time.perf_counter()
+        try:
+            reply = guessed.future.result(time_remaining)
+        except grpc.RpcError as exc:
+            log.info("guessed round %d of session %s failed (%s); drafting it afresh", r.step, r.session_id, exc)
+            reply = None
+        finally:
+            self._done(flight)
+        if reply is None or reply.missed:
+            return self._round(request, time_remaining)
+        self.worker.claim(r.session_id, r.step, r.run)
+        timing = {"draft_ms": guessed.draft_ms, "bytes": guessed.bytes, "size": len(hit.levels),
+                  "feature_bytes": 0}
+        reply = self._finish(r, reply, timing, started)
+        reply.timing.guessed, reply.timing.guesses = True, guessed.count
+        return reply
+
+    def _guess(self, request, parent, time_remaining: float | None) -> None:
+        """Guessed draft-ahead: once this round's chain is drawn, and while its verdict is not in,
+        draw the next round under each likely verdict and send the guesses to the verifier."""
+        token = otel_context.attach(parent)
+        try:
+            r = request.round
+            wait = min(time_remaining if time_remaining is not None else GUESS_WAIT_S, GUESS_WAIT_S)
+            with self._flight_turn:  # the round is drawn here (afresh or ahead), or already done
+                self._flight_turn.wait_for(lambda: self._drawn(r.session_id, r.step), wait)
+                flight = self._flights.get(r.session_id)
+            if flight is None or flight.step != r.step or flight.done or not flight.chain:
+                return
+            k = len(flight.chain)
+            room = request.ahead_room
+            max_lens = [max(0, min(request.plan.max_len, room - (j + 1) - 1)) for j in range(k + 1)]
+            started = time.perf_counter()
+            with telemetry.tracer().start_as_current_span("drafter guesses", attributes={
+                    "specgrove.session_id": r.session_id, "specgrove.step": r.step + 1}) as span:
+                guesses = self.worker.guesses(r.session_id, r.step, flight.context, flight.chain,
+                                              codec.params_from_pb(r.sampling), r.seed, max_lens,
+                                              codec.budget_from_pb(request.plan), lambda: not flight.done)
+                span.set_attribute("specgrove.guesses", len(guesses))
+            if not guesses:
+                return
+            draft_ms = (time.perf_counter() - started) * 1000
+            ask = speculate_pb2.GuessRequest(timeout_ms=request.verify_timeout_ms)
+            ask.round.CopyFrom(r)
+            ask.round.step = r.step + 1
+            if self.worker.needs_features:
+                ask.round.features_from = 0  # set: the reply carries the guessed round's new features
+            for guess in guesses:
+                pb = ask.guesses.add(emitted=guess.emitted)
+                for level in guess.levels:
+                    pb.levels.append(codec.level_to_pb(level.tokens, level.parents, level.q_rows))
+            by_context = {codec.pack_ids(flight.context + g.emitted): g for g in guesses}
+            verifier = self._verifier(request.verifier)
+            with self._flight_turn:
+                if flight.done:  # the verdict came first: the guesses are of no use
+                    self.worker.metrics.guessed_rounds.labels(outcome="late").inc()
+                    return
+                future = verifier.Guess.future(ask, timeout=time_remaining,
+                                               metadata=telemetry.inject_metadata() + self._auth)
+                self._guessed[r.session_id] = _Guessed(r.step + 1, by_context, future, draft_ms, ask.ByteSize(),
+                                                       len(guesses))
+        except Exception:  # noqa: BLE001 - a guess is an optimisation: the round is drawn afresh without it
+            log.exception("guessing the next round of session %s failed", request.round.session_id)
+        finally:
+            otel_context.detach(token)
+
+    def _drawn(self, session_id: str, step: int) -> bool:
+        flight = self._flights.get(session_id)
+        return flight is not None and (flight.step > step or (flight.step == step and (flight.drawn or flight.done)))
+
+    def _fly(self, session_id: str, step: int, context: list[int]) -> "_Flight":
+        flight = _Flight(step, context)
+        with self._flight_turn:
+            self._flights[session_id] = flight
+            self._flight_turn.notify_all()
+        return flight
+
+    def _landed(self, flight: "_Flight", chain: list[int] | None) -> None:
+        """The flight's tree is drawn (``chain``: its tokens when it is a chain, else None)."""
+        with self._flight_turn:
+            flight.chain, flight.drawn = chain, True
+            self._flight_turn.notify_all()
+
+    def _done(self, flight: "_Flight") -> None:
+        with self._flight_turn:
+            flight.done = True
+            self._flight_turn.notify_all()
 
     def _round(self, request, time_remaining: float | None):
         """One round: draw its levels, stream them to the verifier, take the verdict."""
@@ -147,14 +288,17 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
                                     list(request.plan.shape_parents), codec.budget_from_pb(request.plan),
                                     r.output_start, r.run, timing)
+        flight = self._fly(r.session_id, r.step, ids)
         started = time.perf_counter()
         try:
-            reply = verifier.Verify(self._messages(header, levels, timing), timeout=timeout,
+            reply = verifier.Verify(self._messages(header, levels, timing, flight), timeout=timeout,
                                     metadata=telemetry.inject_metadata() + self._auth)
         except grpc.RpcError:
             if "stale" in timing:  # the round was overtaken or released mid-stream: say so, not UNKNOWN
                 raise timing["stale"] from None
             raise
+        finally:
+            self._done(flight)
         return self._finish(r, reply, timing, started)
 
     def _feature_fetcher(self, verifier, r, timeout: float | None, timing: dict):
@@ -168,25 +312,34 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
         return fetch
 
-    def _messages(self, header, levels, timing: dict):
-        """The Verify stream: the header, then each level as soon as it is drawn (on a gRPC thread)."""
+    def _messages(self, header, levels, timing: dict, flight: "_Flight"):
+        """The Verify stream: the header, then each level as soon as it is drawn (on a gRPC thread).
+        When the last is drawn, ``flight`` learns the tree (its tokens, if it is a chain)."""
         tracer, parent = telemetry.tracer(), otel_context.get_current()
         message = speculate_pb2.TreeMessage(header=header)
-        while message is not None:
-            timing["bytes"] += message.ByteSize()
-            yield message
-            with tracer.start_as_current_span("draft level", context=parent) as span:
-                try:  # with the other sessions drafting now, in one draft pass (``draft_ms``: that pass's time)
-                    level = next(levels, None)
-                except StaleRound as exc:  # gRPC cancels the stream; the round raises it (``_round``)
-                    timing["stale"] = exc
-                    raise
-                span.set_attribute("specgrove.draft_batch", timing.get("draft_rows", 1))
-            message = None
-            if level is not None:
-                timing["size"] += len(level.tokens)
-                timing["depth"] += 1
-                message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
+        chain: list[int] | None = []
+        try:
+            while message is not None:
+                timing["bytes"] += message.ByteSize()
+                yield message
+                with tracer.start_as_current_span("draft level", context=parent) as span:
+                    try:  # with the other sessions drafting now, in one draft pass (``draft_ms``: that pass's time)
+                        level = next(levels, None)
+                    except StaleRound as exc:  # gRPC cancels the stream; the round raises it (``_round``)
+                        timing["stale"] = exc
+                        raise
+                    span.set_attribute("specgrove.draft_batch", timing.get("draft_rows", 1))
+                message = None
+                if level is not None:
+                    timing["size"] += len(level.tokens)
+                    timing["depth"] += 1
+                    if chain is not None and len(level.tokens) == 1 and level.parents[0] == len(chain) - 1:
+                        chain.append(level.tokens[0])
+                    else:
+                        chain = None
+                    message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
+        finally:
+            self._landed(flight, chain)
 
     def _finish(self, r, reply, timing: dict, started: float):
         """Trim the draft cache to the verdict (this round's only), and report the round's costs."""
@@ -207,9 +360,43 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
     def Release(self, request, context):
         self.worker.release(request.session_id, request.run)
         self._ahead.drop(request.session_id)
+        with self._flight_turn:
+            self._guessed.pop(request.session_id, None)
+            flight = self._flights.pop(request.session_id, None)
+            if flight is not None:
+                flight.done = True  # a guesser drawing for it stops
+            self._flight_turn.notify_all()
         return speculate_pb2.ReleaseReply()
 
     def Info(self, request, context):
         if self.model is None:  # the n-gram drafter has no model: report what it can
             return speculate_pb2.WorkerInfo(role="drafter", model=self.worker.name, vocab_size=self.worker.vocab_size)
         return worker_info("drafter", self.model)
+
+
+def _is_chain(shape_parents) -> bool:
+    return all(p == i - 1 for i, p in enumerate(shape_parents))
+
+
+@dataclass
+class _Flight:
+    """A round drawn on this drafter: its context, then its chain once drawn, then its verdict."""
+
+    step: int
+    context: list[int]
+    chain: list[int] | None = None  # the drawn chain's tokens (None: a tree, or nothing drawn)
+    drawn: bool = False
+    done: bool = False  # the verdict is in (or the round failed)
+
+
+@dataclass
+class _Guessed:
+    """Guesses sent for a session's round ``step``: each by the context it guesses, and the
+    verifier's answer (``future``)."""
+
+    step: int
+    by_context: dict[bytes, Guess]
+    future: object
+    draft_ms: float
+    bytes: int
+    count: int

@@ -85,6 +85,10 @@ class WorkerMetrics:
             self.ahead_rounds = Counter(P + "draft_ahead_rounds", "rounds run ahead (drafter), by outcome: hit (asked "
                                         "for as drawn), miss (asked otherwise, or failed), unused (never asked "
                                         "for)", ["outcome"], registry=r)
+            self.guessed_rounds = Counter(P + "draft_guessed_rounds", "next rounds guessed while a round was "
+                                          "verified, by outcome: hit (the verdict was a guess: the verifier ran it at "
+                                          "once), miss (it was not), late (the verdict came before the guesses)",
+                                          ["outcome"], registry=r)
 
     def record_pass(self, tokens: int, seconds: float, batch: int | None = 1) -> None:
         """A round served; batch: the sessions in its pass (None: counted where the passes run, as

@@ -3,9 +3,10 @@ processes: Redis, verifier, drafter, orchestrator), one deployment per injected 
 
 Mode names: ``grpc-chain-kK`` (a static chain of K, the in-process ``chain-kK``'s twin),
 ``grpc-tree`` (the network-aware planner), ``grpc-tree-mM`` (a pinned size), each with
-``-dD`` appended when D ms of delay are injected on the drafter's links, and ``-serial`` when
+``-dD`` appended when D ms of delay are injected on the drafter's links, ``-serial`` when
 the deployment runs without draft-ahead (each round drawn only when the orchestrator asks: the
-pipeline before issue 16, the same run's baseline). Every process writes its spans to a
+pipeline before issue 16, the same run's baseline), and ``-guess`` when it runs guessed
+draft-ahead (``--guess-ahead``: the next round drawn under guesses of each verdict). Every process writes its spans to a
 JSON-lines trace file, from which ``round_split`` takes the per-round split of time into draft,
 verify, network and the overlap draft-ahead won, and the bytes each round put on the wire.
 """
@@ -21,8 +22,10 @@ from specgrove_apps.bench_metrics import Sample
 
 
 def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple[int, ...],
-                    delays: tuple[float, ...], chain_auto: bool = False, serial: bool = False) -> list[str]:
-    """serial: every mode also on a deployment without draft-ahead (``-serial``), right after it."""
+                    delays: tuple[float, ...], chain_auto: bool = False, serial: bool = False,
+                    guess: bool = False) -> list[str]:
+    """serial: every mode also on a deployment without draft-ahead (``-serial``); guess: also on
+    one with guessed draft-ahead (``-guess``); each right after it."""
     names = []
     for delay in delays:
         suffix = f"-d{delay:g}" if delay else ""
@@ -30,17 +33,19 @@ def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple
         modes += [f"grpc-chain-auto{suffix}"] if chain_auto else []  # no draft_len named: the served default
         modes += [f"grpc-tree{suffix}"] if tree else []
         modes += [f"grpc-tree-m{m}{suffix}" for m in tree_budgets]
-        names += [n for mode in modes for n in ([mode, mode + "-serial"] if serial else [mode])]
+        names += [n for mode in modes
+                  for n in [mode, *([mode + "-guess"] if guess else []), *([mode + "-serial"] if serial else [])]]
     return names
 
 
-def parse_mode(name: str) -> tuple[dict, float, bool]:
-    """'grpc-tree-m8-d20-serial' -> ({'mode': 'tree', 'tree_budget': 8}, 20.0, False): the
-    request's speculation, the link delay, and whether the deployment runs draft-ahead."""
+VARIANTS = ("ahead", "serial", "guess")  # draft-ahead (the default), none, guessed
+
+
+def parse_mode(name: str) -> tuple[dict, float, str]:
+    """'grpc-tree-m8-d20-serial' -> ({'mode': 'tree', 'tree_budget': 8}, 20.0, 'serial'): the
+    request's speculation, the link delay, and the deployment's draft-ahead (``VARIANTS``)."""
     parts = name.split("-")[1:]
-    ahead = parts[-1] != "serial"
-    if not ahead:
-        parts.pop()
+    ahead = parts.pop() if parts[-1] in VARIANTS[1:] else "ahead"
     delay = 0.0
     if parts[-1].startswith("d") and parts[-1][1:].replace(".", "").isdigit():
         delay = float(parts.pop()[1:])
@@ -80,7 +85,8 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
     overhead (every hop: round + overlap − draft − verify), the overlap (the part of a round run
     ahead before the orchestrator asked for it: the time draft-ahead saved), tree bytes, the
     planner's tree (size, depth) and the tokens a round emitted; speculative rounds only, with
-    the share of rounds that were (the rest: plain steps) and the share of those run ahead.
+    the share of rounds that were (the rest: plain steps) and the shares of those run ahead and
+    taken from a guess (guessed draft-ahead: the verifier ran them as soon as the verdict was in).
     Draft and verify come from the round's reply (the round span's attributes) when it has
     them: a round run ahead has its level and pass spans under the previous round's Draft."""
     spans = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()]
@@ -115,12 +121,14 @@ def round_split(trace_path: Path, sessions: set[str]) -> dict:
         rows.append((round_ms, draft_ms, verify_ms, round_ms + overlap_ms - draft_ms - verify_ms, overlap_ms,
                      source["attributes"].get("specgrove.tree_bytes", 0),
                      attrs.get("specgrove.tree_size", 0), attrs.get("specgrove.tree_depth", 0),
-                     attrs.get("specgrove.accepted", 0) + 1, bool(attrs.get("specgrove.ahead"))))
+                     attrs.get("specgrove.accepted", 0) + 1, bool(attrs.get("specgrove.ahead")),
+                     bool(attrs.get("specgrove.guessed"))))
     if not rows:
         return {"rounds": 0}
     med = [statistics.median(col) for col in zip(*rows)]
     return {"rounds": len(rows), "speculative_share": round(len(rows) / total, 3),
             "ahead_share": round(sum(row[9] for row in rows) / len(rows), 3),
+            "guessed_share": round(sum(row[10] for row in rows) / len(rows), 3),
             "median_round_ms": round(med[0], 3), "median_draft_ms": round(med[1], 3),
             "median_verify_ms": round(med[2], 3), "median_network_ms": round(med[3], 3),
             "median_overlap_ms": round(med[4], 3), "median_tree_bytes": int(med[5]), "median_tree_size": med[6],
@@ -138,13 +146,13 @@ class GrpcStacks:
         self.stacks: dict[tuple[float, bool], object] = {}
 
     @staticmethod
-    def _name(delay: float, ahead: bool) -> str:
-        return f"d{delay:g}{'' if ahead else '-serial'}"
+    def _name(delay: float, ahead: str) -> str:
+        return f"d{delay:g}{'' if ahead == 'ahead' else '-' + ahead}"
 
-    def trace_file(self, delay: float, ahead: bool = True) -> Path:
+    def trace_file(self, delay: float, ahead: str = "ahead") -> Path:
         return self.work_dir / f"trace-{self._name(delay, ahead)}.jsonl"
 
-    def client(self, delay: float, ahead: bool = True):
+    def client(self, delay: float, ahead: str = "ahead"):
         import os
 
         from services.roles import start_stack
@@ -156,7 +164,8 @@ class GrpcStacks:
             logs.mkdir(exist_ok=True)
             self.stacks[delay, ahead] = start_stack(
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
-                extra_orchestrator=("--stop-policy", "static", *(() if ahead else ("--no-draft-ahead",))),
+                extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
+                                                                 "guess": ("--guess-ahead",)}[ahead]),
                 extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead))})
         return Client(self.stacks[delay, ahead].address)

@@ -82,6 +82,7 @@ class VerifierWorker:
         self._turn = self._turns.turn
         self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._tokens_per_pass = 1.0  # EWMA
+        self._verdicts: dict[str, tuple[int, list[int]]] = {}  # session -> (its latest verified step, the context after it)
         self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
@@ -100,6 +101,35 @@ class VerifierWorker:
         self.check(context, tree)
         return self._submit(_Job(session_id, step, run, list(context), tree, params, seed, features_from,
                                  output_start))
+
+    def verify_guess(
+        self, session_id: str, step: int, base: list[int], guesses: list[tuple[list[int], TokenTree]],
+        params: SamplingParams, seed: int, features: bool = False, output_start: int = 0, run: str = "",
+        timeout_s: float | None = None,
+    ) -> tuple[int, tuple] | None:
+        """Guessed draft-ahead: wait (up to ``timeout_s``) for round ``step`` − 1's verdict on
+        ``base``; when ``base`` + one guess's emitted tokens is the context it left, verify that
+        guess's tree as round ``step`` at once: (the guess's index, ``verify``'s answer, its
+        features from the guessed context's last token on when ``features``). None when no guess
+        matches (or the verdict did not come in time): nothing is verified."""
+        for emitted, tree in guesses:
+            self.check(base + list(emitted), tree)
+        wanted = step - 1
+
+        def verdict_in() -> bool:
+            return self._verdicts.get(session_id, (-1, None))[0] >= wanted
+
+        with self._turn:
+            self._turn.wait_for(verdict_in, timeout_s)
+            verdict = self._verdicts.get(session_id)
+        if verdict is None or verdict[0] != wanted:
+            return None
+        for index, (emitted, tree) in enumerate(guesses):
+            context = base + list(emitted)
+            if context == verdict[1]:
+                return index, self.verify(session_id, step, context, params, seed, tree,
+                                          len(context) - 1 if features else None, output_start, run)
+        return None
 
     def prefix_features(self, session_id: str, context: list[int], start: int, run: str = "") -> torch.Tensor:
         """The target's features of context[start : len(context) − 1] ([n, H]); prefills as needed."""
@@ -132,6 +162,7 @@ class VerifierWorker:
             while self._running:
                 self._turn.wait()
             self._released.add(session_id, run)
+            self._verdicts.pop(session_id, None)
             session = self._sessions.pop(session_id, None)
             if session is not None:
                 self.target.close(session.state)
@@ -230,7 +261,8 @@ class VerifierWorker:
         session = self._sessions.pop(job.session_id, None)
         if session is None:
             if len(self._sessions) >= self.max_sessions:  # the least recently used one makes room
-                _, evicted = self._sessions.popitem(last=False)
+                evicted_id, evicted = self._sessions.popitem(last=False)
+                self._verdicts.pop(evicted_id, None)
                 self.target.close(evicted.state)
             session = _Session(self.target.open())
         self._sessions[job.session_id] = session
@@ -272,6 +304,7 @@ class VerifierWorker:
         generator = None if params.greedy else round_generator(job.seed, job.step, VERIFY_STREAM)
         result = verify_tree(tree, p, params.greedy, generator)
         self.target.keep_path(state, result.accepted_nodes)
+        self._verdicts[job.session_id] = (job.step, job.context + result.accepted_tokens + [result.next_token])
         features = None
         if job.features_from is not None:
             features = state.features[: len(job.context) + len(result.accepted_tokens)][job.features_from:]
@@ -288,6 +321,7 @@ class VerifierWorker:
                 break
             if session_id not in keep:
                 session = self._sessions.pop(session_id)
+                self._verdicts.pop(session_id, None)
                 total -= len(session.state.tokens)
                 self.target.close(session.state)
                 self.metrics.kv_evictions.inc()

@@ -54,20 +54,22 @@ class DraftPlan(_message.Message):
     def __init__(self, shape_parents: _Optional[_Iterable[int]] = ..., max_len: _Optional[int] = ..., gamma: _Optional[float] = ..., lam: _Optional[float] = ..., min_confidence: _Optional[float] = ..., pass_costs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftRequest(_message.Message):
-    __slots__ = ("round", "plan", "verifier", "verify_timeout_ms", "ahead", "ahead_room")
+    __slots__ = ("round", "plan", "verifier", "verify_timeout_ms", "ahead", "ahead_room", "guess")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     VERIFY_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     AHEAD_FIELD_NUMBER: _ClassVar[int]
     AHEAD_ROOM_FIELD_NUMBER: _ClassVar[int]
+    GUESS_FIELD_NUMBER: _ClassVar[int]
     round: RoundContext
     plan: DraftPlan
     verifier: str
     verify_timeout_ms: int
     ahead: bool
     ahead_room: int
-    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., plan: _Optional[_Union[DraftPlan, _Mapping]] = ..., verifier: _Optional[str] = ..., verify_timeout_ms: _Optional[int] = ..., ahead: _Optional[bool] = ..., ahead_room: _Optional[int] = ...) -> None: ...
+    guess: bool
+    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., plan: _Optional[_Union[DraftPlan, _Mapping]] = ..., verifier: _Optional[str] = ..., verify_timeout_ms: _Optional[int] = ..., ahead: _Optional[bool] = ..., ahead_room: _Optional[int] = ..., guess: _Optional[bool] = ...) -> None: ...
 
 class TreeLevel(_message.Message):
     __slots__ = ("tokens", "parents", "q_rows", "q_width", "q_ids", "q_probs")
@@ -85,6 +87,24 @@ class TreeLevel(_message.Message):
     q_probs: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., parents: _Optional[_Iterable[int]] = ..., q_rows: _Optional[_Iterable[int]] = ..., q_width: _Optional[int] = ..., q_ids: _Optional[_Iterable[int]] = ..., q_probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class GuessedRound(_message.Message):
+    __slots__ = ("emitted", "levels")
+    EMITTED_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    emitted: _containers.RepeatedScalarFieldContainer[int]
+    levels: _containers.RepeatedCompositeFieldContainer[TreeLevel]
+    def __init__(self, emitted: _Optional[_Iterable[int]] = ..., levels: _Optional[_Iterable[_Union[TreeLevel, _Mapping]]] = ...) -> None: ...
+
+class GuessRequest(_message.Message):
+    __slots__ = ("round", "guesses", "timeout_ms")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GUESSES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    round: RoundContext
+    guesses: _containers.RepeatedCompositeFieldContainer[GuessedRound]
+    timeout_ms: int
+    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., guesses: _Optional[_Iterable[_Union[GuessedRound, _Mapping]]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
 class TreeMessage(_message.Message):
     __slots__ = ("header", "level")
     HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -94,7 +114,7 @@ class TreeMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows", "ahead", "overlap_ms")
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows", "ahead", "overlap_ms", "guessed", "guesses")
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_MS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +125,8 @@ class Timing(_message.Message):
     PASS_ROWS_FIELD_NUMBER: _ClassVar[int]
     AHEAD_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_MS_FIELD_NUMBER: _ClassVar[int]
+    GUESSED_FIELD_NUMBER: _ClassVar[int]
+    GUESSES_FIELD_NUMBER: _ClassVar[int]
     draft_ms: float
     verify_ms: float
     round_ms: float
@@ -115,10 +137,12 @@ class Timing(_message.Message):
     pass_rows: int
     ahead: bool
     overlap_ms: float
-    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ..., ahead: _Optional[bool] = ..., overlap_ms: _Optional[float] = ...) -> None: ...
+    guessed: bool
+    guesses: int
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ..., ahead: _Optional[bool] = ..., overlap_ms: _Optional[float] = ..., guessed: _Optional[bool] = ..., guesses: _Optional[int] = ...) -> None: ...
 
 class RoundReply(_message.Message):
-    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features")
+    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features", "missed")
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +152,7 @@ class RoundReply(_message.Message):
     TREE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     next_token: int
@@ -137,7 +162,8 @@ class RoundReply(_message.Message):
     tree_depth: int
     timing: Timing
     features: FeatureBlock
-    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ...) -> None: ...
+    missed: bool
+    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ..., missed: _Optional[bool] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id", "run")

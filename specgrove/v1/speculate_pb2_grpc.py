@@ -207,6 +207,11 @@ class VerifierStub:
                 request_serializer=specgrove_dot_v1_dot_speculate__pb2.RoundContext.SerializeToString,
                 response_deserializer=specgrove_dot_v1_dot_speculate__pb2.FeatureBlock.FromString,
                 _registered_method=True)
+        self.Guess = channel.unary_unary(
+                '/specgrove.v1.Verifier/Guess',
+                request_serializer=specgrove_dot_v1_dot_speculate__pb2.GuessRequest.SerializeToString,
+                response_deserializer=specgrove_dot_v1_dot_speculate__pb2.RoundReply.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/specgrove.v1.Verifier/Release',
                 request_serializer=specgrove_dot_v1_dot_speculate__pb2.ReleaseRequest.SerializeToString,
@@ -245,6 +250,17 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Guess(self, request, context):
+        """Guessed draft-ahead: the next round drawn under guesses of this round's verdict, sent while
+        this round is verified. The verifier holds them until the verdict of round `round.step` − 1
+        is in; when one guess's `emitted` equals that verdict's tokens, it verifies that guess's tree
+        as round `round.step` at once (in the next pass) and answers with its verdict. Otherwise it
+        answers at once with `missed` set and verifies nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Release(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -274,6 +290,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.Features,
                     request_deserializer=specgrove_dot_v1_dot_speculate__pb2.RoundContext.FromString,
                     response_serializer=specgrove_dot_v1_dot_speculate__pb2.FeatureBlock.SerializeToString,
+            ),
+            'Guess': grpc.unary_unary_rpc_method_handler(
+                    servicer.Guess,
+                    request_deserializer=specgrove_dot_v1_dot_speculate__pb2.GuessRequest.FromString,
+                    response_serializer=specgrove_dot_v1_dot_speculate__pb2.RoundReply.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -367,6 +388,33 @@ class Verifier:
             '/specgrove.v1.Verifier/Features',
             specgrove_dot_v1_dot_speculate__pb2.RoundContext.SerializeToString,
             specgrove_dot_v1_dot_speculate__pb2.FeatureBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Guess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specgrove.v1.Verifier/Guess',
+            specgrove_dot_v1_dot_speculate__pb2.GuessRequest.SerializeToString,
+            specgrove_dot_v1_dot_speculate__pb2.RoundReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,7 +33,7 @@ def cmd_bench(args) -> int:
         grpc_chain_lens=tuple(int(k) for k in args.grpc_chain_lens.split(",") if k),
         grpc_tree=args.grpc_tree,
         grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
-        grpc_serial=args.grpc_serial,
+        grpc_serial=args.grpc_serial, grpc_guess=args.grpc_guess,
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
         min_pass_ms=args.min_pass_ms,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
@@ -85,6 +85,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
     bench.add_argument("--grpc-serial", action="store_true",
                        help="every gRPC mode also on a deployment without draft-ahead (mode names end in -serial)")
+    bench.add_argument("--grpc-guess", action="store_true",
+                       help="every gRPC mode also on a deployment with guessed draft-ahead (--guess-ahead; mode "
+                            "names end in -guess)")
     bench.add_argument("--link-delays", default="0",
                        help="comma-separated one-way latencies (ms) of a remote drafter's links, for gRPC modes")
     bench.add_argument("--min-pass-ms", type=float, default=0.0,

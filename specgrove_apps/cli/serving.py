@@ -57,7 +57,8 @@ def cmd_serve(args) -> int:
             mode=args.mode, draft_len=args.draft_len, stop_policy=args.stop_policy,
             draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s, profile=args.profile,
             auth_token=token, http_port=args.http_port, tls=tls, limits=limits, max_sessions=args.max_sessions,
-            queue_timeout_s=args.queue_timeout_s, draft_ahead=args.draft_ahead)
+            queue_timeout_s=args.queue_timeout_s, draft_ahead=args.draft_ahead,
+            guess_ahead=args.guess_ahead)
         roles.serve_orchestrator(options, args.cache_dir)
     return 0
 
@@ -84,7 +85,8 @@ def cmd_up(args) -> int:
                               redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                               draft_len=args.draft_len, link_delay_ms=args.link_delay_ms,
                               http_port=args.http_port if args.http_port >= 0 else None,
-                              extra_orchestrator=() if args.draft_ahead else ("--no-draft-ahead",),
+                              extra_orchestrator=(() if args.draft_ahead else ("--no-draft-ahead",))
+                              + (("--guess-ahead",) if args.guess_ahead else ()),
                               redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
     p = stack.ports
     print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
@@ -125,6 +127,10 @@ def add_serve(sub) -> None:
     serve.add_argument("--no-draft-ahead", dest="draft_ahead", action="store_false",
                        help="orchestrator: a drafter draws each round only when asked (default: it runs the next "
                             "round as soon as it holds this one's verdict)")
+    serve.add_argument("--guess-ahead", action="store_true",
+                       help="orchestrator, with draft-ahead, on chains: while a round is verified the drafter also "
+                            "draws the next one under each likely verdict, and the verifier starts the one that "
+                            "matches at once (pays where the verifier's pass leaves the drafter idle: a GPU)")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
     serve.add_argument("--max-sessions", type=int, default=64,
                        help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")
@@ -161,6 +167,9 @@ def add_up(sub) -> None:
     up.add_argument("--link-delay-ms", type=float, default=0.0)
     up.add_argument("--no-draft-ahead", dest="draft_ahead", action="store_false",
                     help="the drafter draws each round only when asked (default: as soon as the last one's verdict is in)")
+    up.add_argument("--guess-ahead", action="store_true",
+                    help="with draft-ahead, on chains: the drafter also guesses each round's verdict and the verifier "
+                         "starts the guessed next round that matches at once")
     up.add_argument("--http-port", type=int, default=8000,
                     help="the OpenAI-compatible API and /metrics (0 = any free port, -1 = off)")
     up.add_argument("--ray", action="store_true", help="run the roles as Ray actors (a local cluster unless --address)")

@@ -82,9 +82,12 @@ def test_grpc_mode_names_carry_the_speculation_the_link_delay_and_draft_ahead():
     names = grpc_mode_names((4,), True, (8,), (0.0, 20.0), chain_auto=True, serial=True)
     assert names[:4] == ["grpc-chain-k4", "grpc-chain-k4-serial", "grpc-chain-auto", "grpc-chain-auto-serial"]
     assert "grpc-tree-m8-d20-serial" in names and len(names) == 16
-    assert parse_mode("grpc-tree-m8-d20-serial") == ({"mode": "tree", "tree_budget": 8}, 20.0, False)
-    assert parse_mode("grpc-chain-k4-d5") == ({"mode": "chain", "draft_len": 4}, 5.0, True)
-    assert parse_mode("grpc-chain-auto") == ({"mode": "chain"}, 0.0, True)
+    assert parse_mode("grpc-tree-m8-d20-serial") == ({"mode": "tree", "tree_budget": 8}, 20.0, "serial")
+    assert parse_mode("grpc-chain-k4-d5") == ({"mode": "chain", "draft_len": 4}, 5.0, "ahead")
+    assert parse_mode("grpc-chain-k4-d20-guess") == ({"mode": "chain", "draft_len": 4}, 20.0, "guess")
+    assert parse_mode("grpc-chain-auto") == ({"mode": "chain"}, 0.0, "ahead")
+    assert grpc_mode_names((4,), False, (), (20.0,), serial=True, guess=True) == [
+        "grpc-chain-k4-d20", "grpc-chain-k4-d20-guess", "grpc-chain-k4-d20-serial"]
     assert BenchConfig(grpc_chain_lens=(4,), grpc_serial=True, draft_lens=(4,)).mode_names()[-2:] == [
         "grpc-chain-k4", "grpc-chain-k4-serial"]
 

@@ -1,0 +1,96 @@
+"""Guessed draft-ahead (issue 16): the next round drawn before this round's verdict is in.
+
+A chain round d_1..d_K ends in one of K + 1 verdicts: j tokens accepted (j = 0..K), then one more
+token x (the target's correction, or its bonus token after a full accept). While the verifier
+checks the chain, the drafter draws the next round under one guess per j: x_j is the draft's best
+token other than d_{j+1} at depth j (its best token after d_K for j = K). The verifier holds the
+guesses and, when the verdict equals one of them, verifies that guess's tree as the next round at
+once: the drafter's draft time and both hops between them drop out of the round.
+
+All guesses are grown as one token tree on a copy of the session's draft cache (``fork``): the
+chain's nodes, the x_j as siblings of d_{j+1}, and under each x_j its chain, one pass per level.
+A guessed round's pairs after the confirmed context read the draft's own features (F̂), since the
+target's have not been computed yet; its q is exactly what its tokens were sampled from, so
+verification stays exact whatever the guesses are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generator
+
+import torch
+
+from drafter.model_drafter import Level, _steps
+from specgrove.budget import DraftBudget
+from specgrove.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class Guess:
+    emitted: list[int]  # the guessed verdict: d_1..d_j, then x_j
+    levels: list[Level]  # the next round's chain after it, one node per level (q rows of its own tree)
+
+
+def guess_steps(
+    session, context: list[int], chain: list[int], params: SamplingParams, generator: torch.Generator | None,
+    max_lens: list[int], budget: DraftBudget | None = None,
+) -> Generator[object, object, list[Guess]]:
+    """Steps (the passes it asks for, as ``ModelDraftSession.grow``'s) that return the guesses
+    for the round after ``chain`` (drafted after ``context``). ``session``: a draft session on its
+    own (forked) cache, which these passes fill with tree nodes. max_lens[j]: the most tokens the
+    next round may draft when this one accepts j (0: no guess for j). The budget's stop rule ends
+    a guessed chain as it ends a drafted one.
+
+    One pass per tree level: a node's input is its parent's output, so the chain is fed again
+    node by node, and each x_j and its chain start as soon as the logits after d_j are known."""
+    k = len(chain)
+    assert len(max_lens) == k + 1, (len(max_lens), k)
+    sequence = session.sequence
+    nodes: list[int] = []
+    parents: list[int] = []
+    roles: list[tuple[str, int]] = []  # per node: ("d", j) the chain's d_j, or ("g", j) guess j's tail
+    emitted: dict[int, list[int]] = {}
+    levels: dict[int, list[Level]] = {}
+
+    def add(token: int, parent: int, role: tuple[str, int]) -> None:
+        nodes.append(token)
+        parents.append(parent)
+        roles.append(role)
+
+    def after_chain(j: int, logits: torch.Tensor, here: int) -> None:
+        """The logits after d_1..d_j are known (``here``: d_j's node; −1, the root, for j = 0)."""
+        if j < k:
+            add(chain[j], here, ("d", j + 1))
+        if max_lens[j] > 0:
+            other = logits.clone()
+            if j < k:
+                other[chain[j]] = float("-inf")
+            emitted[j] = chain[:j] + [int(other.argmax())]
+            levels[j] = []
+            add(emitted[j][-1], here, ("g", j))
+
+    def after_guess(j: int, logits: torch.Tensor, node: int) -> None:
+        """Guess j's deepest node (``node``) has its logits: draw its next token."""
+        ids, probs, picked, q = session._children(logits, 1, params, generator)
+        if not picked:  # nothing the draft may propose here
+            return
+        depth = len(levels[j]) + 1
+        levels[j].append(Level([picked[0]], [depth - 2], {depth - 1: (ids, probs)}))
+        if depth < max_lens[j] and not (budget is not None and budget.stops(logits, q, params.greedy)):
+            add(picked[0], node, ("g", j))
+
+    root = yield from _steps(sequence, "logits_for", context, 1)  # [1, V]
+    after_chain(0, root[0], -1)
+    first = 0
+    while first < len(nodes):
+        last = len(nodes)
+        rows = yield from _steps(sequence, "tree_logits", context, nodes, parents, first, last, False)
+        for node, logits in zip(range(first, last), rows):
+            kind, j = roles[node]
+            if kind == "d":
+                after_chain(j, logits, node)
+            else:
+                after_guess(j, logits, node)
+        first = last
+    return [Guess(emitted[j], levels[j]) for j in sorted(levels) if levels[j]]

@@ -1,0 +1,68 @@
+"""Guessed draft-ahead's drawing (drafter/guess.py): each guess is the verdict it names (j chain
+tokens, then the draft's best other token) and a chain whose q rows are exactly the draft's own
+distributions after that guessed context, computed afresh token by token; the tokens are drawn
+from them. So a verifier that takes a guess verifies a proposal whose q is the truth."""
+
+from __future__ import annotations
+
+import torch
+
+from drafter.feature_drafter import FeatureSequence, target_features
+from drafter.guess import guess_steps
+from drafter.model_drafter import inline, run_alone
+from drafter.worker import _twin
+from specgrove.sampling import SamplingParams, truncate_top_n, warp
+
+PROMPT = "the cat sat on the mat. the cat"
+
+
+def dense(ids, probs, vocab: int = 4096):
+    return torch.zeros(vocab).index_put((ids,), probs)
+
+
+def primed(drafter, target, context):
+    session = drafter.open()
+    session.sequence.set_features(target_features(target, context[:-1]))
+    return session
+
+
+def test_each_guess_is_a_verdict_and_a_chain_drawn_from_the_q_it_reports(tiny_target, tiny_feature_drafter):
+    context = tiny_target.encode(PROMPT)
+    session = primed(tiny_feature_drafter, tiny_target, context)
+    chain_shape = [-1, 0, 1]
+    chain = [lv.tokens[0] for lv in session.grow_levels(context, chain_shape, SamplingParams(), None)]
+    assert len(chain) == 3
+    params = SamplingParams(temperature=1.0, top_k=8)
+    generator = torch.Generator().manual_seed(0)
+    max_lens = [3, 3, 2, 1]
+    guesses = run_alone(guess_steps(_twin(session), context, chain, params, generator, max_lens))
+    assert [len(g.emitted) for g in guesses] == [1, 2, 3, 4]  # j = 0..3 accepted, then one token
+    for j, guess in enumerate(guesses):
+        assert guess.emitted[:j] == chain[:j]
+        assert j == len(chain) or guess.emitted[j] != chain[j]  # not the token the chain drafted there
+        assert 1 <= len(guess.levels) <= max_lens[j]
+        fresh = primed(tiny_feature_drafter, tiny_target, context)  # features: the target's, then drafted
+        path = context + guess.emitted
+        for depth, level in enumerate(guess.levels):
+            assert level.parents == [depth - 1]
+            ids, probs = level.q_rows[depth]
+            want_ids, want_probs = truncate_top_n(warp(fresh.sequence.logits_for(path, 1)[0], params), session.top_n)
+            assert torch.allclose(dense(ids, probs), dense(want_ids, want_probs), atol=1e-5)  # ties may reorder
+            assert level.tokens[0] in ids.tolist()
+            path = path + level.tokens
+    # the best other token after d_j is the draft's own: the x of guess 0 is its runner-up at the root
+    root = run_alone(session.sequence.fork().logits_for_steps(context))[0].clone()
+    root[chain[0]] = float("-inf")
+    assert guesses[0].emitted == [int(root.argmax())]
+
+
+def test_guessing_leaves_the_sessions_cache_as_it_was(tiny_target, tiny_feature_drafter):
+    context = tiny_target.encode(PROMPT)
+    session = primed(tiny_feature_drafter, tiny_target, context)
+    chain = [lv.tokens[0] for lv in session.grow_levels(context, [-1, 0, 1, 2], SamplingParams(), None)]
+    before = (list(session.sequence.tokens), list(session.sequence.node_tokens), session.sequence.kv[0].clone())
+    run_alone(guess_steps(_twin(session), context, chain, SamplingParams(), None, [4, 4, 4, 3, 2]))
+    assert (session.sequence.tokens, session.sequence.node_tokens) == before[:2]
+    assert torch.equal(session.sequence.kv[0], before[2])
+    again = [lv.tokens[0] for lv in inline(session.grow(context, [-1, 0, 1, 2], SamplingParams(), None))]
+    assert again == chain
