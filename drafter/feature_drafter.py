@@ -37,11 +37,16 @@ class FeatureSequence:
         self.outputs = torch.zeros(0, self.draft.config.hidden_size)  # [pairs, H] F̂ of each cached pair
         self.node_tokens: list[int] = []
         self.node_outputs = torch.zeros(0, self.draft.config.hidden_size)  # [nodes, H]
+        # q's logits drawn lately: after the cached pairs (None: not drawn since they changed), and
+        # after each cached node; guessed draft-ahead reads them instead of feeding the chain again
+        self.root_logits: torch.Tensor | None = None  # [V]
+        self.node_logits: list[torch.Tensor] = []  # [V] per node, while every node so far had its row
 
     def set_features(self, features: torch.Tensor) -> None:
         """The target's features F_0..F_{n−1} of the confirmed context ([n, H], any dtype)."""
         assert features.ndim == 2, features.shape
         self.features = features
+        self.root_logits = None  # pairs may now read other features
 
     def ready(self, context: list[int]) -> bool:
         return len(context) >= 2 and len(self.features) >= 1
@@ -76,6 +81,7 @@ class FeatureSequence:
         for i in range(max(keep, fed_true), len(pairs)):  # pairs on drafted features: one at a time
             logits = yield from self._feed(self.outputs[i - 1: i].to(self.device), pairs[i: i + 1], [i + 1], False,
                                            last=i == len(pairs) - 1)
+        self.root_logits = logits[-1]
         return logits
 
     def tree_logits_steps(self, context: list[int], node_tokens: list[int], parents: list[int], first: int,
@@ -91,13 +97,25 @@ class FeatureSequence:
         out, self.kv, logits = yield Feed(self, feats, node_tokens[first:last], positions, mask, head="all")
         self.node_tokens = node_tokens[:last]
         self.node_outputs = torch.cat([self.node_outputs, out])
+        if len(self.node_logits) == first:
+            self.node_logits += list(logits)
         return logits
+
+    def drawn_chain_logits(self, context: list[int], chain: list[int]) -> list[torch.Tensor] | None:
+        """The logits after context + d_1..d_j for j = 0..m, when this cache holds context's
+        pairs and d_1..d_m as a chain of nodes drawn with their rows (m < len(chain)); else None."""
+        m = len(self.node_tokens)
+        if (self.root_logits is None or self.tokens != context[1:] or m >= len(chain) + 1
+                or self.node_tokens != chain[:m] or len(self.node_logits) != m):
+            return None
+        return [self.root_logits, *self.node_logits]
 
     def fork(self) -> "FeatureSequence":
         """A copy to draw on without touching this one (guessed draft-ahead): the tensors are
         shared, never written in place, and the lists copied."""
         twin = copy.copy(self)
         twin.tokens, twin.true, twin.node_tokens = list(self.tokens), list(self.true), list(self.node_tokens)
+        twin.node_logits = list(self.node_logits)
         return twin
 
     def keep_path(self, path: list[int]) -> None:
@@ -109,6 +127,7 @@ class FeatureSequence:
         """Pairs after the cached ones, causally; with ``last``, q's logits after the final one."""
         past = len(self.tokens)
         n = len(tokens)
+        self.root_logits = None  # until logits_for_steps has fed its last pair
         allowed = torch.ones(n, past + n, dtype=torch.bool).tril(past)
         mask = torch.zeros(n, past + n).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
         out, self.kv, logits = yield Feed(self, feats, tokens, positions, mask, head="last" if last else None)
@@ -119,11 +138,13 @@ class FeatureSequence:
 
     def _crop(self, pairs: int) -> None:
         """Keep the first ``pairs`` cached pairs; drop later pairs and every node."""
+        if pairs < len(self.tokens):
+            self.root_logits = None
         if self.kv is not None:
             self.kv = (self.kv[0][:, :, :pairs], self.kv[1][:, :, :pairs])
         self.tokens, self.true = self.tokens[:pairs], self.true[:pairs]
         self.outputs = self.outputs[:pairs]
-        self.node_tokens, self.node_outputs = [], self.node_outputs[:0]
+        self.node_tokens, self.node_outputs, self.node_logits = [], self.node_outputs[:0], []
 
 
 @dataclass

@@ -42,8 +42,10 @@ def guess_steps(
     next round may draft when this one accepts j (0: no guess for j). The budget's stop rule ends
     a guessed chain as it ends a drafted one.
 
-    One pass per tree level: a node's input is its parent's output, so the chain is fed again
-    node by node, and each x_j and its chain start as soon as the logits after d_j are known."""
+    One pass per tree level: a node's input is its parent's output. The chain's nodes and q's
+    logits after them are reused when the cache still holds them from the round's own drawing
+    (a feature draft's ``drawn_chain_logits``); otherwise the chain is fed again node by node.
+    Each x_j and its chain start as soon as the logits after d_j are known."""
     k = len(chain)
     assert len(max_lens) == k + 1, (len(max_lens), k)
     sequence = session.sequence
@@ -60,7 +62,7 @@ def guess_steps(
 
     def after_chain(j: int, logits: torch.Tensor, here: int) -> None:
         """The logits after d_1..d_j are known (``here``: d_j's node; −1, the root, for j = 0)."""
-        if j < k:
+        if j < k and not any(role == ("d", j + 1) for role in roles):
             add(chain[j], here, ("d", j + 1))
         if max_lens[j] > 0:
             other = logits.clone()
@@ -80,9 +82,14 @@ def guess_steps(
         if depth < max_lens[j] and not (budget is not None and budget.stops(logits, q, params.greedy)):
             add(picked[0], node, ("g", j))
 
-    root = yield from _steps(sequence, "logits_for", context, 1)  # [1, V]
-    after_chain(0, root[0], -1)
-    first = 0
+    drawn = getattr(sequence, "drawn_chain_logits", lambda *args: None)(context, chain)
+    if drawn is None:  # feed the context's last pair again; the chain follows node by node
+        drawn = [(yield from _steps(sequence, "logits_for", context, 1))[0]]
+    for j in range(1, len(drawn)):  # d_1..d_m are cached nodes already (the round's own drawing)
+        add(chain[j - 1], j - 2, ("d", j))
+    for j, logits in enumerate(drawn):
+        after_chain(j, logits, j - 1)
+    first = len(drawn) - 1
     while first < len(nodes):
         last = len(nodes)
         rows = yield from _steps(sequence, "tree_logits", context, nodes, parents, first, last, False)

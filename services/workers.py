@@ -222,6 +222,8 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                                               codec.budget_from_pb(request.plan), lambda: not flight.done)
                 span.set_attribute("specgrove.guesses", len(guesses))
             if not guesses:
+                if flight.done:
+                    self.worker.metrics.guessed_rounds.labels(outcome="late").inc()
                 return
             draft_ms = (time.perf_counter() - started) * 1000
             ask = speculate_pb2.GuessRequest(timeout_ms=request.verify_timeout_ms)
@@ -239,7 +241,8 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                 if flight.done:  # the verdict came first: the guesses are of no use
                     self.worker.metrics.guessed_rounds.labels(outcome="late").inc()
                     return
-                future = verifier.Guess.future(ask, timeout=time_remaining,
+                timeout = request.verify_timeout_ms / 1000 if request.verify_timeout_ms else time_remaining
+                future = verifier.Guess.future(ask, timeout=timeout,  # it answers with the next round's verdict
                                                metadata=telemetry.inject_metadata() + self._auth)
                 self._guessed[r.session_id] = _Guessed(r.step + 1, by_context, future, draft_ms, ask.ByteSize(),
                                                        len(guesses))

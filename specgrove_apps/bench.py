@@ -174,6 +174,7 @@ class BenchConfig:
     grpc_guess: bool = False  # every gRPC mode also with guessed draft-ahead (-guess)
     link_delays: tuple[float, ...] = (0.0,)  # a remote drafter's one-way link latency (ms), one deployment each
     min_pass_ms: float = 0.0  # the deployments' verifier passes last at least this long (a GPU-bound target)
+    drafter_nice: int = 0  # the deployments' drafter runs at this niceness (a drafter that never slows the verifier)
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
     concurrency: tuple[int, ...] = ()  # every SpecGrove mode again with this many clients at once, beside
     # transformers' generate over padded batches of as many prompts (aggregate throughput)
@@ -252,7 +253,7 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
     from pathlib import Path
 
     stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")),
-                        config.min_pass_ms)
+                        config.min_pass_ms, config.drafter_nice)
     sessions: dict[str, set[str]] = {}
     others, wall = other_cpu_seconds(), time.perf_counter()
     try:

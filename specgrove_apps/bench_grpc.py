@@ -139,10 +139,12 @@ class GrpcStacks:
     """One local deployment per link delay and draft-ahead setting, started lazily, all stopped
     together."""
 
-    def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0):
-        """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target)."""
+    def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0,
+                 drafter_nice: int = 0):
+        """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target);
+        drafter_nice: the drafter's niceness (``start_stack``)."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
-        self.min_pass_ms = min_pass_ms
+        self.min_pass_ms, self.drafter_nice = min_pass_ms, drafter_nice
         self.stacks: dict[tuple[float, bool], object] = {}
 
     @staticmethod
@@ -166,7 +168,7 @@ class GrpcStacks:
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
                 extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
                                                                  "guess": ("--guess-ahead",)}[ahead]),
-                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
+                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)), drafter_nice=self.drafter_nice,
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead))})
         return Client(self.stacks[delay, ahead].address)
 

@@ -66,3 +66,33 @@ def test_guessing_leaves_the_sessions_cache_as_it_was(tiny_target, tiny_feature_
     assert torch.equal(session.sequence.kv[0], before[2])
     again = [lv.tokens[0] for lv in inline(session.grow(context, [-1, 0, 1, 2], SamplingParams(), None))]
     assert again == chain
+
+
+def test_the_rounds_own_logits_give_the_same_guesses_as_feeding_the_chain_again(tiny_target, tiny_feature_drafter):
+    """Guesses right after the round's drawing reuse its cached nodes d_1..d_{K−1} and the logits
+    after them (here 3 passes instead of 5); a cache without them feeds the context's last pair
+    and the chain again: the same greedy guesses."""
+    context = tiny_target.encode(PROMPT)
+    session = primed(tiny_feature_drafter, tiny_target, context)
+    chain = [lv.tokens[0] for lv in session.grow_levels(context, [-1, 0, 1], SamplingParams(), None)]
+    warm, cold = _twin(session), _twin(session)
+    cold.sequence.root_logits = None
+    assert warm.sequence.drawn_chain_logits(context, chain) is not None
+    assert cold.sequence.drawn_chain_logits(context, chain) is None
+    (reused, warm_passes), (fed, cold_passes) = [
+        counted(guess_steps(twin, context, chain, SamplingParams(), None, [3, 3, 2, 1])) for twin in (warm, cold)]
+    assert [(g.emitted, [lv.tokens for lv in g.levels]) for g in reused] == [
+        (g.emitted, [lv.tokens for lv in g.levels]) for g in fed]
+    assert (warm_passes, cold_passes) == (3, 5)
+
+
+def counted(steps):
+    """(what ``steps`` returns, the passes it asked for), each pass run at once."""
+    count, reply = 0, None
+    while True:
+        try:
+            item = steps.send(reply)
+        except StopIteration as done:
+            return done.value, count
+        count += 1
+        reply = item.run()
