@@ -39,14 +39,16 @@ def round_key(request) -> bytes:
 
 def next_request(request, reply):
     """Round r + 1's request: round r's plan (its depth capped by the tokens r leaves to emit),
-    its context extended by r's verdict, no leave of its own; None when r leaves nothing to draft."""
+    its context extended by r's verdict, no leave of its own (``ahead_room``: the tokens it may
+    emit, its own included); None when r leaves nothing to draft."""
     emitted = list(reply.accepted_tokens) + [reply.next_token]
     max_len = min(request.plan.max_len, request.ahead_room - len(emitted) - 1)
     if max_len <= 0:
         return None
     following = speculate_pb2.DraftRequest()
     following.CopyFrom(request)
-    following.ahead, following.ahead_room = False, 0
+    following.ahead = False
+    following.ahead_room = request.ahead_room - len(emitted)  # its own room (guessed draft-ahead sizes by it)
     following.plan.max_len = max_len
     following.round.step = request.round.step + 1
     following.round.context = codec.pack_ids(codec.unpack_ids(request.round.context) + emitted)

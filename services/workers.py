@@ -86,10 +86,11 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         timeouts = [t for t in (request.timeout_ms / 1000 if request.timeout_ms else None, context.time_remaining())
                     if t is not None]
         with telemetry.tracer().start_as_current_span("verify guessed round") as span:
+            context.add_callback(self.worker.wake)  # a cancelled call stops waiting for the verdict
             found = self.worker.verify_guess(
                 header.session_id, header.step, codec.unpack_ids(header.context), guesses,
                 codec.params_from_pb(header.sampling), header.seed, header.HasField("features_from"),
-                header.output_start, header.run, min(timeouts) if timeouts else None)
+                header.output_start, header.run, min(timeouts) if timeouts else None, context.is_active)
             span.set_attributes({"specgrove.guesses": len(guesses), "specgrove.guess_hit": found is not None})
         if found is None:
             return speculate_pb2.RoundReply(missed=True)
@@ -137,6 +138,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         self._ahead = AheadRounds(worker.max_sessions, worker.metrics)
         self._flights: dict[str, _Flight] = {}  # session -> its latest round drawn here (guessed draft-ahead)
         self._guessed: dict[str, _Guessed] = {}  # session -> the guesses sent for its next round
+        self._guessing: dict[str, int] = {}  # session -> the latest round whose verdict it guessed (or guesses)
         self._flight_turn = threading.Condition()
         self._guessers = ThreadPoolExecutor(max_workers=max(1, worker.max_sessions), thread_name_prefix="guess")
         from orchestrator.pipeline import CHANNEL_OPTIONS
@@ -159,9 +161,10 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         if not request.verifier:
             raise InvalidArgument("verifier", "the address of the verifier to stream to is required")
         arrived = time.perf_counter()
-        if request.ahead and request.guess and _is_chain(request.plan.shape_parents):
-            parent = otel_context.get_current()
-            self._guessers.submit(self._guess, request, parent, context.time_remaining())
+        if request.ahead and request.guess:
+            self._start_guessing(request, context.time_remaining())  # unless it is guessed already
+        else:  # no leave for the next round: guesses presumed for it are withdrawn
+            self._withdraw_guesses(r.session_id, r.step)
         reply = self._ahead.take(request, arrived)
         if reply is None:
             reply = self._round(request, context.time_remaining())
@@ -178,6 +181,8 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         hit = guessed.by_context.get(r.context) if guessed is not None and guessed.step == r.step else None
         if guessed is not None:
             self.worker.metrics.guessed_rounds.labels(outcome="hit" if hit is not None else "miss").inc()
+        if request.guess:  # presumed leave for the round after: the orchestrator withdraws it if it must
+            self._start_guessing(request, time_remaining)
         if hit is None:
             return self._round(request, time_remaining)
         flight = self._fly(r.session_id, r.step, codec.unpack_ids(r.context))
@@ -199,6 +204,32 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         reply.timing.guessed, reply.timing.guesses = True, guessed.count
         return reply
 
+    def _start_guessing(self, request, time_remaining: float | None) -> None:
+        """Guess the verdict of ``request``'s round (in the background), unless that is under way.
+
+        A round run ahead guesses at once, before the orchestrator's request for it comes with
+        leave for the next round: that request arrives two hops after the previous verdict, too
+        late to draw guesses and send them before the pass ends. The leave is presumed, and
+        withdrawn (``_withdraw_guesses``) when the request comes without it."""
+        r = request.round
+        if not _is_chain(request.plan.shape_parents):
+            return
+        with self._flight_turn:
+            if self._guessing.get(r.session_id) == r.step:
+                return
+            self._guessing[r.session_id] = r.step
+        self._guessers.submit(self._guess, request, otel_context.get_current(), time_remaining)
+
+    def _withdraw_guesses(self, session_id: str, step: int) -> None:
+        """Round ``step`` has no leave for the next one: stop guessing it, cancel guesses sent."""
+        with self._flight_turn:
+            if self._guessing.get(session_id) == step:
+                del self._guessing[session_id]
+            guessed = self._guessed.get(session_id)
+            if guessed is not None and guessed.step == step + 1:
+                del self._guessed[session_id]
+                guessed.future.cancel()  # the verifier drops them (unless the verdict already took one)
+
     def _guess(self, request, parent, time_remaining: float | None) -> None:
         """Guessed draft-ahead: once this round's chain is drawn, and while its verdict is not in,
         draw the next round under each likely verdict and send the guesses to the verifier."""
@@ -214,12 +245,15 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             k = len(flight.chain)
             room = request.ahead_room
             max_lens = [max(0, min(request.plan.max_len, room - (j + 1) - 1)) for j in range(k + 1)]
+            def wanted() -> bool:  # neither the verdict came nor the leave was withdrawn
+                return not flight.done and self._guessing.get(r.session_id) == r.step
+
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("drafter guesses", attributes={
                     "specgrove.session_id": r.session_id, "specgrove.step": r.step + 1}) as span:
                 guesses = self.worker.guesses(r.session_id, r.step, flight.context, flight.chain,
                                               codec.params_from_pb(r.sampling), r.seed, max_lens,
-                                              codec.budget_from_pb(request.plan), lambda: not flight.done)
+                                              codec.budget_from_pb(request.plan), wanted)
                 span.set_attribute("specgrove.guesses", len(guesses))
             if not guesses:
                 if flight.done:
@@ -238,6 +272,8 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             by_context = {codec.pack_ids(flight.context + g.emitted): g for g in guesses}
             verifier = self._verifier(request.verifier)
             with self._flight_turn:
+                if self._guessing.get(r.session_id) != r.step:  # withdrawn
+                    return
                 if flight.done:  # the verdict came first: the guesses are of no use
                     self.worker.metrics.guessed_rounds.labels(outcome="late").inc()
                     return
@@ -364,7 +400,10 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         self.worker.release(request.session_id, request.run)
         self._ahead.drop(request.session_id)
         with self._flight_turn:
-            self._guessed.pop(request.session_id, None)
+            guessed = self._guessed.pop(request.session_id, None)
+            if guessed is not None:
+                guessed.future.cancel()
+            self._guessing.pop(request.session_id, None)
             flight = self._flights.pop(request.session_id, None)
             if flight is not None:
                 flight.done = True  # a guesser drawing for it stops

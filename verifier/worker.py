@@ -10,6 +10,7 @@ then it hands over to one of them. A lone round runs at once, so one session pay
 from __future__ import annotations
 
 import time
+from typing import Callable
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -105,24 +106,25 @@ class VerifierWorker:
     def verify_guess(
         self, session_id: str, step: int, base: list[int], guesses: list[tuple[list[int], TokenTree]],
         params: SamplingParams, seed: int, features: bool = False, output_start: int = 0, run: str = "",
-        timeout_s: float | None = None,
+        timeout_s: float | None = None, wanted: Callable[[], bool] = lambda: True,
     ) -> tuple[int, tuple] | None:
         """Guessed draft-ahead: wait (up to ``timeout_s``) for round ``step`` − 1's verdict on
         ``base``; when ``base`` + one guess's emitted tokens is the context it left, verify that
         guess's tree as round ``step`` at once: (the guess's index, ``verify``'s answer, its
         features from the guessed context's last token on when ``features``). None when no guess
-        matches (or the verdict did not come in time): nothing is verified."""
+        matches (or the verdict did not come in time, or ``wanted()`` turned false: the drafter
+        withdrew them; call ``wake`` then): nothing is verified."""
         for emitted, tree in guesses:
             self.check(base + list(emitted), tree)
-        wanted = step - 1
+        previous = step - 1
 
         def verdict_in() -> bool:
-            return self._verdicts.get(session_id, (-1, None))[0] >= wanted
+            return self._verdicts.get(session_id, (-1, None))[0] >= previous or not wanted()
 
         with self._turn:
             self._turn.wait_for(verdict_in, timeout_s)
             verdict = self._verdicts.get(session_id)
-        if verdict is None or verdict[0] != wanted:
+        if verdict is None or verdict[0] != previous or not wanted():
             return None
         for index, (emitted, tree) in enumerate(guesses):
             context = base + list(emitted)
@@ -130,6 +132,11 @@ class VerifierWorker:
                 return index, self.verify(session_id, step, context, params, seed, tree,
                                           len(context) - 1 if features else None, output_start, run)
         return None
+
+    def wake(self) -> None:
+        """Let waiting guesses look again (their call ended)."""
+        with self._turn:
+            self._turn.notify_all()
 
     def prefix_features(self, session_id: str, context: list[int], start: int, run: str = "") -> torch.Tensor:
         """The target's features of context[start : len(context) − 1] ([n, H]); prefills as needed."""
