@@ -99,3 +99,28 @@ def test_guessed_rounds_keep_the_target_distribution(tmp_path_factory, redis_ser
         cells = [o.token_ids[position - 1] if len(o.token_ids) >= position else vocab for o in outputs]
         assert detectable_tv(exact.marginals[position - 1], N) < MAX_TV
         assert chi_square_p_value(cells, exact.marginals[position - 1]) > ALPHA, position
+
+
+def test_concurrent_sessions_with_guesses_each_get_their_own_greedy_tokens(tiny_target, tiny_feature_drafter,
+                                                                            redis_server):
+    """Four clients at once, guessing on: each session's guesses wait for its own verdict only,
+    and every output is its prompt's greedy continuation (no token lost, duplicated or crossed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["my name is", "the cat sat on", "hello there, general", "once upon a time"]
+    expected = [SpeculativeEngine(tiny_target).generate(tiny_target.encode(p), SamplingParams(max_new_tokens=40))
+                .token_ids for p in prompts]
+    stack = InProcessStack(tiny_target, tiny_feature_drafter, redis_server.url, mode="chain", draft_len=3,
+                           link_delay_ms=DELAY_MS, min_pass_ms=40, guess_ahead=True, goodput=False)
+    try:
+        def run(prompt: str):
+            return Client(stack.address).generate(token_ids=tiny_target.encode(prompt), max_new_tokens=40,
+                                                  draft_len=3).token_ids
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            outputs = list(pool.map(run, prompts))
+        hits = _count(stack.drafter_worker.metrics.registry, "specgrove:draft_guessed_rounds_total", "hit")
+    finally:
+        stack.stop()
+    assert outputs == expected
+    assert hits >= len(prompts)  # guessed rounds were taken while other sessions' rounds were in flight
