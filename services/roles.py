@@ -275,12 +275,14 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
                 extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
                 env: dict[str, str] | None = None,
-                http_port: int | None = None, redis_dir: Path | None = None, drafter_nice: int = 0) -> Stack:
+                http_port: int | None = None, redis_dir: Path | None = None,
+                drafter_prefix: tuple[str, ...] = ()) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
     redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory).
-    drafter_nice: run the drafter at this niceness (benchmarks: on shared cores, a drafter that
-    takes only what the verifier leaves, as one on its own machine never slows the verifier)."""
+    drafter_prefix: a command the drafter runs under, e.g. ``nice -n 19`` or ``chrt --idle 0``
+    (benchmarks: on shared cores, a drafter that takes only the CPU the verifier leaves, as one
+    on its own machine never slows the verifier)."""
     from specgrove.local_redis import LocalRedis, free_port
 
     redis = None
@@ -297,7 +299,7 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
                                  "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"]),
                                  *extra_verifier),
-        "drafter": [*(("nice", "-n", str(drafter_nice)) if drafter_nice else ()),
+        "drafter": [*drafter_prefix,
                     *role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
                                   "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms",
                                   str(link_delay_ms), "--verifier", f"127.0.0.1:{ports['verifier']}")],  # its only one

@@ -140,11 +140,14 @@ class GrpcStacks:
     together."""
 
     def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0,
-                 drafter_nice: int = 0):
+                 drafter_nice: int = 0, drafter_idle: bool = False):
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target);
-        drafter_nice: the drafter's niceness (``start_stack``)."""
+        drafter_nice / drafter_idle: the drafter runs at that niceness / in the idle scheduling
+        class (``start_stack``'s drafter_prefix)."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
-        self.min_pass_ms, self.drafter_nice = min_pass_ms, drafter_nice
+        self.min_pass_ms = min_pass_ms
+        self.drafter_prefix = (("chrt", "--idle", "0") if drafter_idle else ()) + (
+            ("nice", "-n", str(drafter_nice)) if drafter_nice else ())
         self.stacks: dict[tuple[float, bool], object] = {}
 
     @staticmethod
@@ -168,7 +171,7 @@ class GrpcStacks:
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
                 extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
                                                                  "guess": ("--guess-ahead",)}[ahead]),
-                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)), drafter_nice=self.drafter_nice,
+                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)), drafter_prefix=self.drafter_prefix,
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead))})
         return Client(self.stacks[delay, ahead].address)
 

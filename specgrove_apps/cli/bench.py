@@ -35,7 +35,7 @@ def cmd_bench(args) -> int:
         grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
         grpc_serial=args.grpc_serial, grpc_guess=args.grpc_guess,
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
-        min_pass_ms=args.min_pass_ms, drafter_nice=args.drafter_nice,
+        min_pass_ms=args.min_pass_ms, drafter_nice=args.drafter_nice, drafter_idle=args.drafter_idle,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
     )
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
@@ -95,6 +95,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--drafter-nice", type=int, default=0,
                        help="gRPC modes: run the drafter at this niceness (19: it takes only the CPU the verifier "
                             "leaves, as a drafter on its own machine never slows the verifier's pass)")
+    bench.add_argument("--drafter-idle", action="store_true",
+                       help="gRPC modes: run the drafter in the idle scheduling class (chrt --idle: it runs only "
+                            "when nothing else wants the CPU)")
     bench.add_argument("--concurrency", default="",
                        help="comma-separated client counts: every SpecGrove mode again under load, beside "
                             "transformers' generate over padded batches (e.g. 1,2,4,8,16)")
