@@ -90,13 +90,16 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
             found = self.worker.verify_guess(
                 header.session_id, header.step, codec.unpack_ids(header.context), guesses,
                 codec.params_from_pb(header.sampling), header.seed, header.HasField("features_from"),
-                header.output_start, header.run, min(timeouts) if timeouts else None, context.is_active)
+                header.output_start, header.run, min(timeouts) if timeouts else None, context.is_active,
+                list(request.chain) or None)
             span.set_attributes({"specgrove.guesses": len(guesses), "specgrove.guess_hit": found is not None})
         if found is None:
             return speculate_pb2.RoundReply(missed=True)
         index, answer = found
         features_from = len(codec.unpack_ids(header.context)) + len(guesses[index][0]) - 1
-        return self._reply(guesses[index][1], answer, features_from if header.HasField("features_from") else None)
+        reply = self._reply(guesses[index][1], answer, features_from if header.HasField("features_from") else None)
+        reply.guess = index + 1
+        return reply
 
     def _verify(self, header, tree):
         features_from = header.features_from if header.HasField("features_from") else None
@@ -139,6 +142,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         self._flights: dict[str, _Flight] = {}  # session -> its latest round drawn here (guessed draft-ahead)
         self._guessed: dict[str, _Guessed] = {}  # session -> the guesses sent for its next round
         self._guessing: dict[str, int] = {}  # session -> the latest round whose verdict it guessed (or guesses)
+        self._withdrawn: dict[str, int] = {}  # session -> the latest round whose next one had no leave
         self._flight_turn = threading.Condition()
         self._guessers = ThreadPoolExecutor(max_workers=max(1, worker.max_sessions), thread_name_prefix="guess")
         from orchestrator.pipeline import CHANNEL_OPTIONS
@@ -178,28 +182,32 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         r = request.round
         with self._flight_turn:
             guessed = self._guessed.pop(r.session_id, None)
-        hit = guessed.by_context.get(r.context) if guessed is not None and guessed.step == r.step else None
+        found = guessed.by_context.get(r.context) if guessed is not None and guessed.step == r.step else None
         if guessed is not None:
-            self.worker.metrics.guessed_rounds.labels(outcome="hit" if hit is not None else "miss").inc()
+            self.worker.metrics.guessed_rounds.labels(outcome="hit" if found is not None else "miss").inc()
+            if found is None:
+                guessed.future.cancel()
         if request.guess:  # presumed leave for the round after: the orchestrator withdraws it if it must
             self._start_guessing(request, time_remaining)
-        if hit is None:
+        if found is None:
             return self._round(request, time_remaining)
+        index, hit = found
         flight = self._fly(r.session_id, r.step, codec.unpack_ids(r.context))
         self._landed(flight, [level.tokens[0] for level in hit.levels])
         started = time.perf_counter()
         try:
             reply = guessed.future.result(time_remaining)
-        except grpc.RpcError as exc:
+        except Exception as exc:  # noqa: BLE001 - RpcError, a timeout: the round is drawn afresh
+            guessed.future.cancel()
             log.info("guessed round %d of session %s failed (%s); drafting it afresh", r.step, r.session_id, exc)
             reply = None
         finally:
             self._done(flight)
-        if reply is None or reply.missed:
+        if reply is None or reply.missed or reply.guess != index + 1:  # only the very guess that matched
             return self._round(request, time_remaining)
         self.worker.claim(r.session_id, r.step, r.run)
-        timing = {"draft_ms": guessed.draft_ms, "bytes": guessed.bytes, "size": len(hit.levels),
-                  "feature_bytes": 0}
+        timing = {"draft_ms": guessed.draft_ms / guessed.count, "bytes": guessed.bytes, "size": len(hit.levels),
+                  "feature_bytes": 0}  # drawing the guesses, one guess's share (hidden under the last pass)
         reply = self._finish(r, reply, timing, started)
         reply.timing.guessed, reply.timing.guesses = True, guessed.count
         return reply
@@ -215,7 +223,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         if not _is_chain(request.plan.shape_parents):
             return
         with self._flight_turn:
-            if self._guessing.get(r.session_id) == r.step:
+            if self._guessing.get(r.session_id) == r.step or self._withdrawn.get(r.session_id) == r.step:
                 return
             self._guessing[r.session_id] = r.step
         self._guessers.submit(self._guess, request, otel_context.get_current(), time_remaining)
@@ -223,6 +231,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
     def _withdraw_guesses(self, session_id: str, step: int) -> None:
         """Round ``step`` has no leave for the next one: stop guessing it, cancel guesses sent."""
         with self._flight_turn:
+            self._withdrawn[session_id] = step  # a presumed guesser not started yet stays away
             if self._guessing.get(session_id) == step:
                 del self._guessing[session_id]
             guessed = self._guessed.get(session_id)
@@ -260,7 +269,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                     self.worker.metrics.guessed_rounds.labels(outcome="late").inc()
                 return
             draft_ms = (time.perf_counter() - started) * 1000
-            ask = speculate_pb2.GuessRequest(timeout_ms=request.verify_timeout_ms)
+            ask = speculate_pb2.GuessRequest(timeout_ms=request.verify_timeout_ms, chain=flight.chain)
             ask.round.CopyFrom(r)
             ask.round.step = r.step + 1
             if self.worker.needs_features:
@@ -269,7 +278,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                 pb = ask.guesses.add(emitted=guess.emitted)
                 for level in guess.levels:
                     pb.levels.append(codec.level_to_pb(level.tokens, level.parents, level.q_rows))
-            by_context = {codec.pack_ids(flight.context + g.emitted): g for g in guesses}
+            by_context = {codec.pack_ids(flight.context + g.emitted): (i, g) for i, g in enumerate(guesses)}
             verifier = self._verifier(request.verifier)
             with self._flight_turn:
                 if self._guessing.get(r.session_id) != r.step:  # withdrawn
@@ -280,6 +289,9 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                 timeout = request.verify_timeout_ms / 1000 if request.verify_timeout_ms else time_remaining
                 future = verifier.Guess.future(ask, timeout=timeout,  # it answers with the next round's verdict
                                                metadata=telemetry.inject_metadata() + self._auth)
+                previous = self._guessed.pop(r.session_id, None)
+                if previous is not None:
+                    previous.future.cancel()
                 self._guessed[r.session_id] = _Guessed(r.step + 1, by_context, future, draft_ms, ask.ByteSize(),
                                                        len(guesses))
         except Exception:  # noqa: BLE001 - a guess is an optimisation: the round is drawn afresh without it
@@ -377,6 +389,9 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                     else:
                         chain = None
                     message = speculate_pb2.TreeMessage(level=codec.level_to_pb(level.tokens, level.parents, level.q_rows))
+        except BaseException:
+            chain = None  # cut short (stale, cancelled): no verdict to guess
+            raise
         finally:
             self._landed(flight, chain)
 
@@ -404,6 +419,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             if guessed is not None:
                 guessed.future.cancel()
             self._guessing.pop(request.session_id, None)
+            self._withdrawn.pop(request.session_id, None)
             flight = self._flights.pop(request.session_id, None)
             if flight is not None:
                 flight.done = True  # a guesser drawing for it stops
@@ -437,7 +453,7 @@ class _Guessed:
     verifier's answer (``future``)."""
 
     step: int
-    by_context: dict[bytes, Guess]
+    by_context: dict[bytes, tuple[int, Guess]]  # by the context it guesses: (its index, the guess)
     future: object
     draft_ms: float
     bytes: int

@@ -51,6 +51,7 @@ class _Job:
     seed: int = 0
     features_from: int | None = None
     output_start: int = 0
+    guessed: bool = False  # a guessed round (verify_guess): it does not claim its step
     result: tuple | None = None
     error: BaseException | None = None
     done: bool = False
@@ -83,7 +84,8 @@ class VerifierWorker:
         self._turn = self._turns.turn
         self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._tokens_per_pass = 1.0  # EWMA
-        self._verdicts: dict[str, tuple[int, list[int]]] = {}  # session -> (its latest verified step, the context after it)
+        # session -> (its latest verified step, the context after it, that round's tree tokens)
+        self._verdicts: dict[str, tuple[int, list[int], tuple[int, ...]]] = {}
         self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
@@ -106,31 +108,43 @@ class VerifierWorker:
     def verify_guess(
         self, session_id: str, step: int, base: list[int], guesses: list[tuple[list[int], TokenTree]],
         params: SamplingParams, seed: int, features: bool = False, output_start: int = 0, run: str = "",
-        timeout_s: float | None = None, wanted: Callable[[], bool] = lambda: True,
+        timeout_s: float | None = None, wanted: Callable[[], bool] = lambda: True, chain: list[int] | None = None,
     ) -> tuple[int, tuple] | None:
         """Guessed draft-ahead: wait (up to ``timeout_s``) for round ``step`` − 1's verdict on
         ``base``; when ``base`` + one guess's emitted tokens is the context it left, verify that
         guess's tree as round ``step`` at once: (the guess's index, ``verify``'s answer, its
         features from the guessed context's last token on when ``features``). None when no guess
         matches (or the verdict did not come in time, or ``wanted()`` turned false: the drafter
-        withdrew them; call ``wake`` then): nothing is verified."""
+        withdrew them; call ``wake`` then): nothing is verified. ``chain``: the guessed round's
+        tree tokens; a verdict of step − 1 from another tree (another verification of that step,
+        as of a guessed round nobody took) is not the one guessed, and is waited past.
+
+        Guessed rounds do not claim their step against stale rounds (``_admit``): the orchestrator
+        has not asked for them, and may still ask for an earlier step (a plain step after a
+        failed draft) or the same one again."""
         for emitted, tree in guesses:
             self.check(base + list(emitted), tree)
         previous = step - 1
 
+        key = None if chain is None else tuple(chain)
+
+        def this_verdict(verdict) -> bool:
+            return verdict is not None and verdict[0] == previous and (key is None or verdict[2] == key)
+
         def verdict_in() -> bool:
-            return self._verdicts.get(session_id, (-1, None))[0] >= previous or not wanted()
+            verdict = self._verdicts.get(session_id)
+            return this_verdict(verdict) or (verdict is not None and verdict[0] > previous) or not wanted()
 
         with self._turn:
             self._turn.wait_for(verdict_in, timeout_s)
             verdict = self._verdicts.get(session_id)
-        if verdict is None or verdict[0] != previous or not wanted():
+        if not this_verdict(verdict) or not wanted():
             return None
         for index, (emitted, tree) in enumerate(guesses):
             context = base + list(emitted)
             if context == verdict[1]:
-                return index, self.verify(session_id, step, context, params, seed, tree,
-                                          len(context) - 1 if features else None, output_start, run)
+                return index, self._submit(_Job(session_id, step, run, context, tree, params, seed,
+                                                len(context) - 1 if features else None, output_start, guessed=True))
         return None
 
     def wake(self) -> None:
@@ -278,7 +292,8 @@ class VerifierWorker:
         if job.step < session.step:
             raise StaleRound(f"session {job.session_id}: round {job.step} is older than round {session.step}, "
                              "already verified here")
-        session.step = job.step
+        if not job.guessed:
+            session.step = job.step
         if session.constraint is None and job.params.grammar is not None:
             session.constraint = for_session(job.params.grammar, self.model.tokenizer, self.model.vocab_size,
                                              job.output_start)
@@ -311,7 +326,8 @@ class VerifierWorker:
         generator = None if params.greedy else round_generator(job.seed, job.step, VERIFY_STREAM)
         result = verify_tree(tree, p, params.greedy, generator)
         self.target.keep_path(state, result.accepted_nodes)
-        self._verdicts[job.session_id] = (job.step, job.context + result.accepted_tokens + [result.next_token])
+        self._verdicts[job.session_id] = (job.step, job.context + result.accepted_tokens + [result.next_token],
+                                          tuple(tree.tokens.tolist()))
         features = None
         if job.features_from is not None:
             features = state.features[: len(job.context) + len(result.accepted_tokens)][job.features_from:]

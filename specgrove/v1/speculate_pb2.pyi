@@ -96,14 +96,16 @@ class GuessedRound(_message.Message):
     def __init__(self, emitted: _Optional[_Iterable[int]] = ..., levels: _Optional[_Iterable[_Union[TreeLevel, _Mapping]]] = ...) -> None: ...
 
 class GuessRequest(_message.Message):
-    __slots__ = ("round", "guesses", "timeout_ms")
+    __slots__ = ("round", "guesses", "timeout_ms", "chain")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GUESSES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     round: RoundContext
     guesses: _containers.RepeatedCompositeFieldContainer[GuessedRound]
     timeout_ms: int
-    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., guesses: _Optional[_Iterable[_Union[GuessedRound, _Mapping]]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    chain: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[_Union[RoundContext, _Mapping]] = ..., guesses: _Optional[_Iterable[_Union[GuessedRound, _Mapping]]] = ..., timeout_ms: _Optional[int] = ..., chain: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TreeMessage(_message.Message):
     __slots__ = ("header", "level")
@@ -142,7 +144,7 @@ class Timing(_message.Message):
     def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ..., ahead: _Optional[bool] = ..., overlap_ms: _Optional[float] = ..., guessed: _Optional[bool] = ..., guesses: _Optional[int] = ...) -> None: ...
 
 class RoundReply(_message.Message):
-    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features", "missed")
+    __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features", "missed", "guess")
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +155,7 @@ class RoundReply(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     MISSED_FIELD_NUMBER: _ClassVar[int]
+    GUESS_FIELD_NUMBER: _ClassVar[int]
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     next_token: int
@@ -163,7 +166,8 @@ class RoundReply(_message.Message):
     timing: Timing
     features: FeatureBlock
     missed: bool
-    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ..., missed: _Optional[bool] = ...) -> None: ...
+    guess: int
+    def __init__(self, accepted_nodes: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., accepted_rank: _Optional[_Iterable[int]] = ..., num_children: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ..., tree_depth: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ..., missed: _Optional[bool] = ..., guess: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id", "run")

@@ -59,3 +59,20 @@ def test_guesses_wait_for_their_verdict_and_can_be_withdrawn(tiny_target):
     worker.wake()
     withdrawn.join(5)
     assert not withdrawn.is_alive() and answers["withdrawn"] is None
+
+
+def test_guesses_are_of_their_rounds_verdict_and_claim_no_step(tiny_target):
+    """A verdict of the guessed round's step from another tree (another verification of that
+    step) is not the one guessed. Guessed rounds, two in a row, leave the session's step where the
+    drafter's rounds left it, so the orchestrator may still ask for the step after that one (a
+    plain step after a failed draft) and be served."""
+    worker, context, token = first_round(tiny_target, "the cat sat")  # round 1: a plain step (no tree)
+    assert worker.verify_guess("s", 2, context, [([token], chain([5]))], GREEDY, 0, chain=[9], timeout_s=0.2) is None
+    index, (second, *_) = worker.verify_guess("s", 2, context, [([token], chain([5]))], GREEDY, 0, chain=[])
+    after_second = context + [token] + second.accepted_tokens + [second.next_token]
+    found = worker.verify_guess("s", 3, context + [token], [
+        (second.accepted_tokens + [second.next_token], chain([6]))], GREEDY, 0, chain=[5])
+    assert found is not None and len(after_second) > len(context) + 1
+    plain, *_ = worker.verify("s", 2, context + [token], GREEDY, 0, empty_tree())  # not stale: guesses claim no step
+    expected, *_ = VerifierWorker(tiny_target).verify("t", 1, context + [token], GREEDY, 0, empty_tree())
+    assert plain == expected
