@@ -21,8 +21,9 @@ level by level."""
 
 from __future__ import annotations
 
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -30,17 +31,46 @@ import torch
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
+_calls: queue.SimpleQueue | None = None  # (future, call) pairs for the compute thread
 _ident: int | None = None
 
 
-def _thread() -> ThreadPoolExecutor:
-    global _executor, _ident
+def _thread() -> queue.SimpleQueue:
+    """The compute thread's queue, started on first use.
+
+    Not a ThreadPoolExecutor: its ``submit`` holds a lock shared by every executor of the
+    process while it allocates, so a garbage-collected generator whose cleanup runs model work
+    here (a drafter round's ``finally`` closing its steps) could fire inside ``submit`` and wait
+    for that very lock: a served drafter hung this way in a failover test. SimpleQueue.put is
+    reentrant, and once the thread runs no lock is taken on the way in."""
+    global _calls
+    calls = _calls
+    if calls is not None:
+        return calls
     with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specgrove-compute")
-            _ident = _executor.submit(threading.get_ident).result()
-        return _executor
+        if _calls is None:
+            calls, started = queue.SimpleQueue(), threading.Event()
+            threading.Thread(target=_serve, args=(calls, started), name="specgrove-compute", daemon=True).start()
+            started.wait()
+            _calls = calls
+        return _calls
+
+
+def _serve(calls: queue.SimpleQueue, started: threading.Event) -> None:
+    global _ident
+    _ident = threading.get_ident()
+    started.set()
+    while True:
+        future, call = calls.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller, as an executor would
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        del future, call
 
 
 def on_compute_thread() -> bool:
@@ -61,7 +91,9 @@ def on_compute(fn: Callable[..., T], *args, **kwargs) -> T:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return fn(*args, **kwargs)
 
-    return _thread().submit(call).result()
+    future: Future = Future()
+    _thread().put((future, call))
+    return future.result()
 
 
 _DONE = object()
