@@ -37,12 +37,19 @@ def round_key(request) -> bytes:
     return request.round.SerializeToString(deterministic=True) + b"\0" + request.verifier.encode()
 
 
+def next_max_len(request, emitted: int) -> int:
+    """The most tokens round r + 1 may draft when round r (``request``) emits ``emitted``: r's
+    depth cap, within the tokens r leaves to emit less one (a round emits one more than it
+    accepts). Guessed rounds are sized by it too."""
+    return min(request.plan.max_len, request.ahead_room - emitted - 1)
+
+
 def next_request(request, reply):
     """Round r + 1's request: round r's plan (its depth capped by the tokens r leaves to emit),
     its context extended by r's verdict, no leave of its own (``ahead_room``: the tokens it may
     emit, its own included); None when r leaves nothing to draft."""
     emitted = list(reply.accepted_tokens) + [reply.next_token]
-    max_len = min(request.plan.max_len, request.ahead_room - len(emitted) - 1)
+    max_len = next_max_len(request, len(emitted))
     if max_len <= 0:
         return None
     following = speculate_pb2.DraftRequest()

@@ -15,7 +15,7 @@ import grpc
 
 from opentelemetry import context as otel_context
 
-from drafter.ahead import AheadRounds
+from drafter.ahead import AheadRounds, next_max_len
 from drafter.guess import Guess
 from drafter.model_drafter import Level, tree_from_levels
 from drafter.worker import DrafterWorker
@@ -251,9 +251,8 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
                 flight = self._flights.get(r.session_id)
             if flight is None or flight.step != r.step or flight.done or not flight.chain:
                 return
-            k = len(flight.chain)
-            room = request.ahead_room
-            max_lens = [max(0, min(request.plan.max_len, room - (j + 1) - 1)) for j in range(k + 1)]
+            max_lens = [max(0, next_max_len(request, j + 1)) for j in range(len(flight.chain) + 1)]
+
             def wanted() -> bool:  # neither the verdict came nor the leave was withdrawn
                 return not flight.done and self._guessing.get(r.session_id) == r.step
 
@@ -310,13 +309,17 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
             self._flight_turn.notify_all()
         return flight
 
-    def _landed(self, flight: "_Flight", chain: list[int] | None) -> None:
+    def _landed(self, flight: "_Flight | None", chain: list[int] | None) -> None:
         """The flight's tree is drawn (``chain``: its tokens when it is a chain, else None)."""
+        if flight is None:
+            return
         with self._flight_turn:
             flight.chain, flight.drawn = chain, True
             self._flight_turn.notify_all()
 
-    def _done(self, flight: "_Flight") -> None:
+    def _done(self, flight: "_Flight | None") -> None:
+        if flight is None:
+            return
         with self._flight_turn:
             flight.done = True
             self._flight_turn.notify_all()
@@ -339,7 +342,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         levels = self.worker.levels(r.session_id, r.step, ids, codec.params_from_pb(r.sampling), r.seed,
                                     list(request.plan.shape_parents), codec.budget_from_pb(request.plan),
                                     r.output_start, r.run, timing)
-        flight = self._fly(r.session_id, r.step, ids)
+        flight = self._fly(r.session_id, r.step, ids) if request.guess else None  # only guessers read flights
         started = time.perf_counter()
         try:
             reply = verifier.Verify(self._messages(header, levels, timing, flight), timeout=timeout,
@@ -363,9 +366,9 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
         return fetch
 
-    def _messages(self, header, levels, timing: dict, flight: "_Flight"):
+    def _messages(self, header, levels, timing: dict, flight: "_Flight | None"):
         """The Verify stream: the header, then each level as soon as it is drawn (on a gRPC thread).
-        When the last is drawn, ``flight`` learns the tree (its tokens, if it is a chain)."""
+        When the last is drawn, ``flight`` (if any) learns the tree (its tokens, if it is a chain)."""
         tracer, parent = telemetry.tracer(), otel_context.get_current()
         message = speculate_pb2.TreeMessage(header=header)
         chain: list[int] | None = []

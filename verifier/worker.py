@@ -10,9 +10,9 @@ then it hands over to one of them. A lone round runs at once, so one session pay
 from __future__ import annotations
 
 import time
-from typing import Callable
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -84,8 +84,8 @@ class VerifierWorker:
         self._turn = self._turns.turn
         self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._tokens_per_pass = 1.0  # EWMA
-        # session -> (its latest verified step, the context after it, that round's tree tokens)
-        self._verdicts: dict[str, tuple[int, list[int], tuple[int, ...]]] = {}
+        # session -> (its latest verified step, that round's context, the tokens it emitted, its tree's tokens)
+        self._verdicts: dict[str, tuple[int, list[int], list[int], list[int]]] = {}
         self.metrics = WorkerMetrics("verify", max_sessions)
 
     def verify(
@@ -126,10 +126,8 @@ class VerifierWorker:
             self.check(base + list(emitted), tree)
         previous = step - 1
 
-        key = None if chain is None else tuple(chain)
-
         def this_verdict(verdict) -> bool:
-            return verdict is not None and verdict[0] == previous and (key is None or verdict[2] == key)
+            return verdict is not None and verdict[0] == previous and (chain is None or verdict[3] == list(chain))
 
         def verdict_in() -> bool:
             verdict = self._verdicts.get(session_id)
@@ -138,11 +136,11 @@ class VerifierWorker:
         with self._turn:
             self._turn.wait_for(verdict_in, timeout_s)
             verdict = self._verdicts.get(session_id)
-        if not this_verdict(verdict) or not wanted():
+        if not this_verdict(verdict) or not wanted() or verdict[1] != base:
             return None
         for index, (emitted, tree) in enumerate(guesses):
-            context = base + list(emitted)
-            if context == verdict[1]:
+            if list(emitted) == verdict[2]:
+                context = base + verdict[2]
                 return index, self._submit(_Job(session_id, step, run, context, tree, params, seed,
                                                 len(context) - 1 if features else None, output_start, guessed=True))
         return None
@@ -326,8 +324,8 @@ class VerifierWorker:
         generator = None if params.greedy else round_generator(job.seed, job.step, VERIFY_STREAM)
         result = verify_tree(tree, p, params.greedy, generator)
         self.target.keep_path(state, result.accepted_nodes)
-        self._verdicts[job.session_id] = (job.step, job.context + result.accepted_tokens + [result.next_token],
-                                          tuple(tree.tokens.tolist()))
+        self._verdicts[job.session_id] = (job.step, job.context, [*result.accepted_tokens, result.next_token],
+                                          tree.tokens.tolist())  # the job's own context: no copy a round
         features = None
         if job.features_from is not None:
             features = state.features[: len(job.context) + len(result.accepted_tokens)][job.features_from:]
