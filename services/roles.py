@@ -276,13 +276,14 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
                 extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
                 env: dict[str, str] | None = None,
                 http_port: int | None = None, redis_dir: Path | None = None,
-                drafter_prefix: tuple[str, ...] = ()) -> Stack:
+                prefixes: dict[str, tuple[str, ...]] | None = None) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
     redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory).
-    drafter_prefix: a command the drafter runs under, e.g. ``nice -n 19`` or ``chrt --idle 0``
-    (benchmarks: on shared cores, a drafter that takes only the CPU the verifier leaves, as one
-    on its own machine never slows the verifier)."""
+    prefixes: per role, a command it runs under, e.g. ``{"drafter": ("nice", "-n", "19")}``,
+    ``chrt --idle 0`` or ``taskset -c 1`` (benchmarks: on shared cores, a drafter that takes only
+    the CPU the verifier leaves, or each role on its own core, as roles on their own machines
+    never slow each other)."""
     from specgrove.local_redis import LocalRedis, free_port
 
     redis = None
@@ -295,18 +296,19 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
     if http_port is not None:
         ports["http"] = http_port or free_port()
         http = ("--http-port", str(ports["http"]))
+    prefixes = prefixes or {}
     commands = {
-        "verifier": role_command("verifier", ports["verifier"], cache_dir, "--target", target,
+        "verifier": [*prefixes.get("verifier", ()), *role_command("verifier", ports["verifier"], cache_dir, "--target", target,
                                  "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"]),
-                                 *extra_verifier),
-        "drafter": [*drafter_prefix,
+                                 *extra_verifier)],
+        "drafter": [*prefixes.get("drafter", ()),
                     *role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
                                   "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms",
                                   str(link_delay_ms), "--verifier", f"127.0.0.1:{ports['verifier']}")],  # its only one
-        "orchestrator": role_command(
+        "orchestrator": [*prefixes.get("orchestrator", ()), *role_command(
             "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
             "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",
-            "--mode", mode, "--draft-len", str(draft_len), *http, *extra_orchestrator),
+            "--mode", mode, "--draft-len", str(draft_len), *http, *extra_orchestrator)],
     }
     stack = Stack(f"127.0.0.1:{ports['orchestrator']}", redis, ports, commands, worker_env(env), log_dir)
     try:

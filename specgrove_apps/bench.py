@@ -176,6 +176,7 @@ class BenchConfig:
     min_pass_ms: float = 0.0  # the deployments' verifier passes last at least this long (a GPU-bound target)
     drafter_nice: int = 0  # the deployments' drafter runs at this niceness (a drafter that never slows the verifier)
     drafter_idle: bool = False  # ... or in the idle scheduling class (SCHED_IDLE: only when nothing else runs)
+    split_cores: bool = False  # the verifier alone on one core, drafter + orchestrator on the other(s), 1 thread each
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
     concurrency: tuple[int, ...] = ()  # every SpecGrove mode again with this many clients at once, beside
     # transformers' generate over padded batches of as many prompts (aggregate throughput)
@@ -254,7 +255,8 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
     from pathlib import Path
 
     stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")),
-                        config.min_pass_ms, config.drafter_nice, config.drafter_idle)
+                        config.min_pass_ms, config.drafter_nice, config.drafter_idle,
+                        config.split_cores)
     sessions: dict[str, set[str]] = {}
     others, wall = other_cpu_seconds(), time.perf_counter()
     try:

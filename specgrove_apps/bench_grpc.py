@@ -14,6 +14,7 @@ verify, network and the overlap draft-ahead won, and the bytes each round put on
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -140,13 +141,22 @@ class GrpcStacks:
     together."""
 
     def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0,
-                 drafter_nice: int = 0, drafter_idle: bool = False):
+                 drafter_nice: int = 0, drafter_idle: bool = False, split_cores: bool = False):
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target);
         drafter_nice / drafter_idle: the drafter runs at that niceness / in the idle scheduling
-        class (``start_stack``'s drafter_prefix)."""
+        class; split_cores: the verifier alone on the last core, the drafter and the orchestrator
+        on the others, one torch thread each (``start_stack``'s prefixes)."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
-        self.min_pass_ms = min_pass_ms
-        self.drafter_prefix = (("chrt", "--idle", "0") if drafter_idle else ()) + (
+        self.min_pass_ms, self.split_cores = min_pass_ms, split_cores
+        self.prefixes = {role: () for role in ("verifier", "drafter", "orchestrator")}
+        if split_cores:
+            cores = sorted(os.sched_getaffinity(0))
+            if len(cores) < 2:
+                raise ValueError("--split-cores needs at least 2 cores")
+            rest = ",".join(str(core) for core in cores[:-1])
+            self.prefixes = {"verifier": ("taskset", "-c", str(cores[-1])), "drafter": ("taskset", "-c", rest),
+                             "orchestrator": ("taskset", "-c", rest)}
+        self.prefixes["drafter"] += (("chrt", "--idle", "0") if drafter_idle else ()) + (
             ("nice", "-n", str(drafter_nice)) if drafter_nice else ())
         self.stacks: dict[tuple[float, bool], object] = {}
 
@@ -158,8 +168,6 @@ class GrpcStacks:
         return self.work_dir / f"trace-{self._name(delay, ahead)}.jsonl"
 
     def client(self, delay: float, ahead: str = "ahead"):
-        import os
-
         from services.roles import start_stack
         from specgrove_apps.client import Client
 
@@ -171,8 +179,9 @@ class GrpcStacks:
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
                 extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
                                                                  "guess": ("--guess-ahead",)}[ahead]),
-                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)), drafter_prefix=self.drafter_prefix,
-                env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead))})
+                extra_verifier=("--min-pass-ms", str(self.min_pass_ms)), prefixes=self.prefixes,
+                env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead)),
+                     **({"OMP_NUM_THREADS": "1"} if self.split_cores else {})})
         return Client(self.stacks[delay, ahead].address)
 
     def stop(self) -> None:
