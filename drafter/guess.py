@@ -2,8 +2,8 @@
 
 A chain round d_1..d_K ends in one of K + 1 verdicts: j tokens accepted (j = 0..K), then one more
 token x (the target's correction, or its bonus token after a full accept). While the verifier
-checks the chain, the drafter draws the next round under one guess per j: x_j is the draft's best
-token other than d_{j+1} at depth j (its best token after d_K for j = K). The verifier holds the
+checks the chain, the drafter draws the next round under ``width`` guesses per j: x_j is one of the
+draft's best tokens other than d_{j+1} at depth j (after d_K for j = K). The verifier holds the
 guesses and, when the verdict equals one of them, verifies that guess's tree as the next round at
 once: the drafter's draft time and both hops between them drop out of the round.
 
@@ -34,12 +34,13 @@ class Guess:
 
 def guess_steps(
     session, context: list[int], chain: list[int], params: SamplingParams, generator: torch.Generator | None,
-    max_lens: list[int], budget: DraftBudget | None = None,
+    max_lens: list[int], budget: DraftBudget | None = None, width: int = 1,
 ) -> Generator[object, object, list[Guess]]:
     """Steps (the passes it asks for, as ``ModelDraftSession.grow``'s) that return the guesses
     for the round after ``chain`` (drafted after ``context``). ``session``: a draft session on its
     own (forked) cache, which these passes fill with tree nodes. max_lens[j]: the most tokens the
-    next round may draft when this one accepts j (0: no guess for j). The budget's stop rule ends
+    next round may draft when this one accepts j (0: no guess for j). width: the guesses per j,
+    the draft's ``width`` best tokens other than d_(j+1), best first. The budget's stop rule ends
     a guessed chain as it ends a drafted one.
 
     One pass per tree level: a node's input is its parent's output. The chain's nodes and q's
@@ -51,11 +52,11 @@ def guess_steps(
     sequence = session.sequence
     nodes: list[int] = []
     parents: list[int] = []
-    roles: list[tuple[str, int]] = []  # per node: ("d", j) the chain's d_j, or ("g", j) guess j's tail
-    emitted: dict[int, list[int]] = {}
-    levels: dict[int, list[Level]] = {}
+    roles: list[tuple] = []  # per node: ("d", j) the chain's d_j, or ("g", (j, i)) guess (j, i)'s tail
+    emitted: dict[tuple[int, int], list[int]] = {}
+    levels: dict[tuple[int, int], list[Level]] = {}
 
-    def add(token: int, parent: int, role: tuple[str, int]) -> None:
+    def add(token: int, parent: int, role: tuple) -> None:
         nodes.append(token)
         parents.append(parent)
         roles.append(role)
@@ -68,18 +69,20 @@ def guess_steps(
             other = logits.clone()
             if j < k:
                 other[chain[j]] = float("-inf")
-            emitted[j] = chain[:j] + [int(other.argmax())]
-            levels[j] = []
-            add(emitted[j][-1], here, ("g", j))
+            best = other.topk(min(width, other.numel()))
+            for i, x in enumerate(best.indices[best.values > float("-inf")].tolist()):
+                emitted[j, i] = chain[:j] + [x]
+                levels[j, i] = []
+                add(x, here, ("g", (j, i)))
 
-    def after_guess(j: int, logits: torch.Tensor, node: int) -> None:
+    def after_guess(j: tuple[int, int], logits: torch.Tensor, node: int) -> None:
         """Guess j's deepest node (``node``) has its logits: draw its next token."""
         ids, probs, picked, q = session._children(logits, 1, params, generator)
         if not picked:  # nothing the draft may propose here
             return
         depth = len(levels[j]) + 1
         levels[j].append(Level([picked[0]], [depth - 2], {depth - 1: (ids, probs)}))
-        if depth < max_lens[j] and not (budget is not None and budget.stops(logits, q, params.greedy)):
+        if depth < max_lens[j[0]] and not (budget is not None and budget.stops(logits, q, params.greedy)):
             add(picked[0], node, ("g", j))
 
     drawn = getattr(sequence, "drawn_chain_logits", lambda *args: None)(context, chain)

@@ -26,11 +26,15 @@ MAX_SESSIONS = 64
 
 class DrafterWorker:
     def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None, max_batch: int = MAX_BATCH,
-                 min_pass_ms: float = 0.0):
+                 min_pass_ms: float = 0.0, guess_width: int = 1):
         """text: the target's TextCodec, whose tokenizer reads a request's grammar (model drafts
         fall back to their own tokenizer; without one, q is not masked: still exact).
         max_batch: the most sessions whose levels share one draft pass (1 turns batching off).
-        min_pass_ms: every draft pass lasts at least this long (a draft on a GPU; tests, benchmarks)."""
+        min_pass_ms: every draft pass lasts at least this long (a draft on a GPU; tests, benchmarks).
+        guess_width: guessed draft-ahead's guesses per acceptance length (``guess_steps``' width)."""
+        if guess_width < 1:
+            raise ValueError(f"guess_width must be at least 1, got {guess_width}")
+        self.guess_width = guess_width
         self.drafter = drafter
         self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name
@@ -107,7 +111,7 @@ class DrafterWorker:
             return []
         twin = on_compute(_twin, session)
         generator = None if params.greedy else round_generator(seed, step + 1, DRAFT_STREAM)
-        steps = guess_steps(twin, context, chain, params, generator, max_lens, budget)
+        steps = guess_steps(twin, context, chain, params, generator, max_lens, budget, self.guess_width)
         reply = None
         while True:
             if not wanted():

@@ -63,10 +63,11 @@ def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_toke
 def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
                   metrics_port: int | None = None, tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
                   limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0, max_batch: int = 16,
-                  min_pass_ms: float = 0.0) -> None:
+                  min_pass_ms: float = 0.0, guess_width: int = 1) -> None:
     """verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any.
     max_batch: the most sessions whose draft levels share one pass; min_pass_ms: each such pass
-    lasts at least this long (a draft on a GPU)."""
+    lasts at least this long (a draft on a GPU); guess_width: guessed verdicts per acceptance
+    length (guessed draft-ahead)."""
     from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
     from services.server import create_drafter_server
@@ -74,7 +75,7 @@ def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path
 
     text = load_text_codec(target, cache_dir)
     drafter, model = make_drafter(draft, text, cache_dir)
-    worker = DrafterWorker(drafter, text=text, max_batch=max_batch, min_pass_ms=min_pass_ms)
+    worker = DrafterWorker(drafter, text=text, max_batch=max_batch, min_pass_ms=min_pass_ms, guess_width=guess_width)
     server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token, tls=tls, verifiers=verifiers,
                                           limits=limits, link_delay_ms=link_delay_ms)
     if not verifiers:
@@ -274,7 +275,7 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
                 extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
-                env: dict[str, str] | None = None,
+                extra_drafter: tuple[str, ...] = (), env: dict[str, str] | None = None,
                 http_port: int | None = None, redis_dir: Path | None = None,
                 prefixes: dict[str, tuple[str, ...]] | None = None) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
@@ -304,7 +305,8 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
         "drafter": [*prefixes.get("drafter", ()),
                     *role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
                                   "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms",
-                                  str(link_delay_ms), "--verifier", f"127.0.0.1:{ports['verifier']}")],  # its only one
+                                  str(link_delay_ms), "--verifier", f"127.0.0.1:{ports['verifier']}",  # its only one
+                                  *extra_drafter)],
         "orchestrator": [*prefixes.get("orchestrator", ()), *role_command(
             "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
             "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",

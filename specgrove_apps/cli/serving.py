@@ -47,7 +47,7 @@ def cmd_serve(args) -> int:
     elif args.role == "drafter":
         roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
                             args.metrics_port, tls, tuple(args.verifier), limits, args.link_delay_ms, args.max_batch,
-                            args.min_pass_ms)
+                            args.min_pass_ms, args.guess_width)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -131,6 +131,10 @@ def add_serve(sub) -> None:
                        help="orchestrator, with draft-ahead, on chains: while a round is verified the drafter also "
                             "draws the next one under each likely verdict, and the verifier starts the one that "
                             "matches at once (pays where the verifier's pass leaves the drafter idle: a GPU)")
+    serve.add_argument("--guess-width", type=int, default=1,
+                       help="drafter: with --guess-ahead, the guessed verdicts per acceptance length (the draft's "
+                            "best tokens after it, other than the one it drafted; more hit more often and cost wider "
+                            "draft passes)")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
     serve.add_argument("--max-sessions", type=int, default=64,
                        help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")

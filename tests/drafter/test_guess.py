@@ -1,10 +1,11 @@
 """Guessed draft-ahead's drawing (drafter/guess.py): each guess is the verdict it names (j chain
-tokens, then the draft's best other token) and a chain whose q rows are exactly the draft's own
+tokens, then one of the draft's best other tokens) and a chain whose q rows are exactly the draft's own
 distributions after that guessed context, computed afresh token by token; the tokens are drawn
 from them. So a verifier that takes a guess verifies a proposal whose q is the truth."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from drafter.feature_drafter import FeatureSequence, target_features
@@ -26,7 +27,8 @@ def primed(drafter, target, context):
     return session
 
 
-def test_each_guess_is_a_verdict_and_a_chain_drawn_from_the_q_it_reports(tiny_target, tiny_feature_drafter):
+@pytest.mark.parametrize("width", [1, 2])
+def test_each_guess_is_a_verdict_and_a_chain_drawn_from_the_q_it_reports(tiny_target, tiny_feature_drafter, width):
     context = tiny_target.encode(PROMPT)
     session = primed(tiny_feature_drafter, tiny_target, context)
     chain_shape = [-1, 0, 1]
@@ -35,9 +37,12 @@ def test_each_guess_is_a_verdict_and_a_chain_drawn_from_the_q_it_reports(tiny_ta
     params = SamplingParams(temperature=1.0, top_k=8)
     generator = torch.Generator().manual_seed(0)
     max_lens = [3, 3, 2, 1]
-    guesses = run_alone(guess_steps(_twin(session), context, chain, params, generator, max_lens))
-    assert [len(g.emitted) for g in guesses] == [1, 2, 3, 4]  # j = 0..3 accepted, then one token
-    for j, guess in enumerate(guesses):
+    guesses = run_alone(guess_steps(_twin(session), context, chain, params, generator, max_lens, width=width))
+    # j = 0..3 accepted, then one token: `width` different ones per j
+    assert [len(g.emitted) for g in guesses] == [j + 1 for j in range(4) for _ in range(width)]
+    assert len({tuple(g.emitted) for g in guesses}) == len(guesses)
+    for n, guess in enumerate(guesses):
+        j = n // width
         assert guess.emitted[:j] == chain[:j]
         assert j == len(chain) or guess.emitted[j] != chain[j]  # not the token the chain drafted there
         assert 1 <= len(guess.levels) <= max_lens[j]
@@ -50,10 +55,10 @@ def test_each_guess_is_a_verdict_and_a_chain_drawn_from_the_q_it_reports(tiny_ta
             assert torch.allclose(dense(ids, probs), dense(want_ids, want_probs), atol=1e-5)  # ties may reorder
             assert level.tokens[0] in ids.tolist()
             path = path + level.tokens
-    # the best other token after d_j is the draft's own: the x of guess 0 is its runner-up at the root
+    # the best other tokens after d_j are the draft's own: the x's for j = 0 follow its runner-up at the root
     root = run_alone(session.sequence.fork().logits_for_steps(context))[0].clone()
     root[chain[0]] = float("-inf")
-    assert guesses[0].emitted == [int(root.argmax())]
+    assert [g.emitted for g in guesses[:width]] == [[x] for x in root.topk(width).indices.tolist()]
 
 
 def test_guessing_leaves_the_sessions_cache_as_it_was(tiny_target, tiny_feature_drafter):
