@@ -34,14 +34,15 @@ class Guess:
 
 def guess_steps(
     session, context: list[int], chain: list[int], params: SamplingParams, generator: torch.Generator | None,
-    max_lens: list[int], budget: DraftBudget | None = None, width: int = 1,
+    max_lens: list[int], budget: DraftBudget | None = None, width: int = 1, count: int | None = None,
 ) -> Generator[object, object, list[Guess]]:
     """Steps (the passes it asks for, as ``ModelDraftSession.grow``'s) that return the guesses
     for the round after ``chain`` (drafted after ``context``). ``session``: a draft session on its
     own (forked) cache, which these passes fill with tree nodes. max_lens[j]: the most tokens the
     next round may draft when this one accepts j (0: no guess for j). width: the guesses per j,
-    the draft's ``width`` best tokens other than d_(j+1), best first. The budget's stop rule ends
-    a guessed chain as it ends a drafted one.
+    the draft's ``width`` best tokens other than d_(j+1), best first. count: instead, the ``count``
+    verdicts the draft deems most likely over all j (``likely_verdicts``), chosen once the logits
+    after d_K are known. The budget's stop rule ends a guessed chain as it ends a drafted one.
 
     One pass per tree level: a node's input is its parent's output. The chain's nodes and q's
     logits after them are reused when the cache still holds them from the round's own drawing
@@ -61,19 +62,30 @@ def guess_steps(
         parents.append(parent)
         roles.append(role)
 
+    def start(j: int, i: int, x: int, here: int) -> None:
+        emitted[j, i] = chain[:j] + [x]
+        levels[j, i] = []
+        add(x, here, ("g", (j, i)))
+
+    known: list[tuple[torch.Tensor, int]] = []  # count: the logits after d_1..d_j and d_j's node, per j
+
     def after_chain(j: int, logits: torch.Tensor, here: int) -> None:
         """The logits after d_1..d_j are known (``here``: d_j's node; −1, the root, for j = 0)."""
         if j < k and not any(role == ("d", j + 1) for role in roles):
             add(chain[j], here, ("d", j + 1))
-        if max_lens[j] > 0:
+        if count is not None:
+            known.append((logits, here))
+            if j == k:  # every verdict's probability is known: the most likely ones are guessed
+                picks = likely_verdicts([row for row, _ in known], chain, count, max_lens)
+                for i, (j_, x) in enumerate(picks):
+                    start(j_, i, x, known[j_][1])
+        elif max_lens[j] > 0:
             other = logits.clone()
             if j < k:
                 other[chain[j]] = float("-inf")
             best = other.topk(min(width, other.numel()))
             for i, x in enumerate(best.indices[best.values > float("-inf")].tolist()):
-                emitted[j, i] = chain[:j] + [x]
-                levels[j, i] = []
-                add(x, here, ("g", (j, i)))
+                start(j, i, x, here)
 
     def after_guess(j: tuple[int, int], logits: torch.Tensor, node: int) -> None:
         """Guess j's deepest node (``node``) has its logits: draw its next token."""
@@ -104,3 +116,26 @@ def guess_steps(
                 after_guess(j, logits, node)
         first = last
     return [Guess(emitted[j], levels[j]) for j in sorted(levels) if levels[j]]
+
+
+def likely_verdicts(logits: list[torch.Tensor], chain: list[int], count: int,
+                    max_lens: list[int] | None = None) -> list[tuple[int, int]]:
+    """The ``count`` verdicts (j, x) of a chain round the draft deems most likely, most likely
+    first: logits[j] are the draft's logits after d_1..d_j (j = 0..K), and with q = softmax at
+    T = 1 the verdict "j accepted, then x" (x other than d_(j+1)) scores
+    q_0(d_1) ⋯ q_(j−1)(d_j) · q_j(x). Verdicts with max_lens[j] = 0 are skipped."""
+    scored, reach = [], 1.0
+    for j, row in enumerate(logits):
+        q = torch.softmax(row.float(), -1)
+        if max_lens is None or max_lens[j] > 0:
+            if j < len(chain):
+                q_other = q.clone()
+                q_other[chain[j]] = 0.0
+            else:
+                q_other = q
+            best = q_other.topk(min(count, q.numel()))
+            scored += [(reach * p, j, x) for p, x in zip(best.values.tolist(), best.indices.tolist()) if p > 0]
+        if j < len(chain):
+            reach *= float(q[chain[j]])
+    scored.sort(key=lambda s: -s[0])
+    return [(j, x) for _, j, x in scored[:count]]

@@ -26,15 +26,16 @@ MAX_SESSIONS = 64
 
 class DrafterWorker:
     def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None, max_batch: int = MAX_BATCH,
-                 min_pass_ms: float = 0.0, guess_width: int = 1):
+                 min_pass_ms: float = 0.0, guess_width: int = 1, guess_count: int | None = None):
         """text: the target's TextCodec, whose tokenizer reads a request's grammar (model drafts
         fall back to their own tokenizer; without one, q is not masked: still exact).
         max_batch: the most sessions whose levels share one draft pass (1 turns batching off).
         min_pass_ms: every draft pass lasts at least this long (a draft on a GPU; tests, benchmarks).
-        guess_width: guessed draft-ahead's guesses per acceptance length (``guess_steps``' width)."""
-        if guess_width < 1:
-            raise ValueError(f"guess_width must be at least 1, got {guess_width}")
-        self.guess_width = guess_width
+        guess_width: guessed draft-ahead's guesses per acceptance length (``guess_steps``' width);
+        guess_count: instead, that many guesses, the verdicts the draft deems most likely."""
+        if guess_width < 1 or (guess_count is not None and guess_count < 1):
+            raise ValueError(f"guess width and count must be at least 1, got {guess_width} and {guess_count}")
+        self.guess_width, self.guess_count = guess_width, guess_count
         self.drafter = drafter
         self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name
@@ -111,7 +112,8 @@ class DrafterWorker:
             return []
         twin = on_compute(_twin, session)
         generator = None if params.greedy else round_generator(seed, step + 1, DRAFT_STREAM)
-        steps = guess_steps(twin, context, chain, params, generator, max_lens, budget, self.guess_width)
+        steps = guess_steps(twin, context, chain, params, generator, max_lens, budget, self.guess_width,
+                            self.guess_count)
         reply = None
         while True:
             if not wanted():

@@ -1,4 +1,4 @@
-"""How often a guessed next round would be right (issue 16's guessed draft-ahead, not built).
+"""How often a guessed next round would be right (issue 16's guessed draft-ahead, drafter/guess.py).
 
 While round r is verified, a drafter could draw round r + 1 under guessed verdicts: "j draft
 tokens accepted, then token x", for each j = 0 .. K, with x among the draft's own top candidates
@@ -6,7 +6,9 @@ at position j + 1 (its drafted token there excluded when j < K, since a rejectio
 target's token differs). A verifier holding those guessed trees could start the next pass the
 moment its verdict matches one. This measures the share of rounds whose verdict is among R such
 guesses per j (``hit_top{R}_every_j``: (K + 1) · R guesses) or among R guesses of the full path
-only (``hit_top{R}_full_path_only``).
+only (``hit_top{R}_full_path_only``), or among the N guesses the draft itself deems most likely
+(``hit_scored_top{N}``): a guess (j, x) scores q'_1(d_1) ⋯ q'_j(d_j) · q'_(j+1)(x), q' being the
+draft's distribution at T = 1 over its candidates (recovered from q at the run's temperature).
 
 Chain rounds of K are drawn and verified through the engine's own workers, with the draft one
 level deeper than verified, for its candidates at the bonus position. At T = 0 the draft's q is
@@ -25,16 +27,31 @@ import uuid
 
 import torch
 
+from drafter.guess import likely_verdicts
 from drafter.model_drafter import tree_from_levels
 from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 
 RANKS = (1, 2, 3, 5)
+SCORED = (1, 2, 3, 5, 8, 10, 15)
 
 
-def verdict_ranks(engine, prompt_ids: list[int], k: int, params: SamplingParams) -> list[tuple[int, int]]:
+def scored_rank(rows: list[tuple[torch.Tensor, torch.Tensor]], chain: list[int], temperature: float,
+                verdict: tuple[int, int]) -> int:
+    """The rank (1-based; 0: not among the first max(SCORED)) of ``verdict`` (j, next token) among
+    the guesses ``likely_verdicts`` ranks (what ``guess_steps(count=N)`` guesses). rows[i]: the
+    draft's (ids, q) at position i + 1 (i = 0..K), q warped at ``temperature``, whose logits over
+    its candidates are recovered as temperature · log q."""
+    vocab = 1 + max(int(ids.max()) for ids, _ in rows)
+    logits = [torch.full((vocab,), float("-inf")).index_put((ids,), temperature * torch.log(q.clamp_min(1e-30)))
+              for ids, q in rows]
+    order = likely_verdicts(logits, chain, max(SCORED))
+    return order.index(verdict) + 1 if verdict in order else 0
+
+
+def verdict_ranks(engine, prompt_ids: list[int], k: int, params: SamplingParams) -> list[tuple[int, int, int]]:
     """Per speculative round of one generation: (j accepted, the rank of the next token among the
-    draft's candidates at position j + 1, 0 when not among them)."""
+    draft's candidates at position j + 1, 0 when not among them, the verdict's ``scored_rank``)."""
     session, step, context, start, rows = uuid.uuid4().hex, 0, list(prompt_ids), len(prompt_ids), []
     feeds = engine.drafts.needs_features
     try:
@@ -56,7 +73,10 @@ def verdict_ranks(engine, prompt_ids: list[int], k: int, params: SamplingParams)
                 order = [int(i) for i in ids[torch.argsort(q, descending=True)]]
                 if j < k:
                     order = [i for i in order if i != levels[j].tokens[0]]
-                rows.append((j, order.index(verdict.next_token) + 1 if verdict.next_token in order else 0))
+                chain = [level.tokens[0] for level in levels[:k]]
+                scored = scored_rank([levels[i].q_rows[i] for i in range(k + 1)], chain, params.temperature,
+                                     (j, verdict.next_token))
+                rows.append((j, order.index(verdict.next_token) + 1 if verdict.next_token in order else 0, scored))
             context += verdict.accepted_tokens + [verdict.next_token]
             step += 1
     finally:
@@ -70,12 +90,14 @@ def guess_hits(engine, prompts: list[list[int]], k: int = 4, max_new_tokens: int
     params = SamplingParams(temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
     rows = [row for ids in prompts for row in verdict_ranks(engine, ids, k, params)]
     n = max(1, len(rows))
-    accepted = collections.Counter(j for j, _ in rows)
+    accepted = collections.Counter(j for j, _, _ in rows)
     report = {"rounds": len(rows), "draft_len": k, "temperature": temperature,
               "accepted_share": {str(j): round(accepted[j] / n, 4) for j in range(k + 1)}}
     for r in RANKS:
-        report[f"hit_top{r}_every_j"] = round(sum(0 < rank <= r for _, rank in rows) / n, 4)
-        report[f"hit_top{r}_full_path_only"] = round(sum(0 < rank <= r and j == k for j, rank in rows) / n, 4)
+        report[f"hit_top{r}_every_j"] = round(sum(0 < rank <= r for _, rank, _ in rows) / n, 4)
+        report[f"hit_top{r}_full_path_only"] = round(sum(0 < rank <= r and j == k for j, rank, _ in rows) / n, 4)
+    for r in SCORED:
+        report[f"hit_scored_top{r}"] = round(sum(0 < rank <= r for _, _, rank in rows) / n, 4)
     return report
 
 

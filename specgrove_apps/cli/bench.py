@@ -36,7 +36,7 @@ def cmd_bench(args) -> int:
         grpc_serial=args.grpc_serial, grpc_guess=args.grpc_guess,
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
         min_pass_ms=args.min_pass_ms, drafter_nice=args.drafter_nice, drafter_idle=args.drafter_idle,
-        split_cores=args.split_cores, guess_width=args.guess_width,
+        split_cores=args.split_cores, guess_width=args.guess_width, guess_count=args.guess_count,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
     )
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
@@ -101,6 +101,8 @@ def add_parser(sub) -> None:
                             "when nothing else wants the CPU)")
     bench.add_argument("--guess-width", type=int, default=1,
                        help="-guess modes: guessed verdicts per acceptance length (the drafter's --guess-width)")
+    bench.add_argument("--guess-count", type=int, default=None,
+                       help="-guess modes: this many guesses, the most likely verdicts (the drafter's --guess-count)")
     bench.add_argument("--split-cores", action="store_true",
                        help="gRPC modes: the verifier alone on the last core, the drafter and the orchestrator on the "
                             "others, one torch thread each (roles that never take each other's CPU, as on their own "
