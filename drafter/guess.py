@@ -2,8 +2,10 @@
 
 A chain round d_1..d_K ends in one of K + 1 verdicts: j tokens accepted (j = 0..K), then one more
 token x (the target's correction, or its bonus token after a full accept). While the verifier
-checks the chain, the drafter draws the next round under ``width`` guesses per j: x_j is one of the
-draft's best tokens other than d_{j+1} at depth j (after d_K for j = K). The verifier holds the
+checks the chain, the drafter draws the next round under the verdicts the draft itself deems most
+likely (``likely_verdicts``: "j accepted" as likely as q(d_1) ⋯ q(d_j), then x by q(x)), or under
+``width`` guesses per j: x_j one of the draft's best tokens other than d_{j+1} at depth j (after
+d_K for j = K). The verifier holds the
 guesses and, when the verdict equals one of them, verifies that guess's tree as the next round at
 once: the drafter's draft time and both hops between them drop out of the round.
 
@@ -24,6 +26,9 @@ import torch
 from drafter.model_drafter import Level, _steps
 from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
+
+
+GUESS_COUNT = 10  # a drafter's guesses per round by default: the verdicts it deems most likely
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Callable, Iterator
 
 from drafter.batching import MAX_BATCH, LevelBatcher, Steps
-from drafter.guess import Guess, guess_steps
+from drafter.guess import GUESS_COUNT, Guess, guess_steps
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.compute import on_compute
@@ -26,16 +26,16 @@ MAX_SESSIONS = 64
 
 class DrafterWorker:
     def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None, max_batch: int = MAX_BATCH,
-                 min_pass_ms: float = 0.0, guess_width: int = 1, guess_count: int | None = None):
+                 min_pass_ms: float = 0.0, guess_count: int = GUESS_COUNT, guess_width: int | None = None):
         """text: the target's TextCodec, whose tokenizer reads a request's grammar (model drafts
         fall back to their own tokenizer; without one, q is not masked: still exact).
         max_batch: the most sessions whose levels share one draft pass (1 turns batching off).
         min_pass_ms: every draft pass lasts at least this long (a draft on a GPU; tests, benchmarks).
-        guess_width: guessed draft-ahead's guesses per acceptance length (``guess_steps``' width);
-        guess_count: instead, that many guesses, the verdicts the draft deems most likely."""
-        if guess_width < 1 or (guess_count is not None and guess_count < 1):
-            raise ValueError(f"guess width and count must be at least 1, got {guess_width} and {guess_count}")
-        self.guess_width, self.guess_count = guess_width, guess_count
+        guess_count: guessed draft-ahead's guesses per round, the verdicts the draft deems most
+        likely (``guess_steps``' count); guess_width: instead, this many per acceptance length."""
+        if guess_count < 1 or (guess_width is not None and guess_width < 1):
+            raise ValueError(f"guess count and width must be at least 1, got {guess_count} and {guess_width}")
+        self.guess_width, self.guess_count = (guess_width, None) if guess_width else (1, guess_count)
         self.drafter = drafter
         self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name

@@ -63,11 +63,11 @@ def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_toke
 def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
                   metrics_port: int | None = None, tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
                   limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0, max_batch: int = 16,
-                  min_pass_ms: float = 0.0, guess_width: int = 1, guess_count: int | None = None) -> None:
+                  min_pass_ms: float = 0.0, guess_count: int = 10, guess_width: int | None = None) -> None:
     """verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any.
     max_batch: the most sessions whose draft levels share one pass; min_pass_ms: each such pass
-    lasts at least this long (a draft on a GPU); guess_width: guessed verdicts per acceptance
-    length (guessed draft-ahead); guess_count: instead, the most likely verdicts, this many."""
+    lasts at least this long (a draft on a GPU); guess_count: guessed draft-ahead's guesses per
+    round, the most likely verdicts; guess_width: instead, this many per acceptance length."""
     from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
     from services.server import create_drafter_server
@@ -75,8 +75,8 @@ def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path
 
     text = load_text_codec(target, cache_dir)
     drafter, model = make_drafter(draft, text, cache_dir)
-    worker = DrafterWorker(drafter, text=text, max_batch=max_batch, min_pass_ms=min_pass_ms, guess_width=guess_width,
-                           guess_count=guess_count)
+    worker = DrafterWorker(drafter, text=text, max_batch=max_batch, min_pass_ms=min_pass_ms, guess_count=guess_count,
+                           guess_width=guess_width)
     server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token, tls=tls, verifiers=verifiers,
                                           limits=limits, link_delay_ms=link_delay_ms)
     if not verifiers:

@@ -142,12 +142,12 @@ class GrpcStacks:
 
     def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0,
                  drafter_nice: int = 0, drafter_idle: bool = False, split_cores: bool = False,
-                 guess_width: int = 1, guess_count: int | None = None):
+                 guess_count: int = 10, guess_width: int | None = None):
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target);
         drafter_nice / drafter_idle: the drafter runs at that niceness / in the idle scheduling
         class; split_cores: the verifier alone on the last core, the drafter and the orchestrator
-        on the others, one torch thread each (``start_stack``'s prefixes); guess_width: the
-        guessing deployments' drafter's --guess-width; guess_count: its --guess-count."""
+        on the others, one torch thread each (``start_stack``'s prefixes); guess_count /
+        guess_width: the guessing deployments' drafter's --guess-count / --guess-width."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
         self.min_pass_ms, self.split_cores, self.guess_width = min_pass_ms, split_cores, guess_width
         self.guess_count = guess_count
@@ -183,8 +183,8 @@ class GrpcStacks:
                 extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
                                                                  "guess": ("--guess-ahead",)}[ahead]),
                 extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
-                extra_drafter=(("--guess-width", str(self.guess_width))
-                               + (("--guess-count", str(self.guess_count)) if self.guess_count else ())
+                extra_drafter=(("--guess-count", str(self.guess_count))
+                               + (("--guess-width", str(self.guess_width)) if self.guess_width else ())
                                if ahead == "guess" else ()), prefixes=self.prefixes,
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead)),
                      **({"OMP_NUM_THREADS": "1"} if self.split_cores else {})})

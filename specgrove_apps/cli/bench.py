@@ -99,10 +99,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--drafter-idle", action="store_true",
                        help="gRPC modes: run the drafter in the idle scheduling class (chrt --idle: it runs only "
                             "when nothing else wants the CPU)")
-    bench.add_argument("--guess-width", type=int, default=1,
-                       help="-guess modes: guessed verdicts per acceptance length (the drafter's --guess-width)")
-    bench.add_argument("--guess-count", type=int, default=None,
-                       help="-guess modes: this many guesses, the most likely verdicts (the drafter's --guess-count)")
+    bench.add_argument("--guess-count", type=int, default=10,
+                       help="-guess modes: guesses per round, the most likely verdicts (the drafter's --guess-count)")
+    bench.add_argument("--guess-width", type=int, default=None,
+                       help="-guess modes: instead, this many per acceptance length (the drafter's --guess-width)")
     bench.add_argument("--split-cores", action="store_true",
                        help="gRPC modes: the verifier alone on the last core, the drafter and the orchestrator on the "
                             "others, one torch thread each (roles that never take each other's CPU, as on their own "

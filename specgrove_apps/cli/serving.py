@@ -47,7 +47,7 @@ def cmd_serve(args) -> int:
     elif args.role == "drafter":
         roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
                             args.metrics_port, tls, tuple(args.verifier), limits, args.link_delay_ms, args.max_batch,
-                            args.min_pass_ms, args.guess_width, args.guess_count)
+                            args.min_pass_ms, args.guess_count, args.guess_width)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -87,8 +87,8 @@ def cmd_up(args) -> int:
                               http_port=args.http_port if args.http_port >= 0 else None,
                               extra_orchestrator=(() if args.draft_ahead else ("--no-draft-ahead",))
                               + (("--guess-ahead",) if args.guess_ahead else ()),
-                              extra_drafter=("--guess-width", str(args.guess_width))
-                              + (("--guess-count", str(args.guess_count)) if args.guess_count else ()),
+                              extra_drafter=("--guess-count", str(args.guess_count))
+                              + (("--guess-width", str(args.guess_width)) if args.guess_width else ()),
                               redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
     p = stack.ports
     print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
@@ -133,13 +133,13 @@ def add_serve(sub) -> None:
                        help="orchestrator, with draft-ahead, on chains: while a round is verified the drafter also "
                             "draws the next one under each likely verdict, and the verifier starts the one that "
                             "matches at once (pays where the verifier's pass leaves the drafter idle: a GPU)")
-    serve.add_argument("--guess-width", type=int, default=1,
-                       help="drafter: with --guess-ahead, the guessed verdicts per acceptance length (the draft's "
-                            "best tokens after it, other than the one it drafted; more hit more often and cost wider "
-                            "draft passes)")
-    serve.add_argument("--guess-count", type=int, default=None,
-                       help="drafter: with --guess-ahead, instead of --guess-width: this many guesses, the verdicts "
-                            "the draft itself deems most likely over every acceptance length")
+    serve.add_argument("--guess-count", type=int, default=10,
+                       help="drafter: with --guess-ahead, the guesses per round: the verdicts the draft itself deems "
+                            "most likely over every acceptance length (more hit more often and make each draft pass "
+                            "wider)")
+    serve.add_argument("--guess-width", type=int, default=None,
+                       help="drafter: instead of --guess-count, this many guesses per acceptance length (the draft's "
+                            "best tokens after it, other than the one it drafted)")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
     serve.add_argument("--max-sessions", type=int, default=64,
                        help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")
@@ -179,10 +179,10 @@ def add_up(sub) -> None:
     up.add_argument("--guess-ahead", action="store_true",
                     help="with draft-ahead, on chains: the drafter also guesses each round's verdict and the verifier "
                          "starts the guessed next round that matches at once")
-    up.add_argument("--guess-width", type=int, default=1,
-                    help="with --guess-ahead: guessed verdicts per acceptance length (the drafter's --guess-width)")
-    up.add_argument("--guess-count", type=int, default=None,
-                    help="with --guess-ahead: this many guesses, the most likely verdicts (the drafter's --guess-count)")
+    up.add_argument("--guess-count", type=int, default=10,
+                    help="with --guess-ahead: the guesses per round, the most likely verdicts (the drafter's --guess-count)")
+    up.add_argument("--guess-width", type=int, default=None,
+                    help="with --guess-ahead: instead, this many guesses per acceptance length (the drafter's --guess-width)")
     up.add_argument("--http-port", type=int, default=8000,
                     help="the OpenAI-compatible API and /metrics (0 = any free port, -1 = off)")
     up.add_argument("--ray", action="store_true", help="run the roles as Ray actors (a local cluster unless --address)")

@@ -53,7 +53,7 @@ class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 15000, auth_token: str | None = None,
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, draft_min_pass_ms: float = 0.0,
-                 guess_width: int = 1, guess_count: int | None = None, **pipeline_options):
+                 guess_count: int = 10, guess_width: int | None = None, **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
         ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).
@@ -81,8 +81,8 @@ class InProcessStack:
         self.drafter = None
         self.drafter_workers, self.drafter_servers, drafter_addresses = [], [], []
         for _ in range(drafters if drafter is not None else 0):
-            worker = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms, guess_width=guess_width,
-                                   guess_count=guess_count)
+            worker = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms, guess_count=guess_count,
+                                   guess_width=guess_width)
             server, dport = create_drafter_server("127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
                                                   verifiers=tuple(addresses), link_delay_ms=link_delay_ms)
             server.start()

@@ -29,15 +29,16 @@ def _count(registry, name: str, outcome: str) -> float:
     return registry.get_sample_value(name, {"outcome": outcome}) or 0
 
 
-@pytest.mark.parametrize("width, count", [(1, None), (2, None), (1, 5)])
+@pytest.mark.parametrize("selection", [{}, {"guess_count": 5}, {"guess_width": 1}, {"guess_width": 2}],
+                         ids=["count-10", "count-5", "width-1", "width-2"])
 def test_guessed_rounds_are_verified_at_once_and_change_no_token(exporter, tiny_target, tiny_feature_drafter,
-                                                                  redis_server, width, count):
+                                                                  redis_server, selection):
     ids = tiny_target.encode(PROMPT)
     expected = SpeculativeEngine(tiny_target).generate(ids, SamplingParams(max_new_tokens=48)).token_ids
     exporter.clear()
     stack = InProcessStack(tiny_target, tiny_feature_drafter, redis_server.url, mode="chain", draft_len=3,
                            link_delay_ms=DELAY_MS, min_pass_ms=60, guess_ahead=True, goodput=False,
-                           guess_width=width, guess_count=count)
+                           **selection)
     try:
         out = Client(stack.address).generate(token_ids=ids, max_new_tokens=48, draft_len=3)
         drafter = stack.drafter_worker.metrics.registry

@@ -177,3 +177,25 @@ def test_a_load_record_says_what_its_rounds_drafted():
     assert record["rounds"] == 7 and record["drafting_share"] == round(2 / 7, 4)
     assert record["mean_draft_len"] == round(6 / 7, 4)
     assert record["spec_decode_acceptance_length"] == 2.5  # 1 + 3 accepted over the 2 rounds that drafted
+
+
+def test_split_cores_put_the_verifier_alone_on_its_own_core(tmp_path):
+    """bench --split-cores: the verifier on the last core, the drafter and the orchestrator on the
+    others (a drafter's niceness still applies), in every deployment alike."""
+    import os
+
+    import pytest
+
+    from specgrove_apps.bench_grpc import GrpcStacks
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        with pytest.raises(ValueError, match="2 cores"):
+            GrpcStacks("t", "d", tmp_path, tmp_path, split_cores=True)
+        return
+    stacks = GrpcStacks("t", "d", tmp_path, tmp_path, split_cores=True, drafter_nice=19)
+    assert stacks.prefixes["verifier"] == ("taskset", "-c", str(cores[-1]))
+    rest = ",".join(map(str, cores[:-1]))
+    assert stacks.prefixes["orchestrator"] == ("taskset", "-c", rest)
+    assert stacks.prefixes["drafter"] == ("taskset", "-c", rest, "nice", "-n", "19")
+    assert GrpcStacks("t", "d", tmp_path, tmp_path).prefixes == {"verifier": (), "drafter": (), "orchestrator": ()}
