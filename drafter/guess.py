@@ -52,7 +52,8 @@ def guess_steps(
     One pass per tree level: a node's input is its parent's output. The chain's nodes and q's
     logits after them are reused when the cache still holds them from the round's own drawing
     (a feature draft's ``drawn_chain_logits``); otherwise the chain is fed again node by node.
-    Each x_j and its chain start as soon as the logits after d_j are known."""
+    With ``width``, each x_j and its chain start as soon as the logits after d_j are known; with
+    ``count``, every guess starts once the logits after d_K are (one more pass before them)."""
     k = len(chain)
     assert len(max_lens) == k + 1, (len(max_lens), k)
     sequence = session.sequence

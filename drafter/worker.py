@@ -35,7 +35,7 @@ class DrafterWorker:
         likely (``guess_steps``' count); guess_width: instead, this many per acceptance length."""
         if guess_count < 1 or (guess_width is not None and guess_width < 1):
             raise ValueError(f"guess count and width must be at least 1, got {guess_count} and {guess_width}")
-        self.guess_width, self.guess_count = (guess_width, None) if guess_width else (1, guess_count)
+        self.guess_width, self.guess_count = (guess_width, None) if guess_width is not None else (1, guess_count)
         self.drafter = drafter
         self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name

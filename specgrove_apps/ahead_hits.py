@@ -9,6 +9,9 @@ guesses per j (``hit_top{R}_every_j``: (K + 1) · R guesses) or among R guesses 
 only (``hit_top{R}_full_path_only``), or among the N guesses the draft itself deems most likely
 (``hit_scored_top{N}``): a guess (j, x) scores q'_1(d_1) ⋯ q'_j(d_j) · q'_(j+1)(x), q' being the
 draft's distribution at T = 1 over its candidates (recovered from q at the run's temperature).
+That recovery approximates what a served drafter scores: it sees only the draft's top-n
+candidates (renormalised), and q's floor of 1e-30 caps a recovered logit gap at 69·T nats
+(3.5 at T = 0.05), where the served scores use the draft's logits over its whole head.
 
 Chain rounds of K are drawn and verified through the engine's own workers, with the draft one
 level deeper than verified, for its candidates at the bonus position. At T = 0 the draft's q is
@@ -87,6 +90,8 @@ def verdict_ranks(engine, prompt_ids: list[int], k: int, params: SamplingParams)
 
 def guess_hits(engine, prompts: list[list[int]], k: int = 4, max_new_tokens: int = 64,
                temperature: float = 0.05, seed: int = 0) -> dict:
+    if temperature <= 0:
+        raise ValueError("ahead_hits ranks candidates by the draft's q: the temperature must be above 0")
     params = SamplingParams(temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
     rows = [row for ids in prompts for row in verdict_ranks(engine, ids, k, params)]
     n = max(1, len(rows))

@@ -184,7 +184,7 @@ class GrpcStacks:
                                                                  "guess": ("--guess-ahead",)}[ahead]),
                 extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
                 extra_drafter=(("--guess-count", str(self.guess_count))
-                               + (("--guess-width", str(self.guess_width)) if self.guess_width else ())
+                               + (("--guess-width", str(self.guess_width)) if self.guess_width is not None else ())
                                if ahead == "guess" else ()), prefixes=self.prefixes,
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead)),
                      **({"OMP_NUM_THREADS": "1"} if self.split_cores else {})})

@@ -6,6 +6,7 @@ import json
 
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
 from specgrove.sampling import SamplingParams
+from specgrove_apps.cli.serving import GUESS_COUNT, positive_int
 
 
 def cmd_bench(args) -> int:
@@ -99,9 +100,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--drafter-idle", action="store_true",
                        help="gRPC modes: run the drafter in the idle scheduling class (chrt --idle: it runs only "
                             "when nothing else wants the CPU)")
-    bench.add_argument("--guess-count", type=int, default=10,
+    bench.add_argument("--guess-count", type=positive_int, default=GUESS_COUNT,
                        help="-guess modes: guesses per round, the most likely verdicts (the drafter's --guess-count)")
-    bench.add_argument("--guess-width", type=int, default=None,
+    bench.add_argument("--guess-width", type=positive_int, default=None,
                        help="-guess modes: instead, this many per acceptance length (the drafter's --guess-width)")
     bench.add_argument("--split-cores", action="store_true",
                        help="gRPC modes: the verifier alone on the last core, the drafter and the orchestrator on the "

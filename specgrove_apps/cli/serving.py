@@ -3,11 +3,22 @@ loopback with a local Redis, as processes or Ray actors)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
 from specgrove.limits import Limits
 from specgrove_apps.cli.tls_flags import add_tls_flags, tls_environ, tls_from
+
+GUESS_COUNT = 10  # drafter.guess.GUESS_COUNT (not imported here: it loads torch)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_limit_flags(parser) -> None:
@@ -69,6 +80,9 @@ def cmd_up(args) -> int:
     if args.ray:
         from services.ray_up import start_ray_stack
 
+        if args.guess_ahead:
+            raise SystemExit("specgrove up: --guess-ahead is not available with --ray (its roles run without it)")
+
         ray_stack = start_ray_stack(args.target, args.draft or DEFAULT_DRAFT, args.cache_dir, address=args.address,
                                     redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                                     draft_len=args.draft_len, drafter_accelerator=args.drafter_accelerator,
@@ -88,7 +102,7 @@ def cmd_up(args) -> int:
                               extra_orchestrator=(() if args.draft_ahead else ("--no-draft-ahead",))
                               + (("--guess-ahead",) if args.guess_ahead else ()),
                               extra_drafter=("--guess-count", str(args.guess_count))
-                              + (("--guess-width", str(args.guess_width)) if args.guess_width else ()),
+                              + (("--guess-width", str(args.guess_width)) if args.guess_width is not None else ()),
                               redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
     p = stack.ports
     print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
@@ -133,11 +147,11 @@ def add_serve(sub) -> None:
                        help="orchestrator, with draft-ahead, on chains: while a round is verified the drafter also "
                             "draws the next one under each likely verdict, and the verifier starts the one that "
                             "matches at once (pays where the verifier's pass leaves the drafter idle: a GPU)")
-    serve.add_argument("--guess-count", type=int, default=10,
+    serve.add_argument("--guess-count", type=positive_int, default=GUESS_COUNT,
                        help="drafter: with --guess-ahead, the guesses per round: the verdicts the draft itself deems "
                             "most likely over every acceptance length (more hit more often and make each draft pass "
                             "wider)")
-    serve.add_argument("--guess-width", type=int, default=None,
+    serve.add_argument("--guess-width", type=positive_int, default=None,
                        help="drafter: instead of --guess-count, this many guesses per acceptance length (the draft's "
                             "best tokens after it, other than the one it drafted)")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
@@ -179,9 +193,9 @@ def add_up(sub) -> None:
     up.add_argument("--guess-ahead", action="store_true",
                     help="with draft-ahead, on chains: the drafter also guesses each round's verdict and the verifier "
                          "starts the guessed next round that matches at once")
-    up.add_argument("--guess-count", type=int, default=10,
+    up.add_argument("--guess-count", type=positive_int, default=GUESS_COUNT,
                     help="with --guess-ahead: the guesses per round, the most likely verdicts (the drafter's --guess-count)")
-    up.add_argument("--guess-width", type=int, default=None,
+    up.add_argument("--guess-width", type=positive_int, default=None,
                     help="with --guess-ahead: instead, this many guesses per acceptance length (the drafter's --guess-width)")
     up.add_argument("--http-port", type=int, default=8000,
                     help="the OpenAI-compatible API and /metrics (0 = any free port, -1 = off)")
