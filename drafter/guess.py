@@ -28,9 +28,6 @@ from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 
 
-GUESS_COUNT = 10  # a drafter's guesses per round by default: the verdicts it deems most likely
-
-
 @dataclass(frozen=True)
 class Guess:
     emitted: list[int]  # the guessed verdict: d_1..d_j, then x_j
@@ -86,11 +83,7 @@ def guess_steps(
                 for i, (j_, x) in enumerate(picks):
                     start(j_, i, x, known[j_][1])
         elif max_lens[j] > 0:
-            other = logits.clone()
-            if j < k:
-                other[chain[j]] = float("-inf")
-            best = other.topk(min(width, other.numel()))
-            for i, x in enumerate(best.indices[best.values > float("-inf")].tolist()):
+            for i, x in enumerate(_best_others(logits, chain[j] if j < k else None, width)):
                 start(j, i, x, here)
 
     def after_guess(j: tuple[int, int], logits: torch.Tensor, node: int) -> None:
@@ -134,14 +127,19 @@ def likely_verdicts(logits: list[torch.Tensor], chain: list[int], count: int,
     for j, row in enumerate(logits):
         q = torch.softmax(row.float(), -1)
         if max_lens is None or max_lens[j] > 0:
-            if j < len(chain):
-                q_other = q.clone()
-                q_other[chain[j]] = 0.0
-            else:
-                q_other = q
-            best = q_other.topk(min(count, q.numel()))
-            scored += [(reach * p, j, x) for p, x in zip(best.values.tolist(), best.indices.tolist()) if p > 0]
+            scored += [(reach * float(q[x]), j, x) for x in _best_others(row, chain[j] if j < len(chain) else None, count)
+                       if q[x] > 0]
         if j < len(chain):
             reach *= float(q[chain[j]])
     scored.sort(key=lambda s: -s[0])
     return [(j, x) for _, j, x in scored[:count]]
+
+
+def _best_others(logits: torch.Tensor, drafted: int | None, n: int) -> list[int]:
+    """The n tokens with the highest ``logits`` other than ``drafted`` (None: any), best first;
+    never one the draft may not propose (−inf)."""
+    other = logits.clone()
+    if drafted is not None:
+        other[drafted] = float("-inf")
+    best = other.topk(min(n, other.numel()))
+    return best.indices[best.values > float("-inf")].tolist()

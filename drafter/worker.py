@@ -10,10 +10,11 @@ from collections import OrderedDict
 from typing import Callable, Iterator
 
 from drafter.batching import MAX_BATCH, LevelBatcher, Steps
-from drafter.guess import GUESS_COUNT, Guess, guess_steps
+from drafter.guess import Guess, guess_steps
 from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.compute import on_compute
+from specgrove.config import GUESS_COUNT
 from specgrove.errors import StaleRound
 from specgrove.fence import ReleasedRuns
 from specgrove.grammar import for_session

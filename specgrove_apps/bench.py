@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from specgrove.compute import on_compute
+from specgrove.config import GUESS_COUNT
 from specgrove.errors import InvalidArgument
 from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
@@ -177,7 +178,7 @@ class BenchConfig:
     drafter_nice: int = 0  # the deployments' drafter runs at this niceness (a drafter that never slows the verifier)
     drafter_idle: bool = False  # ... or in the idle scheduling class (SCHED_IDLE: only when nothing else runs)
     split_cores: bool = False  # the verifier alone on one core, drafter + orchestrator on the other(s), 1 thread each
-    guess_count: int = 10  # -guess modes: guesses per round, the most likely verdicts (the drafter's --guess-count)
+    guess_count: int = GUESS_COUNT  # -guess modes: guesses per round, the most likely verdicts (the drafter's --guess-count)
     guess_width: int | None = None  # -guess modes: instead, this many per acceptance length (--guess-width)
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
     concurrency: tuple[int, ...] = ()  # every SpecGrove mode again with this many clients at once, beside
@@ -257,9 +258,8 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
     from pathlib import Path
 
     stacks = GrpcStacks(config.target, config.draft, cache_dir, Path(tempfile.mkdtemp(prefix="specgrove-bench-")),
-                        config.min_pass_ms, config.drafter_nice, config.drafter_idle,
-                        config.split_cores, config.guess_count,
-                        config.guess_width)
+                        config.min_pass_ms, config.drafter_nice, config.drafter_idle, config.split_cores,
+                        config.guess_count, config.guess_width)
     sessions: dict[str, set[str]] = {}
     others, wall = other_cpu_seconds(), time.perf_counter()
     try:

@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from specgrove.config import GUESS_COUNT
 from specgrove_apps.bench_metrics import Sample
 
 
@@ -142,15 +143,15 @@ class GrpcStacks:
 
     def __init__(self, target: str, draft: str, cache_dir: Path, work_dir: Path, min_pass_ms: float = 0.0,
                  drafter_nice: int = 0, drafter_idle: bool = False, split_cores: bool = False,
-                 guess_count: int = 10, guess_width: int | None = None):
+                 guess_count: int = GUESS_COUNT, guess_width: int | None = None):
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target);
         drafter_nice / drafter_idle: the drafter runs at that niceness / in the idle scheduling
         class; split_cores: the verifier alone on the last core, the drafter and the orchestrator
         on the others, one torch thread each (``start_stack``'s prefixes); guess_count /
         guess_width: the guessing deployments' drafter's --guess-count / --guess-width."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
-        self.min_pass_ms, self.split_cores, self.guess_width = min_pass_ms, split_cores, guess_width
-        self.guess_count = guess_count
+        self.min_pass_ms, self.split_cores = min_pass_ms, split_cores
+        self.guess_count, self.guess_width = guess_count, guess_width
         self.prefixes = {role: () for role in ("verifier", "drafter", "orchestrator")}
         if split_cores:
             cores = sorted(os.sched_getaffinity(0))
@@ -183,9 +184,7 @@ class GrpcStacks:
                 extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
                                                                  "guess": ("--guess-ahead",)}[ahead]),
                 extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
-                extra_drafter=(("--guess-count", str(self.guess_count))
-                               + (("--guess-width", str(self.guess_width)) if self.guess_width is not None else ())
-                               if ahead == "guess" else ()), prefixes=self.prefixes,
+                guess_count=self.guess_count, guess_width=self.guess_width, prefixes=self.prefixes,
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead)),
                      **({"OMP_NUM_THREADS": "1"} if self.split_cores else {})})
         return Client(self.stacks[delay, ahead].address)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, GUESS_COUNT
 from specgrove.sampling import SamplingParams
-from specgrove_apps.cli.serving import GUESS_COUNT, positive_int
+from specgrove_apps.cli.serving import positive_int
 
 
 def cmd_bench(args) -> int:

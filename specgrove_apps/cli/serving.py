@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, GUESS_COUNT
 from specgrove.limits import Limits
 from specgrove_apps.cli.tls_flags import add_tls_flags, tls_environ, tls_from
-
-GUESS_COUNT = 10  # drafter.guess.GUESS_COUNT (not imported here: it loads torch)
 
 
 def positive_int(text: str) -> int:
@@ -101,8 +99,7 @@ def cmd_up(args) -> int:
                               http_port=args.http_port if args.http_port >= 0 else None,
                               extra_orchestrator=(() if args.draft_ahead else ("--no-draft-ahead",))
                               + (("--guess-ahead",) if args.guess_ahead else ()),
-                              extra_drafter=("--guess-count", str(args.guess_count))
-                              + (("--guess-width", str(args.guess_width)) if args.guess_width is not None else ()),
+                              guess_count=args.guess_count, guess_width=args.guess_width,
                               redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
     p = stack.ports
     print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from specgrove.config import GUESS_COUNT
 from specgrove.local_redis import LocalRedis
 from specgrove.tiny import build_tiny_llama
 
@@ -53,7 +54,7 @@ class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 15000, auth_token: str | None = None,
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, draft_min_pass_ms: float = 0.0,
-                 guess_count: int = 10, guess_width: int | None = None, **pipeline_options):
+                 guess_count: int = GUESS_COUNT, guess_width: int | None = None, **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
         ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).

@@ -17,7 +17,7 @@ def test_cache_dir_from_the_command_line_is_a_path(monkeypatch):
 def test_guess_flags_take_positive_counts_and_default_to_the_drafters():
     import pytest
 
-    from drafter.guess import GUESS_COUNT
+    from specgrove.config import GUESS_COUNT
     from specgrove_apps.cli import build_parser
 
     parser = build_parser()
