@@ -168,20 +168,27 @@ class DrafterWorker:
     def release(self, session_id: str, run: str = "") -> None:
         """Free the session's cache; with ``run``, also refuse that run's rounds still in flight."""
         with self.lock:
+            owns = self._released.owns(session_id, run)
             self._released.add(session_id, run)
-            self._sessions.pop(session_id, None)
-            self._steps.pop(session_id, None)
+            if owns:  # not when a new run took the session over
+                self._forget(session_id)
             self.metrics.record_cache(len(self._sessions), 0)
-        self.batcher.forget(session_id)
+        if owns:
+            self.batcher.forget(session_id)
 
     def _session(self, session_id: str, step: int, run: str = ""):
         with self.lock:
-            self._released.check(session_id, run, step)
+            if self._released.admit(session_id, run, step):  # a resumed session's new run: its own round
+                self._forget(session_id)  # order, and a fresh draft cache (the old run's may hold tokens never committed)
             if step < self._steps.get(session_id, 0):
                 raise StaleRound(f"session {session_id}: round {step} is older than round "
                                  f"{self._steps[session_id]}, already drafted here")
             self._steps[session_id] = step
             return self._session_locked(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+        self._steps.pop(session_id, None)
 
     def _session_locked(self, session_id: str):
         session = self._sessions.pop(session_id, None) or self.drafter.open()

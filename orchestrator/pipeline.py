@@ -7,9 +7,10 @@ tree and streams it to the verifier, and the round's tokens are committed to Red
 before the client sees them. A failed or slow drafter turns the round into a plain decoding
 step on the verifier (retrying the drafter after ``drafter_retry_s``); a failed verifier is
 marked down and the session moves to the next one (which re-prefills from the context, which
-comes from Redis), its lease renewed while it waits; a Redis outage is ridden through for
-``redis_retry_s`` (every store call is idempotent). When every attempt fails the client gets
-``UNAVAILABLE`` and can resume the session later.
+comes from Redis), its lease renewed while it waits; a Redis outage is ridden through by the
+store (``SessionStore``: every call retried for its ``retry_s``, all idempotent). When every
+attempt fails the client gets ``UNAVAILABLE`` and can resume the session later by its id, which
+it has from the stream's initial metadata (sent once the session exists, before any round).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -72,7 +73,6 @@ class PipelineConfig:
     verify_timeout_ms: int = 30000
     drafter_retry_s: float = 2.0  # how long a failed drafter (or verifier) is skipped
     verifier_retry_s: float = 30.0  # how long the verifiers are retried (each in turn) before UNAVAILABLE
-    redis_retry_s: float = 10.0  # how long a Redis outage is ridden through before UNAVAILABLE
     max_sessions: int = 64  # concurrent generations; more wait in a queue, then get RESOURCE_EXHAUSTED
     queue_timeout_s: float = 2.0  # how long a generation waits for a free slot
     prior_acceptance: tuple[float, ...] = tuple(DEFAULT_PRIOR_ACCEPTANCE)
@@ -145,7 +145,6 @@ class Pipeline:
         check_request(prompt, params, spec, self.text.vocab_size, self.text.max_positions)
         await self._reserve()
         try:
-            await self.store.ping()
             _, seed = make_generator(params.seed)
             session_id = await self.store.create(prompt, params, seed, spec.to_dict())
             return _Run(await self.store.load(session_id), spec, 0)
@@ -174,13 +173,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self, run: _Run, time_remaining: Callable[[], float | None]) -> AsyncIterator[ChunkEvent | CompletionEvent]:
+    async def run(self, run: _Run, time_remaining: Callable[[], float | None],
+                  announce: Callable[[str], Awaitable[None]] | None = None) -> AsyncIterator[ChunkEvent | CompletionEvent]:
         """Replay confirmed tokens from ``resume_from``, then generate until a stop rule fires.
+        ``announce(session_id)`` runs first: the transport tells the client its session id before
+        any later step can fail (gRPC: initial metadata), so a failed stream can always be resumed.
 
         A client that goes away (cancel, deadline, disconnect) or a server shutdown stops the
         loop and releases the lease, leaving the session resumable; only ``Abort`` ends it as
         ``cancelled``."""
         try:
+            if announce is not None:
+                await announce(run.session.id)
             if run.session.status != "done":
                 await self._acquire(run.session.id, run.token)
                 run.session = await self.store.load(run.session.id)  # whatever was committed while we waited
@@ -207,10 +211,7 @@ class Pipeline:
             self._free()
             if run.place is not None:  # on every end, a client's disconnect included
                 asyncio.ensure_future(self._release_workers(run, run.place.drafter, run.place.verifier))
-            try:
-                await asyncio.shield(self.store.release(run.session.id, run.token))
-            except Exception:  # noqa: BLE001 - Redis may be the thing that failed
-                pass
+            asyncio.ensure_future(self._release_lease(run))  # not awaited: Redis may be the thing that failed
 
     async def _acquire(self, session_id: str, token: str) -> None:
         deadline = time.monotonic() + self.store.lease_ms / 1000 + 1.0
@@ -229,7 +230,7 @@ class Pipeline:
                                      LinkStats(verify_ratio=dict(self.config.verify_ratio or {}) or LinkStats().verify_ratio))
         core = SessionRounds(spec, output, planner_for(spec, link, self.acceptance), self._policy(s, spec), s.step)
         started, first_at, first_step = time.perf_counter(), None, s.step + 1
-        cancelled = await self._redis(lambda: self.store.cancelled(s.id), s.id)
+        cancelled = await self.store.cancelled(s.id)
         finish = "cancelled" if cancelled else None  # later rounds learn it from the commit
         while core.finish_reason is None and finish is None:
             remaining = time_remaining()
@@ -258,7 +259,7 @@ class Pipeline:
         if first_at is not None and n > 1:
             self.metrics.tpot.observe((time.perf_counter() - first_at) / max(1, n - 1))
         self.metrics.record_finish(finish, len(s.prompt), time.perf_counter() - started)
-        await self._redis(lambda: self.store.finish(s.id, finish), s.id)
+        await self.store.finish(s.id, finish)
         telemetry.trace.get_current_span().set_attributes({"gen_ai.usage.output_tokens": n,
                                                            "gen_ai.response.finish_reasons": [finish]})
         yield self._completion(s, output, finish, n)
@@ -294,8 +295,8 @@ class Pipeline:
     async def _commit(self, run: _Run, outcome: RoundOutcome, policy) -> bool:
         """Append the round to Redis by step; the session's totals follow. True when Abort was asked."""
         s = run.session
-        committed, cancelled = await self._redis(lambda: self.store.append(
-            s.id, outcome.step, outcome.emitted, policy.state(), outcome.drafted, outcome.accepted, run.token), s.id)
+        committed, cancelled = await self.store.append(s.id, outcome.step, outcome.emitted, policy.state(),
+                                                       outcome.drafted, outcome.accepted, run.token)
         if committed != outcome.step:
             raise SessionBusy(f"session {s.id}: round {outcome.step} was committed by another stream")
         s.tokens = s.tokens + outcome.emitted
@@ -314,23 +315,6 @@ class Pipeline:
         verifiers = [v for v in self.config.verifiers if self._live(v)]
         verifiers = verifiers or list(self.config.verifiers)
         return _Placement(drafters[self._next % len(drafters)], verifiers[self._next % len(verifiers)])
-
-    async def _redis(self, call: Callable, session_id: str):
-        """A session-store call, ridden through a Redis outage of up to ``redis_retry_s`` (every
-        call is idempotent: a commit by step is applied once however often it is sent)."""
-        import redis.exceptions
-
-        give_up, attempt = time.monotonic() + self.config.redis_retry_s, 0
-        while True:
-            try:
-                return await call()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                attempt += 1
-                if time.monotonic() >= give_up:
-                    raise Unavailable(f"session store unreachable for {self.config.redis_retry_s:.0f}s ({exc}); "
-                                      f"resume session {session_id} later") from exc
-                telemetry.trace.get_current_span().add_event("redis retry", {"attempt": attempt})
-                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
@@ -449,6 +433,13 @@ class Pipeline:
         try:
             await self.store.acquire(run.session.id, run.token)
         except Exception:  # noqa: BLE001 - Redis may be down too; the commit renews it later
+            pass
+
+    async def _release_lease(self, run: _Run) -> None:
+        """Give up the session's lease (best effort: it expires after lease_ms anyway)."""
+        try:
+            await self.store.release(run.session.id, run.token)
+        except Exception:  # noqa: BLE001 - Redis may be down: the lease then lapses on its own
             pass
 
     async def _release_workers(self, run: _Run, drafter: str, verifier: str) -> None:

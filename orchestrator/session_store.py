@@ -11,21 +11,31 @@ previous one, so a replayed round (a retry, a second orchestrator) never duplica
 A short lease key (``specgrove:{ID}:owner``, renewed every round) holds the token of the one
 stream generating the session; appends by any other stream are refused.
 
+Every call rides through a Redis outage (a restart, a failover) of up to ``retry_s``: it is retried
+with backoff on a new connection, and every call is idempotent (a session is created under an id
+drawn once, a commit is applied by step, a lease is taken by token), so a call whose reply was
+lost can be sent again. The scripts are reloaded after a restart (redis-py's ``Script`` answers
+``NOSCRIPT`` by loading again). Past ``retry_s`` a call raises ``Unavailable``.
+
 ``{ID}`` is a Redis Cluster hash tag: only the session id is hashed, so a session's keys share
 one slot and the script and the MULTI blocks, which touch several of them, run on Redis Cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 
 from specgrove.codec import pack_ids, unpack_ids
 from specgrove.errors import NotFound, Unavailable
 from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
+
+T = TypeVar("T")
 
 APPEND_SCRIPT = """
 local step = redis.call('HGET', KEYS[1], 'step')
@@ -90,16 +100,37 @@ def _params_from_json(text: str) -> SamplingParams:
 
 
 class SessionStore:
-    def __init__(self, url: str, ttl_s: int = 3600, lease_ms: int = 5000):
+    def __init__(self, url: str, ttl_s: int = 3600, lease_ms: int = 5000, retry_s: float = 10.0):
         import redis.asyncio as aioredis
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError, TimeoutError
+        from redis.retry import Retry
 
         self.url = url
         self.ttl_s = ttl_s
         self.lease_ms = lease_ms
-        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self.retry_s = retry_s  # how long an outage is ridden through (every call) before Unavailable
+        self._transient = (ConnectionError, TimeoutError, OSError)  # BusyLoadingError (LOADING) is a ConnectionError
+        # no retries inside redis-py: ``_call`` is the one retry policy, bounded by retry_s
+        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
         self._append = self.redis.register_script(APPEND_SCRIPT)
         self._acquire = self.redis.register_script(ACQUIRE_SCRIPT)
         self._release = self.redis.register_script(RELEASE_SCRIPT)
+
+    async def _call(self, call: Callable[[], Awaitable[T]], session_id: str = "") -> T:
+        """``call()``, retried with backoff (50 ms doubling to 1 s) while Redis is unreachable, for
+        up to ``retry_s``; then Unavailable, naming the session to resume when there is one."""
+        give_up, attempt = time.monotonic() + self.retry_s, 0
+        while True:
+            try:
+                return await call()
+            except self._transient as exc:
+                attempt += 1
+                if time.monotonic() >= give_up:
+                    then = f"; resume session {session_id} later" if session_id else "; retry later"
+                    raise Unavailable(f"session store (Redis at {self.url}) unreachable for "
+                                      f"{self.retry_s:g} s ({exc}){then}") from exc
+                await asyncio.sleep(min(1.0, 0.05 * 2 ** attempt))
 
     @staticmethod
     def key(session_id: str) -> str:
@@ -120,25 +151,32 @@ class SessionStore:
             raise Unavailable(f"session store (Redis at {self.url}) unreachable: {exc}") from exc
 
     async def create(self, prompt: list[int], params: SamplingParams, seed: int, speculation: dict) -> str:
-        session_id = uuid.uuid4().hex
+        session_id = uuid.uuid4().hex  # drawn once: a retried create writes the same session
         key = self.key(session_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={
-                "prompt": pack_ids(prompt), "params": _params_json(params), "seed": seed,
-                "speculation": json.dumps(speculation), "step": 0, "status": "running", "finish_reason": "",
-                "controller": "{}", "drafted": 0, "accepted": 0, "cancel": 0, "created": time.time(),
-            })
-            pipe.set(self.tokens_key(session_id), b"")
-            pipe.expire(key, self.ttl_s)
-            pipe.expire(self.tokens_key(session_id), self.ttl_s)
-            await pipe.execute()
+
+        async def write():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={
+                    "prompt": pack_ids(prompt), "params": _params_json(params), "seed": seed,
+                    "speculation": json.dumps(speculation), "step": 0, "status": "running", "finish_reason": "",
+                    "controller": "{}", "drafted": 0, "accepted": 0, "cancel": 0, "created": time.time(),
+                })
+                pipe.set(self.tokens_key(session_id), b"")
+                pipe.expire(key, self.ttl_s)
+                pipe.expire(self.tokens_key(session_id), self.ttl_s)
+                await pipe.execute()
+
+        await self._call(write)
         return session_id
 
     async def load(self, session_id: str) -> Session:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.key(session_id))
-            pipe.get(self.tokens_key(session_id))
-            raw, tokens = await pipe.execute()
+        async def read():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.key(session_id))
+                pipe.get(self.tokens_key(session_id))
+                return await pipe.execute()
+
+        raw, tokens = await self._call(read, session_id)
         if not raw:
             raise NotFound(f"session {session_id!r} does not exist or has expired")
         g = {k.decode(): v for k, v in raw.items()}
@@ -154,37 +192,40 @@ class SessionStore:
                      drafted: int, accepted: int, owner: str = "") -> tuple[int, bool]:
         """Commit round `step` (1-based) unless another lease holder owns the session, renewing
         the owner's lease, in one round trip. Returns (stored step afterwards, cancel flag): the
-        step is `step` when this call committed it, something else when it was already committed
-        or another writer moved on, −3 when another stream holds the lease."""
+        step is `step` when this call committed it (or a lost reply's retry finds it committed),
+        something else when another writer moved on, −3 when another stream holds the lease."""
         keys = [self.key(session_id), self.tokens_key(session_id), self.owner_key(session_id)]
-        result, cancel = await self._append(keys=keys, args=[
-            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted, owner, self.lease_ms])
+        result, cancel = await self._call(lambda: self._append(keys=keys, args=[
+            step, pack_ids(tokens), json.dumps(controller), self.ttl_s, drafted, accepted, owner, self.lease_ms]),
+            session_id)
         if result == -2:
             raise NotFound(f"session {session_id!r} expired while generating")
         return int(result), bool(cancel)
 
     async def finish(self, session_id: str, reason: str) -> None:
-        await self.redis.hset(self.key(session_id), mapping={"status": "done", "finish_reason": reason})
+        await self._call(lambda: self.redis.hset(self.key(session_id),
+                                                 mapping={"status": "done", "finish_reason": reason}), session_id)
 
     async def cancel(self, session_id: str) -> bool:
         """Flag a session for cancellation; returns whether it was running."""
         key = self.key(session_id)
-        status = await self.redis.hget(key, "status")
+        status = await self._call(lambda: self.redis.hget(key, "status"), session_id)
         if status is None:
             raise NotFound(f"session {session_id!r} does not exist or has expired")
-        await self.redis.hset(key, "cancel", 1)
+        await self._call(lambda: self.redis.hset(key, "cancel", 1), session_id)
         return status == b"running"
 
     async def cancelled(self, session_id: str) -> bool:
-        return await self.redis.hget(self.key(session_id), "cancel") == b"1"
+        return await self._call(lambda: self.redis.hget(self.key(session_id), "cancel"), session_id) == b"1"
 
     async def acquire(self, session_id: str, token: str) -> bool:
         """Take or renew the generation lease for `token` (one per generating stream); False when
         another stream holds it. Atomic (Lua)."""
-        return bool(await self._acquire(keys=[self.owner_key(session_id)], args=[token, self.lease_ms]))
+        return bool(await self._call(lambda: self._acquire(keys=[self.owner_key(session_id)],
+                                                           args=[token, self.lease_ms]), session_id))
 
     async def release(self, session_id: str, token: str) -> None:
-        await self._release(keys=[self.owner_key(session_id)], args=[token])
+        await self._call(lambda: self._release(keys=[self.owner_key(session_id)], args=[token]), session_id)
 
     async def close(self) -> None:
         await self.redis.aclose()

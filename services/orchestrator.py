@@ -16,7 +16,11 @@ class OrchestratorServicer(generate_pb2_grpc.OrchestratorServicer):
 
     async def Generate(self, request, context):
         run = await self.pipeline.open(codec.call_from_pb(request, self.limits))
-        async for event in self.pipeline.run(run, context.time_remaining):
+
+        async def announce(session_id: str) -> None:
+            await context.send_initial_metadata(((codec.SESSION_ID_METADATA, session_id),))
+
+        async for event in self.pipeline.run(run, context.time_remaining, announce):
             yield codec.event_to_pb(event)
 
     async def Abort(self, request, context):

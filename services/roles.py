@@ -102,6 +102,7 @@ class OrchestratorOptions:
     stop_policy: str = "adaedl"
     draft_timeout_ms: int = 5000
     session_ttl_s: int = 3600
+    redis_retry_s: float = 10.0  # how long every session-store call rides through a Redis outage
     profile: str | None = None
     auth_token: str | None = None
     http_port: int | None = None  # the OpenAI-compatible HTTP door and /metrics (None = off)
@@ -130,7 +131,7 @@ async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: as
                             auth_token=options.auth_token, tls=options.tls, max_sessions=options.max_sessions,
                             queue_timeout_s=options.queue_timeout_s, draft_ahead=options.draft_ahead,
                             guess_ahead=options.guess_ahead)
-    store = SessionStore(options.redis_url, ttl_s=options.session_ttl_s)
+    store = SessionStore(options.redis_url, ttl_s=options.session_ttl_s, retry_s=options.redis_retry_s)
     pipeline = Pipeline(load_text_codec(options.target, cache_dir), store, config)
     server, bound = await create_orchestrator_server(f"{options.host}:{options.port}", pipeline,
                                                      auth_token=options.auth_token, tls=options.tls,

@@ -28,6 +28,9 @@ FINISH_REASONS = {
     "error": generate_pb2.FINISH_REASON_ERROR,
 }
 FINISH_NAMES = {v: k for k, v in FINISH_REASONS.items()}
+# The orchestrator's Generate stream sends the session id in its initial metadata, before any round
+# (and before any later store call can fail), so a client can resume a stream that failed early.
+SESSION_ID_METADATA = "specgrove-session-id"
 
 
 def params_from_pb(pb: generate_pb2.SamplingParams) -> SamplingParams:

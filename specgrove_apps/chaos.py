@@ -64,6 +64,7 @@ def one_generation(address: str, prompt: str, max_new: int, report: Report, give
         try:
             stream = (client.stream(session_id=session, resume_from=len(tokens), timeout=60) if session
                       else client.stream(prompt, max_new_tokens=max_new, timeout=60))
+            session = session or client.session_id(stream)  # announced before any round
             for response in stream:
                 if response.HasField("chunk"):
                     if response.chunk.index != len(tokens):

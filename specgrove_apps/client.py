@@ -55,6 +55,13 @@ class Client:
                 setattr(request.speculation, name, value)
         return self.stub.Generate(request, timeout=timeout, metadata=self.metadata)
 
+    @staticmethod
+    def session_id(stream) -> str:
+        """The session id a ``stream`` announced in its initial metadata (waiting for it), or ""
+        when the call failed before the session existed: then nothing was stored, and the request
+        can be sent again whole."""
+        return dict(stream.initial_metadata() or ()).get(codec.SESSION_ID_METADATA, "")
+
     def generate(self, prompt: str | None = None, **kwargs) -> Completion:
         chunks, tokens = [], []
         for response in self.stream(prompt, **kwargs):

@@ -67,6 +67,36 @@ def test_a_released_run_cannot_reopen_a_cache_but_a_resumed_run_can(tiny_target,
     assert len(list(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="resumed"))) == 3
 
 
+def test_a_resumed_run_takes_the_session_over_from_a_dead_one(tiny_target, tiny_draft):
+    """An orchestrator dies after its rounds reached the workers but before it committed them (a
+    round run ahead, a verdict lost with it). The session resumes on another orchestrator, a new
+    run, whose first round has a lower step than the dead run's last: both workers serve it, the
+    same as a fresh session would, and refuse the dead run's rounds from then on. The dead run's
+    late Release does not free the cache the new run now uses."""
+    context = tiny_target.encode("the cat sat")
+    verifier, fresh = VerifierWorker(tiny_target, keep_features=False), VerifierWorker(tiny_target, keep_features=False)
+    drafter = DrafterWorker(ModelDrafter(tiny_draft))
+    first, *_ = verifier.verify("s", 1, context, PARAMS, 0, empty_tree(), run="dead")
+    verifier.verify("s", 2, context + [first.next_token], PARAMS, 0, empty_tree(), run="dead")  # never committed
+    list(drafter.levels("s", 2, context + [first.next_token], PARAMS, 0, CHAIN, DraftBudget(3), run="dead"))
+    resumed, *_ = verifier.verify("s", 1, context, PARAMS, 0, empty_tree(), run="resumed")
+    assert resumed.next_token == fresh.verify("s", 1, context, PARAMS, 0, empty_tree(), run="x")[0].next_token
+    levels = tree_from_levels(list(drafter.levels("s", 1, context, PARAMS, 0, CHAIN, DraftBudget(3), run="resumed")))
+    assert levels.size == 3
+    with pytest.raises(StaleRound, match="came after its run was released here"):
+        verifier.verify("s", 3, context, PARAMS, 0, empty_tree(), run="dead")
+    with pytest.raises(StaleRound, match="came after its run was released here"):
+        next(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="dead"))
+    verifier.release("s", run="dead")
+    drafter.release("s", run="dead")
+    assert "s" in verifier._sessions and "s" in drafter._sessions  # still the resumed run's
+    _, _, _, rows = verifier.verify("s", 2, context + [resumed.next_token], PARAMS, 0, empty_tree(), run="resumed")
+    assert rows == 1  # its cache was kept: only the new token is fed
+    verifier.release("s", run="resumed")
+    drafter.release("s", run="resumed")
+    assert "s" not in verifier._sessions and "s" not in drafter._sessions
+
+
 def test_a_release_mid_round_stops_the_draft_and_leaves_no_cache(tiny_target, tiny_draft):
     worker = DrafterWorker(ModelDrafter(tiny_draft))
     levels = worker.levels("s", 2, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3), run="r")

@@ -180,10 +180,11 @@ class VerifierWorker:
         with self._turn:
             while self._running:
                 self._turn.wait()
+            owns = self._released.owns(session_id, run)
             self._released.add(session_id, run)
-            self._verdicts.pop(session_id, None)
-            session = self._sessions.pop(session_id, None)
+            session = self._sessions.pop(session_id, None) if owns else None  # not when a new run took it over
             if session is not None:
+                self._verdicts.pop(session_id, None)
                 self.target.close(session.state)
             self._record_cache()
             self._turn.notify_all()  # a gathering leader stops waiting for this session
@@ -276,7 +277,7 @@ class VerifierWorker:
 
     def _admit(self, job: _Job) -> _Session:
         """The job's session, checked against stale rounds and released runs; opened if new."""
-        self._released.check(job.session_id, job.run, job.step)
+        taken_over = self._released.admit(job.session_id, job.run, job.step)  # a resumed session's new run
         session = self._sessions.pop(job.session_id, None)
         if session is None:
             if len(self._sessions) >= self.max_sessions:  # the least recently used one makes room
@@ -285,6 +286,9 @@ class VerifierWorker:
                 self.target.close(evicted.state)
             session = _Session(self.target.open())
         self._sessions[job.session_id] = session
+        if taken_over:  # the old run's rounds here were never committed: its order and verdict go
+            session.step = 0
+            self._verdicts.pop(job.session_id, None)
         if job.params is None:
             return session
         if job.step < session.step:

@@ -1,6 +1,7 @@
 """Sessions in a real redis-server: idempotent appends by step, leases, cancel, not-found."""
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -110,6 +111,51 @@ def test_committed_tokens_survive_a_crash_and_restart_of_redis(tmp_path):
     assert session.tokens == [10, 11, 12, 13, 14, 15] and session.step == 3 and session.prompt == [1, 2, 3]
     assert session.controller == {"lambda": 0.4} and session.drafted == 12 and session.accepted == 3
     assert replay == (3, False) and more == (4, False) and tokens == [10, 11, 12, 13, 14, 15, 16]
+
+
+def test_every_store_call_rides_through_a_redis_restart(tmp_path):
+    """Redis SIGKILLed, then started again 1.5 s later on the same port and append-only file: every
+    call made while it is down (a commit, whose script the new server no longer holds, so NOSCRIPT
+    is answered by loading it again; a create; a load; a lease; a finish) waits and succeeds, with
+    nothing committed twice. An outage longer than retry_s is Unavailable, naming the session."""
+    server = LocalRedis(data_dir=tmp_path / "redis")
+
+    async def outage(store, calls):
+        server.kill()
+        restart = threading.Timer(1.5, server.restart)
+        restart.start()
+        t0 = time.monotonic()
+        results = await asyncio.gather(*calls)
+        waited = time.monotonic() - t0
+        await asyncio.to_thread(restart.join)
+        return results, waited
+
+    async def go():
+        store = SessionStore(server.url, retry_s=10)
+        sid = await store.create([1, 2], SamplingParams(seed=3), 3, {})
+        assert await store.acquire(sid, "run") and (await store.append(sid, 1, [7], {}, 1, 0, "run"))[0] == 1
+        (committed, created, loaded, leased), waited = await outage(store, [
+            store.append(sid, 2, [8, 9], {}, 2, 1, "run"), store.create([4], SamplingParams(), 1, {}),
+            store.load(sid), store.acquire(sid, "run")])
+        assert waited >= 1.5 and committed == (2, False) and leased  # the lease is still this run's
+        assert loaded.tokens in ([7], [7, 8, 9])  # read before or after the commit: both are consistent
+        (replayed, _, _), _ = await outage(store, [store.append(sid, 2, [8, 9], {}, 2, 1, "run"),
+                                                   store.finish(sid, "length"), store.release(sid, "run")])
+        assert replayed == (2, False)  # a replay of a committed round stays a no-op
+        session, other = await store.load(sid), await store.load(created)
+        assert session.tokens == [7, 8, 9] and session.step == 2 and session.status == "done"
+        assert other.prompt == [4] and other.step == 0
+        server.kill()
+        brief = SessionStore(server.url, retry_s=0.5)
+        with pytest.raises(Unavailable, match=f"resume session {sid} later"):
+            await brief.append(sid, 3, [1], {}, 0, 0)
+        await store.close()
+        await brief.close()
+
+    try:
+        run(go())
+    finally:
+        server.stop()
 
 
 def one_node_cluster(directory) -> LocalRedis:

@@ -54,7 +54,8 @@ class InProcessStack:
     def __init__(self, target, drafter, redis_url: str, *, mode: str = "chain", draft_len: int = 4,
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 15000, auth_token: str | None = None,
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, draft_min_pass_ms: float = 0.0,
-                 guess_count: int = GUESS_COUNT, guess_width: int | None = None, **pipeline_options):
+                 guess_count: int = GUESS_COUNT, guess_width: int | None = None, redis_retry_s: float = 10.0,
+                 **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
         ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).
@@ -102,7 +103,7 @@ class InProcessStack:
                                 draft_timeout_ms=draft_timeout_ms, auth_token=auth_token, tls=tls, **pipeline_options)
 
         async def start():
-            store = SessionStore(redis_url)
+            store = SessionStore(redis_url, retry_s=redis_retry_s)
             self.pipeline = Pipeline(target, store, config)
             server, port = await create_orchestrator_server("127.0.0.1:0", self.pipeline, auth_token=auth_token,
                                                             tls=tls)

@@ -77,15 +77,15 @@ def test_a_client_deadline_is_honoured(stack):
 
 def test_redis_down_gives_unavailable_and_service_resumes_when_it_is_back(tiny_target):
     redis = LocalRedis()
-    s = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis.url)
+    s = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis.url, redis_retry_s=1.0)
     try:
         client = Client(s.address)
         assert client.generate(**OK).token_ids
         redis.stop()
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(grpc.RpcError) as err:  # down for longer than the store rides through
             client.generate(**OK)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "Redis" in err.value.details()
+        assert "Redis" in err.value.details() and "unreachable for 1 s" in err.value.details()
         redis.restart()
         assert client.generate(**OK).token_ids
     finally:
