@@ -280,7 +280,8 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
                 extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
                 guess_count: int = GUESS_COUNT, guess_width: int | None = None, env: dict[str, str] | None = None,
                 http_port: int | None = None, redis_dir: Path | None = None,
-                prefixes: dict[str, tuple[str, ...]] | None = None) -> Stack:
+                prefixes: dict[str, tuple[str, ...]] | None = None, verifiers: int = 1, drafters: int = 1,
+                second_orchestrator: tuple[str, ...] | None = None) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
     redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory).
@@ -288,40 +289,58 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
     prefixes: per role, a command it runs under, e.g. ``{"drafter": ("nice", "-n", "19")}``,
     ``chrt --idle 0`` or ``taskset -c 1`` (benchmarks: on shared cores, a drafter that takes only
     the CPU the verifier leaves, or each role on its own core, as roles on their own machines
-    never slow each other)."""
+    never slow each other).
+    verifiers / drafters: how many of each (roles ``verifier``, ``verifier2``, ...; every
+    orchestrator and drafter is given them all). second_orchestrator: start ``orchestrator2`` too,
+    on the same workers and Redis, with these extra arguments (e.g. ``("--guess-ahead",)``): a
+    session resumes on either."""
     from specgrove.local_redis import LocalRedis, free_port
 
     redis = None
     if not redis_url:
         redis = LocalRedis.shared(redis_dir) if redis_dir else LocalRedis()
         redis_url = redis.url
-    ports = {"orchestrator": port or free_port(), "drafter": free_port(), "verifier": free_port(),
-             "verifier_metrics": free_port(), "drafter_metrics": free_port()}
+
+    def names(role: str, n: int) -> list[str]:
+        return [role if i == 0 else f"{role}{i + 1}" for i in range(n)]
+
+    verifier_names, drafter_names = names("verifier", verifiers), names("drafter", drafters)
+    ports = {"orchestrator": port or free_port()}
+    for name in (*verifier_names, *drafter_names):
+        ports[name], ports[f"{name}_metrics"] = free_port(), free_port()
     http = ()
     if http_port is not None:
         ports["http"] = http_port or free_port()
         http = ("--http-port", str(ports["http"]))
     prefixes = prefixes or {}
-    commands = {
-        "verifier": [*prefixes.get("verifier", ()), *role_command("verifier", ports["verifier"], cache_dir, "--target", target,
-                                 "--link-delay-ms", str(link_delay_ms), "--metrics-port", str(ports["verifier_metrics"]),
-                                 *extra_verifier)],
-        "drafter": [*prefixes.get("drafter", ()),
-                    *role_command("drafter", ports["drafter"], cache_dir, "--draft", draft, "--target", target,
-                                  "--metrics-port", str(ports["drafter_metrics"]), "--link-delay-ms",
-                                  str(link_delay_ms), "--verifier", f"127.0.0.1:{ports['verifier']}",  # its only one
-                                  "--guess-count", str(guess_count),
-                                  *(("--guess-width", str(guess_width)) if guess_width is not None else ()))],
-        "orchestrator": [*prefixes.get("orchestrator", ()), *role_command(
-            "orchestrator", ports["orchestrator"], cache_dir, "--target", target, "--redis-url", redis_url,
-            "--drafter", f"127.0.0.1:{ports['drafter']}", "--verifier", f"127.0.0.1:{ports['verifier']}",
-            "--mode", mode, "--draft-len", str(draft_len), *http, *extra_orchestrator)],
-    }
+    to_verifiers = [arg for name in verifier_names for arg in ("--verifier", f"127.0.0.1:{ports[name]}")]
+    to_drafters = [arg for name in drafter_names for arg in ("--drafter", f"127.0.0.1:{ports[name]}")]
+    commands = {}
+    for name in verifier_names:
+        commands[name] = [*prefixes.get("verifier", ()), *role_command(
+            "verifier", ports[name], cache_dir, "--target", target, "--link-delay-ms", str(link_delay_ms),
+            "--metrics-port", str(ports[f"{name}_metrics"]), *extra_verifier)]
+    for name in drafter_names:
+        commands[name] = [*prefixes.get("drafter", ()), *role_command(
+            "drafter", ports[name], cache_dir, "--draft", draft, "--target", target,
+            "--metrics-port", str(ports[f"{name}_metrics"]), "--link-delay-ms", str(link_delay_ms),
+            *to_verifiers,  # the only verifiers it may stream to
+            "--guess-count", str(guess_count), *(("--guess-width", str(guess_width)) if guess_width is not None else ()))]
+
+    def orchestrator(at: int, *extra: str) -> list[str]:
+        return [*prefixes.get("orchestrator", ()), *role_command(
+            "orchestrator", at, cache_dir, "--target", target, "--redis-url", redis_url, *to_drafters, *to_verifiers,
+            "--mode", mode, "--draft-len", str(draft_len), *extra)]
+
+    commands["orchestrator"] = orchestrator(ports["orchestrator"], *http, *extra_orchestrator)
+    if second_orchestrator is not None:
+        ports["orchestrator2"] = free_port()
+        commands["orchestrator2"] = orchestrator(ports["orchestrator2"], *second_orchestrator)
     stack = Stack(f"127.0.0.1:{ports['orchestrator']}", redis, ports, commands, worker_env(env), log_dir)
     try:
-        for role in ("verifier", "drafter", "orchestrator"):
+        for role in commands:  # workers first, then the orchestrators
             stack.start(role, wait=False)
-        for role in ("verifier", "drafter", "orchestrator"):
+        for role in commands:
             stack.wait_healthy(role)
     except BaseException:
         stack.stop()

@@ -1,29 +1,63 @@
-"""Soak and chaos with real processes on loopback (specgrove_apps/chaos.py, the short version;
-`python -m specgrove_apps.chaos` runs the long one). Clients generate back to back; first with
-no faults (no client may see an error), then while the drafter, the verifier, the orchestrator
-and Redis are each killed with SIGKILL and restarted. Clients resume failed streams by session
-id; every completion must equal the target's greedy output: no token lost or duplicated."""
+"""Faults under load with real processes on loopback (specgrove_apps/chaos.py): two verifiers, two
+drafters, two orchestrators (the second guessing ahead) and a real Redis; sessions of every kind
+(gRPC chains, gRPC trees, guessed draft-ahead, HTTP streaming). gRPC clients resume failed
+streams by session id on the other orchestrator, HTTP clients send again whole; every completion
+must equal the target's greedy output: no token lost or duplicated."""
 
 from __future__ import annotations
 
-from services.roles import start_stack
-from specgrove_apps.chaos import expected_outputs, run_chaos
+from pathlib import Path
+
+import pytest
+
+from specgrove.config import default_cache_dir
+from specgrove_apps.chaos import KINDS, deployment, scenario, soak, start
 
 MAX_NEW = 32
 
 
-def test_soak_then_every_role_killed_under_load_loses_no_token(long_dir, tmp_path):
-    prompts = expected_outputs(str(long_dir), MAX_NEW)
-    stack = start_stack(0, str(long_dir), str(long_dir), tmp_path / "cache", log_dir=tmp_path)
+def test_tiny_soak_then_every_role_killed_under_load_loses_no_token(long_dir, tmp_path):
+    stack = start(str(long_dir), str(long_dir), tmp_path / "cache", tmp_path)
     try:
-        soak = run_chaos(stack, prompts, clients=3, duration_s=8, max_new=MAX_NEW, faults=[], every_s=1, down_s=0)
-        assert soak["generations"] >= 6 and soak["client_errors"] == {} and soak["resumes"] == 0
-        assert soak["tokens_lost_or_duplicated"] == 0
-        chaos = run_chaos(stack, prompts, clients=3, duration_s=20, max_new=MAX_NEW,
-                          faults=["drafter", "verifier", "orchestrator", "redis"], every_s=4, down_s=1)
+        dep = deployment(stack, str(long_dir), Path("/nonexistent"), MAX_NEW)
+        quiet = soak(stack, dep, duration_s=6, max_new=MAX_NEW, faults=[], every_s=1, down_s=0, warmup_s=1)
+        assert all(quiet["generations_by_kind"][kind] >= 2 for kind in KINDS)
+        assert quiet["client_errors"] == {} and quiet["resumes"] == 0 and quiet["restarts"] == 0
+        assert quiet["tokens_lost_or_duplicated"] == 0
+        chaos = soak(stack, dep, duration_s=10, max_new=MAX_NEW, faults=["drafter", "verifier", "orchestrator", "redis"],
+                     every_s=2, down_s=1, warmup_s=1)
     finally:
         stack.stop()
     assert [role for _, role in chaos["faults"]] == ["drafter", "verifier", "orchestrator", "redis"]
-    assert chaos["generations"] >= 6 and chaos["tokens_checked"] >= 6 * MAX_NEW
+    assert all(chaos["generations_by_kind"][kind] >= 2 for kind in KINDS)
     assert chaos["mismatched_completions"] == 0 and chaos["index_errors"] == 0  # nothing lost or duplicated
     assert chaos["resumes"] >= 1  # the orchestrator's death was seen, and survived by resuming
+    assert set(chaos["memory_mb_end"]) >= {"verifier", "verifier2", "drafter", "drafter2", "orchestrator",
+                                          "orchestrator2", "redis_used_memory"}
+
+
+@pytest.mark.slow
+def test_each_fault_strikes_every_session_kind_of_the_real_model_mid_generation(tmp_path):
+    """SmolLM2 with its feature draft; one session of each kind at once, and once each has streamed
+    8 tokens: Redis SIGKILLed and restarted 2 s later (no client sees anything), a drafter killed
+    (plain decoding meanwhile), a verifier killed with a spare up (the other re-prefills), and each
+    orchestrator in turn (every gRPC stream resumes on the other; HTTP sends again whole).
+    Every completion equals the target's own greedy output."""
+    cache = default_cache_dir()
+    stack = start("smollm2", "smollm2-feature", cache, tmp_path)
+    try:
+        dep = deployment(stack, "smollm2", cache, MAX_NEW, prompts=("def fibonacci(n):", "The capital of France is",
+                                                                      "Once upon a time", "import numpy as np\n"))
+        reports = {fault: scenario(stack, dep, fault, MAX_NEW) for fault in ("redis", "drafter", "verifier",
+                                                                             "orchestrator")}
+    finally:
+        stack.stop()
+    for fault, report in reports.items():
+        assert report["generations_by_kind"] == {kind: 1 for kind in KINDS}, (fault, report)
+        assert report["tokens_lost_or_duplicated"] == 0 and report["mismatched_completions"] == 0, (fault, report)
+        assert min(report["faults"][0][1].values()) >= 8, (fault, report)  # it struck mid-generation
+    for fault in ("redis", "drafter", "verifier"):
+        assert reports[fault]["client_errors"] == {} and reports[fault]["resumes"] == 0, (fault, reports[fault])
+    killed = reports["orchestrator"]
+    assert killed["resumes"] >= 3 and set(killed["client_errors"]) >= {"chain: UNAVAILABLE", "tree: UNAVAILABLE",
+                                                                       "guess: UNAVAILABLE"}, killed
