@@ -104,7 +104,7 @@ class SessionStore:
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError, TimeoutError
-        from redis.retry import Retry
+        from redis.asyncio.retry import Retry
 
         self.url = url
         self.ttl_s = ttl_s
@@ -127,7 +127,8 @@ class SessionStore:
             except self._transient as exc:
                 attempt += 1
                 if time.monotonic() >= give_up:
-                    then = f"; resume session {session_id} later" if session_id else "; retry later"
+                    then = (f"; resume session {session_id} later" if session_id
+                            else "; nothing was stored: send the request again")
                     raise Unavailable(f"session store (Redis at {self.url}) unreachable for "
                                       f"{self.retry_s:g} s ({exc}){then}") from exc
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** attempt))

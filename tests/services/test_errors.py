@@ -93,6 +93,35 @@ def test_redis_down_gives_unavailable_and_service_resumes_when_it_is_back(tiny_t
         redis.stop()
 
 
+def test_a_stream_that_fails_before_its_first_chunk_can_still_be_resumed(tiny_target):
+    """The session id comes in the stream's initial metadata, once the session exists and before
+    any round. Redis dies right then and stays down past the store's retry time: the stream fails
+    UNAVAILABLE before any chunk, yet the client holds the id, and once Redis is back (same data)
+    the resume completes with the greedy tokens."""
+    from orchestrator.engine import SpeculativeEngine
+    from specgrove.sampling import SamplingParams
+
+    redis = LocalRedis()
+    # a pass takes 300 ms, so Redis is surely down before the first round is committed
+    s = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis.url, redis_retry_s=1.0, min_pass_ms=300)
+    expected = SpeculativeEngine(tiny_target).generate(tiny_target.encode(OK["prompt"]),
+                                                       SamplingParams(max_new_tokens=8)).token_ids
+    try:
+        client = Client(s.address)
+        stream = client.stream(**OK)
+        session = Client.session_id(stream)
+        redis.kill()
+        with pytest.raises(grpc.RpcError) as err:
+            next(stream)  # no chunk: the first commit is where it fails
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and session in err.value.details()
+        redis.restart()
+        resumed = client.generate(session_id=session)
+        assert resumed.session_id == session and resumed.token_ids == expected
+    finally:
+        s.stop()
+        redis.stop()
+
+
 def test_model_info_reports_the_deployment(stack, tiny_target):
     info = Client(stack.address).info()
     assert info.vocab_size == tiny_target.vocab_size and info.vocab_hash == tiny_target.vocab_hash
