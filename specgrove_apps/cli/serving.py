@@ -64,7 +64,8 @@ def cmd_serve(args) -> int:
             host=args.host, port=args.port, target=args.target, drafters=args.drafter, verifiers=args.verifier,
             redis_url=args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             mode=args.mode, draft_len=args.draft_len, stop_policy=args.stop_policy,
-            draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s, profile=args.profile,
+            draft_timeout_ms=args.draft_timeout_ms, session_ttl_s=args.session_ttl_s,
+            redis_retry_s=args.redis_retry_s, profile=args.profile,
             auth_token=token, http_port=args.http_port, tls=tls, limits=limits, max_sessions=args.max_sessions,
             queue_timeout_s=args.queue_timeout_s, draft_ahead=args.draft_ahead,
             guess_ahead=args.guess_ahead)
@@ -152,6 +153,8 @@ def add_serve(sub) -> None:
                        help="drafter: instead of --guess-count, this many guesses per acceptance length (the draft's "
                             "best tokens after it, other than the one it drafted)")
     serve.add_argument("--session-ttl-s", type=int, default=3600)
+    serve.add_argument("--redis-retry-s", type=float, default=10.0,
+                       help="orchestrator: how long every session-store call rides through a Redis outage")
     serve.add_argument("--max-sessions", type=int, default=64,
                        help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")
     serve.add_argument("--queue-timeout-s", type=float, default=2.0,
