@@ -59,5 +59,7 @@ def test_each_fault_strikes_every_session_kind_of_the_real_model_mid_generation(
     for fault in ("redis", "drafter", "verifier"):
         assert reports[fault]["client_errors"] == {} and reports[fault]["resumes"] == 0, (fault, reports[fault])
     killed = reports["orchestrator"]
-    assert killed["resumes"] >= 3 and set(killed["client_errors"]) >= {"chain: UNAVAILABLE", "tree: UNAVAILABLE",
-                                                                       "guess: UNAVAILABLE"}, killed
+    at_strike = killed["faults"][0][1]  # tokens each stream held when both orchestrators died
+    mid_stream = [kind for kind in ("chain", "tree", "guess") if at_strike[kind] <= MAX_NEW - 8]
+    assert len(mid_stream) >= 2 and killed["resumes"] >= len(mid_stream), killed  # (a tree can finish first)
+    assert {f"{kind}: UNAVAILABLE" for kind in mid_stream} <= set(killed["client_errors"]), killed
