@@ -2,7 +2,7 @@
 # SpecGrove: one image for every role; `specgrove serve ROLE` is the entrypoint.
 #   docker build -t specgrove:cpu .                                  (CPU torch: orchestrator, dev)
 #   docker build --build-arg VARIANT=cuda -t specgrove:cuda .        (CUDA torch: drafter, verifier nodes)
-# Configuration is by environment variables (README, "Deployment"); models come from a volume
+# Configuration is by environment variables (docs/deployment.md, "Environment"); models come from a volume
 # mounted at /models (SPECGROVE_CACHE_DIR); nothing is downloaded at run time.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
