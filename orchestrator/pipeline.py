@@ -25,6 +25,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import grpc
 
 from orchestrator.acceptance import AcceptanceStats
+from orchestrator.placement import Placement, Workers
 from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats
 from orchestrator.rounds import RoundOutcome, RoundPlan, SessionRounds, Speculation, check_request, planner_for
 from orchestrator.session_store import Session, SessionStore
@@ -36,7 +37,7 @@ from specgrove.metrics import OrchestratorMetrics
 from specgrove.models import TextCodec
 from specgrove.output import GenerationOutput
 from specgrove.sampling import make_generator
-from specgrove.tls import TlsConfig, open_channel
+from specgrove.tls import TlsConfig
 from specgrove.tree import VerifyResult
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 
@@ -44,13 +45,6 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-CHANNEL_OPTIONS = [  # reconnect quickly to a restarted worker (gRPC's default backoff grows to 120 s)
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 
 class SessionBusy(SpecGroveError):
@@ -82,21 +76,12 @@ class PipelineConfig:
 
 
 @dataclass
-class _Placement:
-    """Where a session's rounds run; the verifier moves when it fails (the next one re-prefills
-    from the context, which comes from Redis)."""
-
-    drafter: str
-    verifier: str
-
-
-@dataclass
 class _Run:
     session: Session
     speculation: Speculation
     resume_from: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this run's lease token
-    place: _Placement | None = None  # the workers its rounds ran on (their caches are freed at the end)
+    place: Placement | None = None  # the workers its rounds ran on (their caches are freed at the end)
     ahead: tuple[str, RoundPlan] | None = None  # (drafter, plan): that drafter runs the next round ahead
 
 
@@ -108,11 +93,9 @@ class Pipeline:
         self.metrics = OrchestratorMetrics()  # served as /metrics on the HTTP port
         self.links: dict[tuple[str, str], LinkStats] = {}  # per drafter–verifier pair, shared by sessions
         self.acceptance = AcceptanceStats(list(config.prior_acceptance))  # global, across sessions
-        self._down_until: dict[str, float] = {}  # worker address -> skipped until (it failed)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.workers = Workers(config.drafters, config.verifiers, config.drafter_retry_s, config.tls)
         self._active = 0
         self._slots = asyncio.Semaphore(config.max_sessions)  # FIFO: waiters are served in order
-        self._next = 0
         self._auth = [("authorization", f"Bearer {config.auth_token}")] if config.auth_token else []
 
     # ------------------------------------------------------------------ validation, sessions
@@ -225,7 +208,7 @@ class Pipeline:
         (which also renews the lease), then stream the round to the client."""
         s, spec = run.session, run.speculation
         self._trace_request(s, spec)
-        place = run.place = self._placement(s.id)
+        place = run.place = self.workers.place()
         link = self.links.setdefault((place.drafter, place.verifier),
                                      LinkStats(verify_ratio=dict(self.config.verify_ratio or {}) or LinkStats().verify_ratio))
         core = SessionRounds(spec, output, planner_for(spec, link, self.acceptance), self._policy(s, spec), s.step)
@@ -308,20 +291,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ one round on the workers
 
-    def _placement(self, session_id: str) -> _Placement:
-        """Round-robin over the workers, skipping verifiers that failed in the last seconds."""
-        self._next += 1
-        drafters = self.config.drafters or ("",)
-        verifiers = [v for v in self.config.verifiers if self._live(v)]
-        verifiers = verifiers or list(self.config.verifiers)
-        return _Placement(drafters[self._next % len(drafters)], verifiers[self._next % len(verifiers)])
-
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = open_channel(address, self.config.tls, CHANNEL_OPTIONS, aio=True)
-        return self._channels[address]
-
-    async def _round(self, run: _Run, plan: RoundPlan, context: list[int], place: _Placement,
+    async def _round(self, run: _Run, plan: RoundPlan, context: list[int], place: Placement,
                      link: LinkStats, measure: bool = True, ahead: int = 0) -> tuple[VerifyResult, int, int]:
         """(result, draft tokens proposed, tree depth). Falls back to K = 0 when the drafter fails.
         ahead: when > 0, the drafter may run the next round as soon as it holds this one's verdict
@@ -335,13 +305,13 @@ class Pipeline:
         round_pb = speculate_pb2.RoundContext(session_id=s.id, step=plan.step, context=codec.pack_ids(context),
                                               sampling=codec.params_to_pb(s.params), seed=s.seed,
                                               output_start=len(s.prompt), run=run.token)
-        if drafter and not self._live(drafter):
-            drafter = place.drafter = self._next_live(self.config.drafters, drafter)  # move if one is live
+        if drafter and not self.workers.live(drafter):
+            drafter = place.drafter = self.workers.next_live(self.workers.drafters, drafter)  # move if one is live
         if pending is not None and pending[0] == drafter and (plan.shape is None or not plan.shape.size):
             budget = replace(pending[1].budget, max_len=min(pending[1].budget.max_len, room - 1))  # as the drafter did
             plan, ahead = replace(plan, shape=pending[1].shape, budget=budget), 0
         shape = plan.shape
-        if shape is not None and shape.size and drafter and self._live(drafter):
+        if shape is not None and shape.size and drafter and self.workers.live(drafter):
             drafted = await self._draft_round(round_pb, plan, drafter, place.verifier, link, measure, ahead,
                                               asked=pending is not None)
             if drafted is not None:
@@ -349,19 +319,6 @@ class Pipeline:
                     run.ahead = (drafter, plan)
                 return drafted
         return await self._plain_round(run, round_pb, place, link, measure)
-
-    def _live(self, address: str) -> bool:
-        return time.monotonic() >= self._down_until.get(address, 0)
-
-    def _mark_down(self, address: str) -> None:
-        self._down_until[address] = time.monotonic() + self.config.drafter_retry_s
-
-    def _next_live(self, pool: tuple[str, ...], current: str) -> str:
-        """The next worker after ``current`` in ``pool`` that is not marked down (the next one
-        when all are)."""
-        start = pool.index(current) if current in pool else -1
-        ordered = [pool[(start + i) % len(pool)] for i in range(1, len(pool) + 1)]
-        return next((a for a in ordered if self._live(a)), ordered[0])
 
     async def _draft_round(self, round_pb, plan: RoundPlan, drafter: str, verifier: str, link: LinkStats,
                            measure: bool, ahead: int = 0, asked: bool = False) -> tuple[VerifyResult, int, int] | None:
@@ -372,7 +329,7 @@ class Pipeline:
                                              verifier=verifier, verify_timeout_ms=self.config.verify_timeout_ms,
                                              ahead=ahead > 0, ahead_room=ahead,
                                              guess=self.config.guess_ahead and ahead > 0)
-        stub = speculate_pb2_grpc.DrafterStub(self._channel(drafter))
+        stub = speculate_pb2_grpc.DrafterStub(self.workers.channel(drafter))
         t0 = time.perf_counter()
         try:
             reply = await stub.Draft(request, timeout=self.config.draft_timeout_ms / 1000,
@@ -381,7 +338,7 @@ class Pipeline:
             log.warning("drafter %s failed (%s: %s); plain decoding, retrying it in %.1fs",
                         drafter, err.code().name, err.details(), self.config.drafter_retry_s)
             telemetry.trace.get_current_span().add_event("drafter failed", {"code": err.code().name})
-            self._mark_down(drafter)
+            self.workers.mark_down(drafter)
             return None
         timing = reply.timing
         if asked:
@@ -396,7 +353,7 @@ class Pipeline:
                               reply.tree_size, reply.tree_depth, timing.tree_bytes, timing.overlap_ms)
         return codec.result_from_pb(reply), reply.tree_size, reply.tree_depth
 
-    async def _plain_round(self, run: _Run, round_pb, place: _Placement, link: LinkStats,
+    async def _plain_round(self, run: _Run, round_pb, place: Placement, link: LinkStats,
                            measure: bool) -> tuple[VerifyResult, int, int]:
         """A K = 0 step on the verifier. A failing verifier is marked down and the step moves to
         the next one (which re-prefills from the context); the lease is renewed while retrying."""
@@ -404,7 +361,7 @@ class Pipeline:
         error, attempt = None, 0
         give_up = time.monotonic() + self.config.verifier_retry_s
         while time.monotonic() < give_up:
-            stub = speculate_pb2_grpc.VerifierStub(self._channel(place.verifier))
+            stub = speculate_pb2_grpc.VerifierStub(self.workers.channel(place.verifier))
             t0 = time.perf_counter()
             try:
                 reply = await stub.Decode(round_pb, timeout=self.config.verify_timeout_ms / 1000,
@@ -414,8 +371,8 @@ class Pipeline:
                     raise
                 error, attempt = err, attempt + 1
                 log.warning("verifier %s failed (%s); session %s moves on", place.verifier, err.code().name, s.id)
-                self._mark_down(place.verifier)
-                place.verifier = self._next_live(self.config.verifiers, place.verifier)
+                self.workers.mark_down(place.verifier)
+                place.verifier = self.workers.next_live(self.workers.verifiers, place.verifier)
                 await self._renew(run)
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt // len(verifiers))))
                 continue
@@ -446,12 +403,11 @@ class Pipeline:
         """Free the finished run's KV caches on the workers, and fence its rounds still in flight
         (best effort; LRU evicts otherwise)."""
         request = speculate_pb2.ReleaseRequest(session_id=run.session.id, run=run.token)
-        calls = [speculate_pb2_grpc.VerifierStub(self._channel(verifier)).Release(request, timeout=2, metadata=self._auth)]
+        calls = [speculate_pb2_grpc.VerifierStub(self.workers.channel(verifier)).Release(request, timeout=2, metadata=self._auth)]
         if drafter:
-            calls.append(speculate_pb2_grpc.DrafterStub(self._channel(drafter)).Release(request, timeout=2,
+            calls.append(speculate_pb2_grpc.DrafterStub(self.workers.channel(drafter)).Release(request, timeout=2,
                                                                                           metadata=self._auth))
         await asyncio.gather(*calls, return_exceptions=True)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        await self.workers.close()

@@ -145,7 +145,7 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
         self._withdrawn: dict[str, int] = {}  # session -> the latest round whose next one had no leave
         self._flight_turn = threading.Condition()
         self._guessers = ThreadPoolExecutor(max_workers=max(1, worker.max_sessions), thread_name_prefix="guess")
-        from orchestrator.pipeline import CHANNEL_OPTIONS
+        from orchestrator.placement import CHANNEL_OPTIONS
 
         self._channel_options = [*(channel_options or CHANNEL_OPTIONS), *limits.grpc_options()]  # to the verifiers
 
