@@ -22,6 +22,7 @@ from specgrove.generate import CompletionEvent
 from specgrove.metrics import CONTENT_TYPE, exposition
 
 log = logging.getLogger(__name__)
+SESSION_HEADER = "X-SpecGrove-Session-Id"  # the session behind a completion (gRPC resumes it by id)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SERVED = web.AppKey("served", tuple)
 TOKEN = web.AppKey("token", str)
@@ -90,21 +91,22 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     run = await pipeline.open(parsed.call)  # every request error is raised here, before any work
     events = pipeline.run(run, lambda: None)
     responder = oai.Responder(parsed)
+    session = {SESSION_HEADER: run.session.id}  # a SpecGrove-aware client can resume it over gRPC
     if parsed.stream:
-        return await _stream(request, events, responder)
+        return await _stream(request, events, responder, session)
     try:
         done = [event async for event in events if isinstance(event, CompletionEvent)][-1]
     finally:
         await events.aclose()
     if done.finish_reason == "error":
         raise SpecGroveError(done.error)
-    return web.json_response(responder.complete(done))
+    return web.json_response(responder.complete(done), headers=session)
 
 
-async def _stream(request: web.Request, events, responder: oai.Responder) -> web.StreamResponse:
+async def _stream(request: web.Request, events, responder: oai.Responder, headers: dict) -> web.StreamResponse:
     """Server-sent events; the headers go out with the first round, so an error before it (every
     verifier down) is still a plain HTTP error; one after it becomes an error event."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})
     first = True
     try:
         async for event in events:

@@ -68,6 +68,30 @@ def test_streamed_completion_joins_to_the_whole_text(served, client):
     assert text == whole.choices[0].text
 
 
+def test_a_streamed_completion_names_its_session_which_grpc_can_resume(served):
+    """The response's X-SpecGrove-Session-Id header names the session behind the stream; a client
+    whose HTTP stream broke can read the tokens confirmed so far, and the rest, over gRPC."""
+    import json
+    import urllib.request
+
+    stack, base = served
+    body = json.dumps({"model": MODEL, "prompt": "the cat", "max_tokens": 16, "temperature": 0, "stream": True})
+    request = urllib.request.Request(base + "/v1/completions", body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        session = response.headers["X-SpecGrove-Session-Id"]
+        events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
+                  if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    resumed = Client(stack.address).generate(session_id=session)
+    assert len(session) == 32 and resumed.session_id == session and resumed.text == text
+    whole = urllib.request.Request(base + "/v1/completions", body.replace('"stream": true', '"stream": false').encode(),
+                                   {"Content-Type": "application/json"})
+    with urllib.request.urlopen(whole, timeout=60) as response:  # a JSON completion names its session too
+        other = response.headers["X-SpecGrove-Session-Id"]
+        assert json.loads(response.read())["choices"][0]["text"] == text
+    assert len(other) == 32 and other != session
+
+
 def test_chat_completion_uses_the_chat_template(served, client):
     stack, _ = served
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
