@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
+from specgrove import telemetry
 from specgrove.codec import pack_ids, unpack_ids
 from specgrove.errors import NotFound, Unavailable
 from specgrove.grammar import GrammarSpec
@@ -131,6 +132,7 @@ class SessionStore:
                             else "; nothing was stored: send the request again")
                     raise Unavailable(f"session store (Redis at {self.url}) unreachable for "
                                       f"{self.retry_s:g} s ({exc}){then}") from exc
+                telemetry.trace.get_current_span().add_event("redis retry", {"attempt": attempt})
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** attempt))
 
     @staticmethod
