@@ -180,12 +180,13 @@ class VerifierWorker:
         with self._turn:
             while self._running:
                 self._turn.wait()
-            owns = self._released.owns(session_id, run)
+            owns = self._released.owns(session_id, run)  # not when a new run took the session over
             self._released.add(session_id, run)
-            session = self._sessions.pop(session_id, None) if owns else None  # not when a new run took it over
-            if session is not None:
+            if owns:
                 self._verdicts.pop(session_id, None)
-                self.target.close(session.state)
+                session = self._sessions.pop(session_id, None)
+                if session is not None:
+                    self.target.close(session.state)
             self._record_cache()
             self._turn.notify_all()  # a gathering leader stops waiting for this session
 
