@@ -12,6 +12,8 @@ import pytest
 
 from specgrove.config import default_cache_dir
 from specgrove_apps.chaos import KINDS, deployment, scenario, soak, start
+from specgrove_apps.fault_runs import FAULTS, verdict
+from specgrove_apps.fault_runs import PROMPTS as REAL_PROMPTS
 
 MAX_NEW = 32
 
@@ -46,18 +48,16 @@ def test_each_fault_strikes_every_session_kind_of_the_real_model_mid_generation(
     cache = default_cache_dir()
     stack = start("smollm2", "smollm2-feature", cache, tmp_path)
     try:
-        dep = deployment(stack, "smollm2", cache, MAX_NEW, prompts=("def fibonacci(n):", "The capital of France is",
-                                                                      "Once upon a time", "import numpy as np\n"))
-        reports = {fault: scenario(stack, dep, fault, MAX_NEW) for fault in ("redis", "drafter", "verifier",
-                                                                             "orchestrator")}
+        dep = deployment(stack, "smollm2", cache, MAX_NEW, prompts=REAL_PROMPTS)
+        reports = {fault: scenario(stack, dep, fault, MAX_NEW) for fault in FAULTS}
     finally:
         stack.stop()
     for fault, report in reports.items():
-        assert report["generations_by_kind"] == {kind: 1 for kind in KINDS}, (fault, report)
-        assert report["tokens_lost_or_duplicated"] == 0 and report["mismatched_completions"] == 0, (fault, report)
+        # each kind completed once, equal to greedy, nothing lost; no client error unless orchestrators died
+        assert verdict(fault, report) == [], (fault, report)
         assert min(report["faults"][0][1].values()) >= 8, (fault, report)  # it struck mid-generation
     for fault in ("redis", "drafter", "verifier"):
-        assert reports[fault]["client_errors"] == {} and reports[fault]["resumes"] == 0, (fault, reports[fault])
+        assert reports[fault]["resumes"] == 0, (fault, reports[fault])
     killed = reports["orchestrator"]
     at_strike = killed["faults"][0][1]  # tokens each stream held when both orchestrators died
     mid_stream = [kind for kind in ("chain", "tree", "guess") if at_strike[kind] <= MAX_NEW - 8]
