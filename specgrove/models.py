@@ -17,11 +17,14 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 
 import torch
 
 from specgrove import draft_model
+from specgrove import runner as runner_module
 from specgrove.compute import on_compute
 from specgrove.config import SHIPPED_DRAFT
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
@@ -68,9 +71,12 @@ class TextCodec:
 class CausalLM(TextCodec):
     """A Hugging Face causal LM with its tokenizer, batch size 1, fp32 on CPU."""
 
-    def __init__(self, model, tokenizer, name: str):
+    def __init__(self, model, tokenizer, name: str, compile: bool | None = None):
         super().__init__(tokenizer, model.config, getattr(model, "generation_config", None), name)
         self.model = model.eval()
+        self.compile = compile  # compiled passes (None: SPECGROVE_COMPILE decides)
+        self._runner = None
+        self._pool: SlotPool | None = None
         # Causal passes over 2 or 3 new tokens are fed as 4 (the extra trailing copies are dropped
         # from the cache and the logits; later tokens cannot change earlier ones). Measured on
         # this CPU (torch 2.13, SmolLM2-135M, 2 threads): the BLAS runs a 2- or 3-row product row
@@ -78,7 +84,22 @@ class CausalLM(TextCodec):
         # tokens costs 69 and 87 ms, over 4 tokens 67 ms. Not on a GPU.
         self.min_pass_rows = 4 if self.model.device.type == "cpu" else 1
 
+    @property
+    def runner(self):
+        """Our own pass for Llama-family models (specgrove/runner.py), built on first use; None
+        for other architectures, which run transformers' forward."""
+        if self._runner is None and runner_module.supports(self.model):
+            self._runner = runner_module.LlamaRunner(self.model, compile=self.compile)
+        return self._runner
+
     def new_cache(self):
+        """A KV cache for one sequence: a slot of the model's shared ``KVSlots`` (one tensor pair
+        for all its sequences, so a compiled pass or a CUDA graph serves them all), else
+        transformers' DynamicCache."""
+        if self.runner is not None:
+            if self._pool is None:
+                self._pool = SlotPool(self.runner)
+            return SequenceCache(self._pool)
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
@@ -88,21 +109,11 @@ class CausalLM(TextCodec):
         self,
         tokens: torch.Tensor,  # [T] long, the new tokens
         positions: torch.Tensor,  # [T] long, their absolute positions
-        cache,  # DynamicCache holding every earlier position; extended in place
+        cache,  # new_cache()'s, holding every earlier position; extended in place
         mask: torch.Tensor | None = None,  # [1, 1, T, past + T] additive float mask; None = causal
         num_logits: int = 1,  # logits are computed for the last num_logits tokens only
     ) -> torch.Tensor:  # [num_logits, V] fp32
-        assert tokens.ndim == 1 and positions.shape == tokens.shape, (tokens.shape, positions.shape)
-        device = self.model.device  # the model may sit on a GPU; sampling and verification stay on the CPU
-        out = self.model(
-            input_ids=tokens.unsqueeze(0).to(device),
-            position_ids=positions.unsqueeze(0).to(device),
-            attention_mask=mask.to(device) if mask is not None else None,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=num_logits,
-        )
-        return out.logits[0].float().cpu()
+        return self._pass(tokens, positions, cache, mask, num_logits, features=False)[0]
 
     @torch.inference_mode()
     def forward_features(
@@ -111,8 +122,20 @@ class CausalLM(TextCodec):
     ) -> tuple[torch.Tensor, torch.Tensor]:  # ([num_logits, V] fp32, [T, H] fp32): logits and features
         """``forward`` that also returns the features (last hidden states, after the final norm) of
         every fed token: what a feature-level draft reads. Needs a body + head model (llama)."""
+        return self._pass(tokens, positions, cache, mask, num_logits, features=True)
+
+    def _pass(self, tokens, positions, cache, mask, num_logits: int, features: bool):
         assert tokens.ndim == 1 and positions.shape == tokens.shape, (tokens.shape, positions.shape)
-        device = self.model.device
+        if isinstance(cache, SequenceCache):
+            past, fed = cache.length, len(tokens)
+            if mask is None:
+                mask = causal_mask(past, fed)
+            runner = cache.pool.runner
+            hidden = runner.pass_(cache.pool.slots, tokens[None], positions[None], mask, [cache.slot], [past])[0]
+            cache.length += fed
+            logits = runner.logits(hidden[-num_logits:])
+            return logits, (hidden.float().cpu() if features else None)
+        device = self.model.device  # the model may sit on a GPU; sampling and verification stay on the CPU
         out = self.model.model(
             input_ids=tokens.unsqueeze(0).to(device),
             position_ids=positions.unsqueeze(0).to(device),
@@ -121,8 +144,76 @@ class CausalLM(TextCodec):
             use_cache=True,
         )
         hidden = out.last_hidden_state[0]  # [T, H]
-        logits = self.model.lm_head(hidden[-num_logits:])
-        return logits.float().cpu(), hidden.float().cpu()
+        logits = runner_module.Head(self.model)(hidden[-num_logits:])
+        return logits.float().cpu(), (hidden.float().cpu() if features else None)
+
+
+class SlotPool:
+    """One ``KVSlots`` shared by a model's sequences, a slot each; a slot is reused once its
+    sequence's cache is garbage."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.slots = runner.new_slots()
+        self._free: list[int] = []
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self._next += 1
+            return self._next - 1
+
+    def give(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+
+class SequenceCache:
+    """One sequence's keys and values in a slot of its model's ``SlotPool``; its length is all
+    that changes when tokens are dropped (``crop``), and ``select`` compacts it to chosen positions."""
+
+    def __init__(self, pool: SlotPool):
+        self.pool = pool
+        self.slot = pool.take()
+        self.length = 0
+        weakref.finalize(self, pool.give, self.slot)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def crop(self, n: int) -> None:
+        """Drop the last −n positions (n ≤ 0, as DynamicCache.crop)."""
+        assert n <= 0, n
+        self.length = max(0, self.length + n)
+
+    def select(self, index: list[int]) -> None:
+        """Keep the positions ``index`` (increasing), moved to the front in order."""
+        moved = [(i, j) for j, i in enumerate(index) if i != j]
+        if moved:
+            self.pool.slots.move(self.slot, [i for i, _ in moved], [j for _, j in moved])
+        self.length = len(index)
+
+
+def causal_mask(past: int, fed: int) -> torch.Tensor:
+    """[1, 1, fed, past + fed]: every cached position, and the fed tokens causally."""
+    mask = torch.zeros(1, 1, fed, past + fed)
+    mask[0, 0, :, past:] = torch.full((fed, fed), torch.finfo(torch.float32).min).triu(1)
+    return mask
+
+
+def select_positions(cache, index: list[int]) -> None:
+    """Compact any cache (a SequenceCache or a DynamicCache) to the positions ``index``."""
+    if isinstance(cache, SequenceCache):
+        cache.select(index)
+        return
+    tensor = torch.tensor(index, dtype=torch.long)
+    for layer in cache.layers:
+        tensor = tensor.to(layer.keys.device)
+        layer.keys = layer.keys.index_select(-2, tensor)
+        layer.values = layer.values.index_select(-2, tensor)
 
 
 class CachedSequence:
@@ -211,13 +302,10 @@ class CachedSequence:
             self.tokens = self.tokens + self.node_tokens[: len(cached)]
             self.node_tokens = []
             return
-        index = torch.tensor(list(range(base)) + [base + n for n in cached], dtype=torch.long)
-        for layer in self.cache.layers:
-            index = index.to(layer.keys.device)
-            layer.keys = layer.keys.index_select(-2, index)
-            layer.values = layer.values.index_select(-2, index)
+        index = list(range(base)) + [base + n for n in cached]
+        select_positions(self.cache, index)
         if self.features is not None:
-            self.features = self.features.index_select(0, index.cpu())
+            self.features = self.features.index_select(0, torch.tensor(index, dtype=torch.long))
         self.tokens = self.tokens + [self.node_tokens[n] for n in cached]
         self.node_tokens = []
 

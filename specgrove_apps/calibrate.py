@@ -94,9 +94,13 @@ def calibrate(target, draft, drafter, num_prompts: int = 4, quick: bool = False)
     return CostProfile(verify, level, 0.0, acceptance, meta)
 
 
+# Bumped when the passes' costs change for a reason a stored profile cannot know (the runner).
+PROFILE_VERSION = 2
+
+
 def profile_path(cache_dir: Path, target_name: str, draft_name: str) -> Path:
     safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
-    return Path(cache_dir) / "profiles" / f"{safe(target_name)}--{safe(draft_name)}.json"
+    return Path(cache_dir) / "profiles" / f"{safe(target_name)}--{safe(draft_name)}--v{PROFILE_VERSION}.json"
 
 
 # Model shapes for cost curves without weights (a GPU host where the real weights cannot travel):
@@ -113,15 +117,23 @@ SHAPES = {
 
 def measure_shape_ms(shape: str, device: str = "cuda", dtype=torch.bfloat16, sizes=(1, 2, 4, 8, 16, 32, 64, 128),
                      batches=(1, 4, 16), prefix: int = 256, repeats: int = 7) -> dict:
-    """Median ms of one forward pass over n new tokens per row for a batch of B rows, each on a
-    ``prefix``-token cache, for a random-weight model of a named shape: {B: {n: ms}}."""
-    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    """Median ms of transformers' forward over n new tokens per row for a batch of B rows, each on
+    a ``prefix``-token cache, for a random-weight model of a named shape: {B: {n: ms}}."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype).eval()
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    return measure_model_ms(model, sizes, batches, prefix, repeats)
+
+
+def measure_model_ms(model, sizes, batches, prefix: int, repeats: int) -> dict:
+    """``measure_shape_ms`` for a loaded transformers model (the reference the runner is compared to)."""
+    from transformers import DynamicCache
+
+    config, device = model.config, model.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out: dict = {}
     with torch.inference_mode():
         for b in batches:

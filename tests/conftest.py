@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Eager passes in the suite (compiling a pass takes a minute on 2 cores); the compiled runner has
+# its own tests, which compile on purpose. Services the tests start inherit this.
+os.environ.setdefault("SPECGROVE_COMPILE", "0")
+
 from specgrove.config import default_cache_dir
 from specgrove.models import load_model
 from specgrove.tiny import UPPER, build_tiny_llama
