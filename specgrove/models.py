@@ -78,10 +78,9 @@ class CausalLM(TextCodec):
         self._runner = None
         self._pool: SlotPool | None = None
         # Causal passes over 2 or 3 new tokens are fed as 4 (the extra trailing copies are dropped
-        # from the cache and the logits; later tokens cannot change earlier ones). Measured on
-        # this CPU (torch 2.13, SmolLM2-135M, 2 threads): the BLAS runs a 2- or 3-row product row
-        # by row (LM head: 18 and 23 ms against 12 ms for 4 rows), so a whole pass over 2 or 3
-        # tokens costs 69 and 87 ms, over 4 tokens 67 ms. Not on a GPU.
+        # from the cache and the logits; later tokens cannot change earlier ones). On this
+        # project's CPU the runner's pass over 2 tokens costs more than over 4 (oneDNN's blocking;
+        # docs/benchmarks.md, "The runner"). Not on a GPU.
         self.min_pass_rows = 4 if self.model.device.type == "cpu" else 1
 
     @property

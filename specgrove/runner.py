@@ -8,12 +8,13 @@ pass can be compiled (``torch.compile``; on the CPU with inductor's own small-M 
 GPU with CUDA graphs per shape bucket) and the eager path is already lean.
 
 One pass: B rows, each feeding up to T new tokens (right-padded) at its own positions. Row b
-reads its slot's first S cached positions (S = the longest cached prefix among the rows) and
-writes its new keys at its own cached length afterwards. The additive float mask
-[B, 1, T, S + T] says what each query sees: columns [0, S) are the slot's cached positions,
-columns [S, S + T) the pass's new tokens (causal for a context tail, ancestors for tree nodes).
-The cached keys are never copied to append the new ones: scores against the cache and against the
-new keys are computed apart and share one softmax.
+writes its new keys into its slot at positions cols[b] (its cached length onwards), then attends
+over its slot's first L positions with one fused attention call (``scaled_dot_product_attention``
+with grouped KV heads). The additive float mask [B, 1, T, L] is in slot coordinates: what each
+query sees of the slot (its cached prefix, then its own new tokens: causal for a context tail,
+ancestors for tree nodes). A pass is about 20 tensor operations per layer: on a 2-core CPU a
+SmolLM2 layer's operations cost less than its weights' streaming, and on a GPU a whole pass is
+one CUDA graph.
 
 transformers stays the reference: the tests compare this pass with its forward.
 """
@@ -82,8 +83,8 @@ class KVSlots:
             return
         new_slots = self.slots if slots <= self.slots else max(slots, 2 * self.slots)
         new_capacity = self.capacity if need <= self.capacity else max(need, 2 * self.capacity)
-        if self.max_capacity:
-            new_capacity = max(need, min(new_capacity, self.max_capacity))
+        if self.max_capacity:  # doubling stops at the model's length (a longer context still fits)
+            new_capacity = max(need, self.capacity, min(new_capacity, self.max_capacity))
         shape = (self.layers, new_slots, self.kv_heads, new_capacity, self.head_dim)
         for name in ("keys", "values"):
             old = getattr(self, name)
@@ -91,14 +92,6 @@ class KVSlots:
             grown[:, : old.shape[1], :, : old.shape[3]] = old
             setattr(self, name, grown)
         self.slots, self.capacity = new_slots, new_capacity
-
-    def write(self, rows: torch.Tensor, starts: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
-        """new_*: [layers, B, kv_heads, T, head_dim]; row b's go to slot rows[b] from position starts[b]."""
-        width = new_keys.shape[3]
-        cols = starts[:, None] + torch.arange(width, device=starts.device)  # [B, T]
-        index = (slice(None), rows[:, None].expand_as(cols), slice(None), cols)  # result dims [B, T, L, h, d]
-        self.keys[index] = new_keys.permute(1, 3, 0, 2, 4)
-        self.values[index] = new_values.permute(1, 3, 0, 2, 4)
 
     @torch.inference_mode()
     def move(self, slot: int, sources: list[int], destinations: list[int]) -> None:
@@ -119,7 +112,9 @@ class KVSlots:
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
+    if x.dtype == torch.float32:  # one fused kernel; the same arithmetic as transformers' in fp32
+        return torch.rms_norm(x, (x.shape[-1],), weight, eps)
+    dtype = x.dtype  # transformers normalises half precision in fp32
     x = x.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x.to(dtype)
@@ -152,11 +147,12 @@ class Dense:
                     [b if b is not None else weight.new_zeros(n) for b, n in zip(biases, self.sizes)])
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., Σ sizes]: the parts side by side (one product when packed)."""
         if self.packed is None:
-            return [lin(x) for lin in self.linears]
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+            parts = [lin(x) for lin in self.linears]
+            return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
@@ -214,39 +210,39 @@ class Body(nn.Module):
         self.register_buffer("sin", sin[0].to(weight.dtype), persistent=False)
         self.positions = length
 
-    def forward(self, ids, positions, mask, keys, values, rows):
+    def forward(self, ids, positions, mask, keys, values, rows, cols, contiguous: bool):
+        """ids, positions, cols [B, T]; mask [B, 1, T, L]; keys, values [layers, slots, h, cap, d]
+        (written in place); rows [B]; contiguous: rows are slots 0..B−1 (read as a view)."""
         B, T = ids.shape
-        S = mask.shape[-1] - T
-        groups = self.heads // self.kv_heads
+        L = mask.shape[-1]
+        heads, kv, d = self.heads, self.kv_heads, self.head_dim
         x = F.embedding(ids, self.embed.weight)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [B, 1, T, d]
-        bias = mask[:, :, None]  # [B, 1, 1, T, S + T]
-        new_keys, new_values = [], []
+        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [B, T, 1, d]
+        write = (rows[:, None].expand(B, T), slice(None), cols)  # [B, T] slots and positions
         for i, layer in enumerate(self.layers):
             h = _rms(x, layer.in_norm.weight, self.eps)
-            q, k, v = layer.qkv_dense(h)
-            q = q.reshape(B, T, self.heads, self.head_dim).transpose(1, 2)
-            k = k.reshape(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = v.reshape(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-            if layer.q_norm is not None:
-                q = _rms(q, layer.q_norm.weight, self.eps)
-                k = _rms(k, layer.k_norm.weight, self.eps)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            cached_k = keys[i].index_select(0, rows)[:, :, :S]  # [B, h, S, d]
-            cached_v = values[i].index_select(0, rows)[:, :, :S]
-            qg = q.reshape(B, self.kv_heads, groups * T, self.head_dim)  # q head j*g+r reads kv head j
-            scores = torch.cat([qg @ cached_k.transpose(-1, -2), qg @ k.transpose(-1, -2)], dim=-1) * self.scale
-            scores = scores.view(B, self.kv_heads, groups, T, S + T).float() + bias
-            p = torch.softmax(scores, dim=-1).to(q.dtype).view(B, self.kv_heads, groups * T, S + T)
-            out = p[..., :S] @ cached_v + p[..., S:] @ v  # [B, h, g*T, d]
-            out = out.view(B, self.heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
-            x = x + layer.o_dense(out)[0]
+            qkv = layer.qkv_dense(h).view(B, T, heads + 2 * kv, d)
+            if layer.q_norm is None:  # rotate q and k together
+                qk = _rotate(qkv[:, :, : heads + kv], cos, sin)
+                q, k = qk[:, :, :heads], qk[:, :, heads:]
+            else:  # Qwen3 normalises each head first
+                q = _rotate(_rms(qkv[:, :, :heads], layer.q_norm.weight, self.eps), cos, sin)
+                k = _rotate(_rms(qkv[:, :, heads: heads + kv], layer.k_norm.weight, self.eps), cos, sin)
+            keys[i][write] = k
+            values[i][write] = qkv[:, :, heads + kv:]
+            if contiguous:
+                cached_k, cached_v = keys[i, :B, :, :L], values[i, :B, :, :L]
+            else:
+                cached_k = keys[i, :, :, :L].index_select(0, rows)
+                cached_v = values[i, :, :, :L].index_select(0, rows)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), cached_k, cached_v, attn_mask=mask,
+                                                 enable_gqa=heads != kv)
+            x = x + layer.o_dense(out.transpose(1, 2).reshape(B, T, heads * d))
             h = _rms(x, layer.post_norm.weight, self.eps)
-            gate, up = layer.gate_up_dense(h)
-            x = x + layer.down_dense(F.silu(gate) * up)[0]
-            new_keys.append(k)
-            new_values.append(v)
-        return _rms(x, self.norm.weight, self.eps), torch.stack(new_keys), torch.stack(new_values)
+            gate_up = layer.gate_up_dense(h)
+            inner = gate_up.shape[-1] // 2
+            x = x + layer.down_dense(F.silu(gate_up[..., :inner]) * gate_up[..., inner:])
+        return _rms(x, self.norm.weight, self.eps)
 
 
 class Head(nn.Module):
@@ -258,7 +254,7 @@ class Head(nn.Module):
         self.dense = Dense([hf_model.lm_head], packed)
 
     def forward(self, hidden):
-        logits = self.dense(hidden)[0].float()
+        logits = self.dense(hidden).float()
         if hasattr(self.model, "subset_logits"):  # the head scored the subset only
             full = logits.new_full((*logits.shape[:-1], self.model.config.vocab_size), float("-inf"))
             return full.index_copy(-1, self.model.subset, logits)
@@ -289,23 +285,24 @@ class LlamaRunner:
     @torch.inference_mode()
     def pass_(self, slots: KVSlots, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
               rows: list[int], starts: list[int]) -> torch.Tensor:
-        """One pass (see the module docstring); writes the new keys and returns features [B, T, H]."""
+        """One pass (see the module docstring): row b is slot rows[b], its new tokens go to
+        positions starts[b] onwards, mask [B, 1, T, L] is in slot coordinates (L ≥ starts[b] + its
+        tokens). Writes the new keys and returns features [B, T, H]."""
         B, T = ids.shape
-        S = mask.shape[-1] - T
-        compiled = self.compile and B * T <= COMPILE_MAX_TOKENS
         last = int(positions.max()) + 1
         if last > self.body.positions:  # past the configured length (transformers extends rope too)
             self.body.extend(max(last, 2 * self.body.positions))
-        if compiled:  # a static shape per bucket: one compiled graph (one CUDA graph) each
-            ids, positions, mask, rows = pad_to_buckets(ids, positions, mask, rows)
-        slots.ensure(max(rows) + 1, max(max(starts) + ids.shape[1], mask.shape[-1] - ids.shape[1]))
+        cols = torch.tensor(starts)[:, None] + torch.arange(T)
+        if self.compile and B * T <= COMPILE_MAX_TOKENS:  # a static shape per bucket: one graph each
+            ids, positions, mask, rows, cols = pad_to_buckets(ids, positions, mask, rows, cols)
+            body = self._body()
+        else:
+            body = self.body
+        slots.ensure(max(rows) + 1, max(int(cols.max()) + 1, mask.shape[-1]))
         device = self.device
-        row_index = torch.tensor(rows, dtype=torch.long, device=device)
-        body = self._body() if compiled else self.body
-        hidden, new_keys, new_values = body(ids.to(device), positions.to(device), mask.to(device, self.dtype),
-                                            slots.keys, slots.values, row_index)
-        slots.write(row_index[:B], torch.tensor(starts, dtype=torch.long, device=device), new_keys[:, :B],
-                    new_values[:, :B])  # padded rows write nothing; a row's padded tokens land past its length
+        contiguous = rows == list(range(len(rows)))
+        hidden = body(ids.to(device), positions.to(device), mask.to(device, self.dtype), slots.keys, slots.values,
+                      torch.tensor(rows, device=device), cols.to(device), contiguous)
         return hidden[:B, :T]
 
     @torch.inference_mode()
@@ -341,19 +338,21 @@ class LlamaRunner:
         return _Timed(torch.compile(module, dynamic=False), self, CPU_COMPILE_OPTIONS)
 
     @torch.inference_mode()
-    def warm_up(self, shapes=((1, 1), (1, 4)), context: int = 8, progress=None) -> float:
-        """Compile (or capture) the passes for (rows, tokens) shapes now, not on a request's clock.
-        Returns the seconds it took."""
+    def warm_up(self, shapes=((1, 1), (1, 4)), context: int = 8, slots: KVSlots | None = None,
+                progress: bool = False) -> float:
+        """Compile (or capture) the passes for (rows, tokens) shapes on ``slots`` now, not on a
+        request's clock (a CUDA graph belongs to the slots it read). Returns the seconds it took.
+        What it writes lies past every slot's length (a session's tokens overwrite it)."""
         if not self.compile:
             return 0.0
+        from tqdm import tqdm
+
         start = time.perf_counter()
-        slots = self.new_slots()
-        for i, (rows, tokens) in enumerate(shapes):
-            if progress:
-                progress(i, len(shapes), rows, tokens)
+        slots = slots or self.new_slots()
+        for rows, tokens in tqdm(shapes, desc="capturing passes", unit="shape", disable=not progress):
             ids = torch.zeros(rows, tokens, dtype=torch.long)
             positions = torch.arange(context, context + tokens).expand(rows, tokens)
-            mask = torch.zeros(rows, 1, tokens, context + tokens)
+            mask = torch.zeros(rows, 1, tokens, context + tokens)  # the slot's first context positions, all tokens
             hidden = self.pass_(slots, ids, positions, mask, list(range(rows)), [context] * rows)
             self.logits(hidden.reshape(-1, hidden.shape[-1]))
         return time.perf_counter() - start
@@ -376,26 +375,31 @@ def key_bucket(n: int, smallest: int = MIN_KEY_BUCKET) -> int:
     return size
 
 
-def pad_to_buckets(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, rows: list[int]):
-    """Pad a pass to bucket shapes: rows and tokens to the next bucket, cached columns to a power
-    of two. Padded queries see only themselves; padded cached columns are blocked for every query;
-    padded rows read the first row's slot and their outputs are dropped."""
+def pad_to_buckets(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, rows: list[int],
+                   cols: torch.Tensor):
+    """Pad a pass to bucket shapes: rows and tokens to the next bucket, key columns to a power of
+    two. Padded queries see column 0 only; padded key columns are blocked. A real row's padded
+    tokens are written past its own (so never read); a padded row reads the first row's slot and
+    writes past that row's tokens and padding."""
     B, T = ids.shape
-    S = mask.shape[-1] - T
-    Bp, Tp, Sp = bucket(B, ROW_BUCKETS), bucket(T, TOKEN_BUCKETS), key_bucket(S)
-    if (Bp, Tp, Sp) == (B, T, S):
-        return ids, positions, mask, rows
-    blocked = torch.finfo(torch.float32).min
+    L = mask.shape[-1]
+    Bp, Tp = bucket(B, ROW_BUCKETS), bucket(T, TOKEN_BUCKETS)
+    Lp = key_bucket(max(L, int(cols[0, 0]) + 2 * Tp if Bp > B else L))
+    if (Bp, Tp, Lp) == (B, T, L):
+        return ids, positions, mask, rows, cols
     padded_ids = ids.new_zeros(Bp, Tp)
     padded_ids[:B, :T] = ids
     padded_positions = positions.new_zeros(Bp, Tp)
     padded_positions[:B, :T] = positions
     padded_positions[:B, T:] = positions[:, -1:]
-    padded_mask = mask.new_full((Bp, 1, Tp, Sp + Tp), blocked)
-    padded_mask[:B, :, :T, :S] = mask[:, :, :, :S]
-    padded_mask[:B, :, :T, Sp: Sp + T] = mask[:, :, :, S:]
-    padded_mask[:, :, list(range(Tp)), list(range(Sp, Sp + Tp))] = 0.0  # every query sees itself (real ones did)
-    return padded_ids, padded_positions, padded_mask, rows + [rows[0]] * (Bp - B)
+    padded_positions[B:] = positions[0, -1]
+    padded_mask = mask.new_full((Bp, 1, Tp, Lp), torch.finfo(torch.float32).min)
+    padded_mask[:B, :, :T, :L] = mask
+    padded_mask[:B, :, T:, 0] = 0.0
+    padded_mask[B:, :, :, 0] = 0.0
+    start = cols[:, :1]
+    padded_cols = torch.cat([start + torch.arange(Tp), (cols[0, 0] + Tp + torch.arange(Tp)).expand(Bp - B, Tp)])
+    return padded_ids, padded_positions, padded_mask, rows + [rows[0]] * (Bp - B), padded_cols
 
 
 class CudaGraphs:
@@ -416,7 +420,7 @@ class CudaGraphs:
         if pointers != self.pointers:  # the slots grew: the old graphs read freed memory
             self.graphs.clear()
             self.pointers = pointers
-        key = tuple(tuple(a.shape) for a in args)
+        key = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args)
         entry = self.graphs.get(key)
         if entry is None:
             start = time.perf_counter()
@@ -424,13 +428,14 @@ class CudaGraphs:
             self.runner.compile_seconds += time.perf_counter() - start
         inputs, graph, out = entry
         for i, (buffer, arg) in enumerate(zip(inputs, args)):
-            if i not in self.persistent:
+            if i not in self.persistent and isinstance(arg, torch.Tensor):
                 buffer.copy_(arg)
         graph.replay()
         return out
 
     def _capture(self, args):
-        inputs = [arg if i in self.persistent else arg.clone() for i, arg in enumerate(args)]
+        inputs = [arg.clone() if i not in self.persistent and isinstance(arg, torch.Tensor) else arg
+                  for i, arg in enumerate(args)]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # allocator and kernels warmed before capture

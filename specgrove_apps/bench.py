@@ -183,6 +183,7 @@ class BenchConfig:
     structured: bool = False  # constrain each answer by its prompt's JSON schema (json workload; SpecGrove modes)
     concurrency: tuple[int, ...] = ()  # every SpecGrove mode again with this many clients at once, beside
     # transformers' generate over padded batches of as many prompts (aggregate throughput)
+    llama_cpp: str | None = None  # a llama.cpp build (llama-bench or its folder): its plain decoding beside us
 
     def mode_names(self) -> list[str]:
         every = ["ar", "hf-assisted"] + (["hf-lookup"] if self.draft != "ngram" else [])
@@ -268,6 +269,8 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
         if config.concurrency:
             report["concurrency"] = _run_concurrent(config, target, runners)
         others_after = other_cpu_seconds()  # while the deployment's workers still count as ours
+        if config.llama_cpp:
+            report["llama_cpp"] = _llama_cpp(config, target, report)
     finally:
         stacks.stop()
     if others is not None and others_after is not None:
@@ -370,6 +373,22 @@ def _run_concurrent(config: BenchConfig, target, runners) -> list[dict]:
     return records
 
 
+def _llama_cpp(config: BenchConfig, target, report: dict) -> dict:
+    """llama.cpp's plain decoding at the workload's mean prompt length, and each mode against it."""
+    from pathlib import Path
+
+    from specgrove.workloads import load_workload
+    from specgrove_apps.llama_cpp import plain_decoding
+
+    prompts = load_workload(config.workload, config.num_prompts)
+    lengths = [len(target.chat_prompt(p.text) if p.chat else target.encode(p.text)) for p in prompts]
+    result = plain_decoding(Path(config.llama_cpp), config.max_new_tokens, round(sum(lengths) / len(lengths)),
+                            torch.get_num_threads())
+    for record in report["results"]:
+        record["vs_llama_cpp"] = round(record["output_throughput"] / result["tokens_per_s"], 4)
+    return result
+
+
 def _config_record(config: BenchConfig, target) -> dict:
     import os
     import platform
@@ -413,6 +432,11 @@ def format_table(report: dict) -> str:
             f"{r['median_tpot_ms']:8.1f} {r['median_ttft_ms']:8.1f} {fmt(r['spec_decode_acceptance_length'], '7.2f')} "
             f"{fmt(r['spec_decode_acceptance_rate'], '8.2f')} {fmt(r['greedy_matches_ar'], '5.2f')}"
         )
+    if report.get("llama_cpp"):
+        ours = {r["mode"]: r["output_throughput"] for r in report["results"]}
+        rate = report["llama_cpp"]["tokens_per_s"]
+        lines.append(f"{'llama.cpp':14s} {rate:8.2f}  (plain decoding of the GGUF; "
+                     + ", ".join(f"{m} x{t / rate:.2f}" for m, t in ours.items()) + ")")
     return "\n".join(lines)
 
 

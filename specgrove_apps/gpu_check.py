@@ -70,7 +70,8 @@ def cost_curve(model, rows: tuple[int, ...], tokens: tuple[int, ...], prefix: in
 
     runner = LlamaRunner(model)
     device = str(runner.device)
-    slots = runner.new_slots(capacity=prefix + max(tokens) + 64)
+    slots = runner.new_slots()
+    slots.ensure(max(rows), 4 * (prefix + max(tokens)))  # fixed from here: a CUDA graph reads these tensors
     vocab = model.config.vocab_size
     for b in range(max(rows)):
         ids = torch.randint(3, vocab, (1, prefix))

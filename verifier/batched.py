@@ -12,6 +12,7 @@ into place within its row (a chain's prefix stays put).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,12 @@ from specgrove.runner import INITIAL_CAPACITY
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
 BLOCKED = torch.finfo(torch.float32).min
+# Compiled passes (a GPU): slots and positions allocated at start, passes captured for these shapes.
+WARM_ROWS = (1, 2, 4, 8, 16)
+WARM_TOKENS = (1, 2, 4, 8, 16)
+COMPILED_CAPACITY = 2048
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,6 +67,12 @@ class BatchedTarget:
         self.keep_features = keep_features
         self.cache = self.runner.new_slots(min(capacity, model.max_positions))
         self._used: set[int] = set()
+        if self.runner.compile:  # compiled passes read fixed slots: allocate them and capture now
+            self.cache.ensure(WARM_ROWS[-1], min(COMPILED_CAPACITY, model.max_positions))
+            seconds = self.runner.warm_up([(b, n) for b in WARM_ROWS for n in WARM_TOKENS], slots=self.cache,
+                                          progress=True)
+            log.warning("captured the verifier's passes for %d shapes in %.1f s", len(WARM_ROWS) * len(WARM_TOKENS),
+                        seconds)
 
     def open(self) -> SlotState:
         """A fresh slot: the lowest free one (a pass over slots 0..B−1 reads a view)."""
@@ -70,7 +83,7 @@ class BatchedTarget:
     def close(self, state: SlotState) -> None:
         self._used.discard(state.slot)
         state.tokens, state.node_tokens = [], []
-        if not self._used:  # the last session left: give the memory back
+        if not self._used and not self.runner.compile:  # the last session left: give the memory back
             self.cache.reset()
 
     @torch.inference_mode()
@@ -82,19 +95,17 @@ class BatchedTarget:
         width = max(len(row.feed) for row in rows)
         if len(rows) * width < self.model.min_pass_rows and width > 1:  # the CPU's slow 2–3 row products
             width = -(-self.model.min_pass_rows // len(rows))
-        past = max(row.keep for row in rows)  # cached columns every row's mask spans
+        key_len = max(row.keep for row in rows) + width  # the slots' columns the pass reads
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         positions = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.full((len(rows), 1, width, past + width), BLOCKED)
+        mask = torch.full((len(rows), 1, width, key_len), BLOCKED)
         for b, row in enumerate(rows):
             n = len(row.feed)
             ids[b, :n] = torch.tensor(row.feed)
             positions[b, :n] = torch.tensor(row.positions)
             positions[b, n:] = row.positions[-1]  # padding: any position; its queries are ignored
-            own = self._row_mask(row)  # [n, keep + n]
-            mask[b, 0, :n, : row.keep] = own[:, : row.keep]
-            mask[b, 0, :n, past: past + n] = own[:, row.keep:]
-            mask[b, 0, list(range(n, width)), list(range(past + n, past + width))] = 0.0  # padded queries see themselves
+            mask[b, 0, :n, : row.keep + n] = self._row_mask(row)
+            mask[b, 0, n:, 0] = 0.0  # padded queries see one key: no all-blocked softmax row
         picks = [(b, len(row.feed) - 1 - len(row.node_tokens), len(row.feed)) for b, row in enumerate(rows)]
         hidden, logits = self.forward(ids, positions, mask, picks, [row.state.slot for row in rows],
                                       [row.keep for row in rows])

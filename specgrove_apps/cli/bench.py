@@ -39,6 +39,7 @@ def cmd_bench(args) -> int:
         min_pass_ms=args.min_pass_ms, drafter_nice=args.drafter_nice, drafter_idle=args.drafter_idle,
         split_cores=args.split_cores, guess_width=args.guess_width, guess_count=args.guess_count,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
+        llama_cpp=args.llama_cpp,
     )
     SamplingParams(temperature=config.temperature, max_new_tokens=config.max_new_tokens).validate()
     config.mode_names()  # rejects unknown modes before loading models
@@ -112,6 +113,9 @@ def add_parser(sub) -> None:
                        help="comma-separated client counts: every SpecGrove mode again under load, beside "
                             "transformers' generate over padded batches (e.g. 1,2,4,8,16)")
     bench.add_argument("--modes", default="", help="comma-separated subset of modes (default: all)")
+    bench.add_argument("--llama-cpp", default=None, metavar="PATH",
+                       help="a llama.cpp build (llama-bench, or its bin/ folder): its plain decoding of the "
+                            "default target's GGUF beside the modes")
     bench.add_argument("--json", default=None, help="write the report as JSON to this path")
     bench.add_argument("--plot", default=None, help="write a PNG plot to this path")
     bench.add_argument("--quick", action="store_true", help="2 prompts, 24 tokens, K = 4: a smoke run")

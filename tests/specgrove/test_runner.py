@@ -38,18 +38,17 @@ def _reference(model, ids: list[int], positions: list[int] | None = None, mask=N
 
 def _pass(runner: LlamaRunner, slots: KVSlots, rows: list[int], starts: list[int], feeds: list[list[int]],
           positions: list[list[int]], own_masks: list[torch.Tensor]) -> torch.Tensor:
-    """One runner pass in the verifier's layout: row b's own mask [n, start + n] is split into its
-    cached columns and the new columns after the pass's longest cached prefix."""
-    width, past = max(len(f) for f in feeds), max(starts)
+    """One runner pass as the verifier makes it: row b's own mask [n, start + n] in its slot's
+    coordinates, rows right-padded, padded queries seeing column 0."""
+    width = max(len(f) for f in feeds)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     pos = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.full((len(rows), 1, width, past + width), torch.finfo(torch.float32).min)
+    mask = torch.full((len(rows), 1, width, max(starts) + width), torch.finfo(torch.float32).min)
     for b, (feed, start, own) in enumerate(zip(feeds, starts, own_masks)):
         n = len(feed)
         ids[b, :n], pos[b, :n] = torch.tensor(feed), torch.tensor(positions[b])
-        mask[b, 0, :n, :start] = own[:, :start]
-        mask[b, 0, :n, past: past + n] = own[:, start:]
-        mask[b, 0, list(range(n, width)), list(range(past + n, past + width))] = 0.0
+        mask[b, 0, :n, : start + n] = own
+        mask[b, 0, n:, 0] = 0.0
     hidden = runner.pass_(slots, ids, pos, mask, rows, starts)
     return runner.logits(hidden.reshape(-1, hidden.shape[-1])).view(len(rows), width, -1)
 
@@ -102,7 +101,8 @@ def test_moving_a_path_into_place_keeps_its_keys():
     slots.ensure(2, 6)
     assert (slots.slots, slots.capacity) == (2, 8)  # both doubled, the old contents kept
     new = torch.arange(2 * 2 * 1 * 6 * 2, dtype=torch.float32).view(2, 2, 1, 6, 2)
-    slots.write(torch.tensor([0, 1]), torch.tensor([0, 0]), new, -new)
+    slots.keys[:, :, :, :6] = new
+    slots.values[:, :, :, :6] = -new
     slots.move(1, [4, 5], [1, 2])
     assert torch.equal(slots.keys[:, 1, :, 1:3], new[:, 1, :, 4:6])
     assert torch.equal(slots.values[:, 1, :, 1:3], -new[:, 1, :, 4:6])
@@ -127,27 +127,35 @@ def test_compiled_passes_agree_with_eager():
 
 
 def test_a_pass_padded_to_buckets_gives_the_same_logits():
-    """What a compiled runner does to every pass (rows, tokens and cached columns padded to
-    buckets), checked on the eager pass: the real rows' logits do not change."""
+    """What a compiled runner does to every pass (rows, tokens and key columns padded to buckets),
+    checked on the eager body: the real rows' features do not change, and the padded rows and
+    tokens write only past the real rows' tokens."""
     from specgrove.runner import pad_to_buckets
 
     model = _model("qwen3", seed=3)
     runner = LlamaRunner(model, compile=False)
     slots = runner.new_slots()
-    contexts = [[5, 6, 7, 8, 9], [20, 21, 22]]
+    contexts = [[5, 6, 7, 8, 9], [20, 21, 22], [30, 31, 32, 33]]
     for slot, context in enumerate(contexts):
         _pass(runner, slots, [slot], [0], [context], [list(range(len(context)))], [_causal(0, len(context))])
-    feeds = [[40, 41, 42], [50]]
-    real = _pass(runner, slots, [0, 1], [5, 3], feeds, [[5, 6, 7], [3]], [_causal(5, 3), _causal(3, 1)])
-    original = runner.pass_
-
-    def padded(slots_, ids, positions, mask, rows, starts):
-        B, T = ids.shape
-        ids, positions, mask, rows = pad_to_buckets(ids, positions, mask, rows)
-        assert (ids.shape, mask.shape[-1]) == ((2, 4), 64 + 4)
-        return original(slots_, ids, positions, mask, rows, starts + [starts[0]] * (len(rows) - B))[:B, :T]
-
-    runner.pass_ = padded
-    again = _pass(runner, slots, [0, 1], [5, 3], feeds, [[5, 6, 7], [3]], [_causal(5, 3), _causal(3, 1)])
-    assert (again[0, :3] - real[0, :3]).abs().max() < TOLERANCE
-    assert (again[1, :1] - real[1, :1]).abs().max() < TOLERANCE
+    feeds, starts = [[40, 41, 42], [50], [60, 61]], [5, 3, 4]
+    positions = [list(range(s, s + len(f))) for s, f in zip(starts, feeds)]
+    masks = [_causal(s, len(f)) for s, f in zip(starts, feeds)]
+    real = _pass(runner, slots, [0, 1, 2], starts, feeds, positions, masks)
+    ids = torch.zeros(3, 3, dtype=torch.long)
+    pos = torch.zeros(3, 3, dtype=torch.long)
+    mask = torch.full((3, 1, 3, 8), torch.finfo(torch.float32).min)
+    for b, (feed, start, own) in enumerate(zip(feeds, starts, masks)):
+        ids[b, : len(feed)], pos[b, : len(feed)] = torch.tensor(feed), torch.tensor(positions[b])
+        mask[b, 0, : len(feed), : start + len(feed)] = own
+        mask[b, 0, len(feed):, 0] = 0.0
+    cols = torch.tensor(starts)[:, None] + torch.arange(3)
+    ids, pos, mask, rows, cols = pad_to_buckets(ids, pos, mask, [0, 1, 2], cols)
+    assert ids.shape == (4, 4) and mask.shape[-1] == 64 and rows == [0, 1, 2, 0]
+    assert cols[3].min() >= 5 + 4  # the padded row writes past row 0's tokens and their padding
+    with torch.inference_mode():
+        slots.ensure(3, 64)
+        hidden = runner.body(ids, pos, mask, slots.keys, slots.values, torch.tensor(rows), cols, False)
+    again = runner.logits(hidden[:3, :3].reshape(9, -1)).view(3, 3, -1)
+    for b, feed in enumerate(feeds):
+        assert (again[b, : len(feed)] - real[b, : len(feed)]).abs().max() < TOLERANCE
