@@ -162,9 +162,13 @@ def plot(curves: dict, path: Path) -> None:
     shapes = curves["shapes"]
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, (name, curve) in zip(axes[0], shapes.items()):
-        for b, per_n in curve["passes_ms"].items():
-            ax.plot(list(per_n), list(per_n.values()), marker="o", label=f"{b} rows")
-        ax.axhline(curve["floor_ms"], color="grey", linestyle="--", label="HBM floor")
+        for i, (b, per_n) in enumerate(curve["passes_ms"].items()):
+            ax.plot([int(n) for n in per_n], list(per_n.values()), marker="o", color=f"C{i}", label=f"runner, {b} rows")
+            theirs = curve.get("transformers_ms", {}).get(b, {})
+            if theirs:
+                ax.plot([int(n) for n in theirs], list(theirs.values()), linestyle=":", color=f"C{i}",
+                        label=f"transformers, {b} rows")
+        ax.axhline(curve["floor_ms"], color="grey", linestyle="--", label="weight-streaming floor")
         ax.set(xscale="log", xlabel="new tokens per row", ylabel="ms per pass", title=name)
         ax.legend()
     fig.tight_layout()
