@@ -88,7 +88,9 @@ class CausalLM(TextCodec):
         """Our own pass for Llama-family models (specgrove/runner.py), built on first use; None
         for other architectures, which run transformers' forward."""
         if self._runner is None and runner_module.supports(self.model):
-            self._runner = runner_module.LlamaRunner(self.model, compile=self.compile)
+            # built on the compute thread: packing the weights runs torch's parallel kernels, and a
+            # second thread that has run them slows every later pass (specgrove/compute.py)
+            self._runner = on_compute(runner_module.LlamaRunner, self.model, compile=self.compile)
         return self._runner
 
     def new_cache(self):
