@@ -77,6 +77,7 @@ class CausalLM(TextCodec):
         self.compile = compile  # compiled passes (None: SPECGROVE_COMPILE decides)
         self._runner = None
         self._pool: SlotPool | None = None
+        self._runner_lock = threading.RLock()  # the runner property may be asked from any thread
         # Causal passes over 2 or 3 new tokens are fed as 4 (the extra trailing copies are dropped
         # from the cache and the logits; later tokens cannot change earlier ones). On this
         # project's CPU the runner's pass over 2 tokens costs more than over 4 (oneDNN's blocking;
@@ -87,10 +88,11 @@ class CausalLM(TextCodec):
     def runner(self):
         """Our own pass for Llama-family models (specgrove/runner.py), built on first use; None
         for other architectures, which run transformers' forward."""
-        if self._runner is None and runner_module.supports(self.model):
-            # built on the compute thread: packing the weights runs torch's parallel kernels, and a
-            # second thread that has run them slows every later pass (specgrove/compute.py)
-            self._runner = on_compute(runner_module.LlamaRunner, self.model, compile=self.compile)
+        with self._runner_lock:
+            if self._runner is None and runner_module.supports(self.model):
+                # built on the compute thread: packing the weights runs torch's parallel kernels,
+                # and a second thread that has run them slows every later pass (specgrove/compute.py)
+                self._runner = on_compute(runner_module.LlamaRunner, self.model, compile=self.compile)
         return self._runner
 
     def new_cache(self):
@@ -98,8 +100,9 @@ class CausalLM(TextCodec):
         for all its sequences, so a compiled pass or a CUDA graph serves them all), else
         transformers' DynamicCache."""
         if self.runner is not None:
-            if self._pool is None:
-                self._pool = SlotPool(self.runner)
+            with self._runner_lock:
+                if self._pool is None:
+                    self._pool = SlotPool(self.runner)
             return SequenceCache(self._pool)
         from transformers import DynamicCache
 
@@ -132,10 +135,12 @@ class CausalLM(TextCodec):
             if mask is None:
                 mask = causal_mask(past, fed)
             runner = cache.pool.runner
-            hidden = runner.pass_(cache.pool.slots, tokens[None], positions[None], mask, [cache.slot], [past])[0]
+            with cache.pool.lock:  # the sequences share the slots' tensors, which a pass may grow
+                hidden = runner.pass_(cache.pool.slots, tokens[None], positions[None], mask, [cache.slot], [past])[0]
+                logits = runner.logits(hidden[-num_logits:])
+                hidden = hidden.float().cpu() if features else None
             cache.length += fed
-            logits = runner.logits(hidden[-num_logits:])
-            return logits, (hidden.float().cpu() if features else None)
+            return logits, hidden
         device = self.model.device  # the model may sit on a GPU; sampling and verification stay on the CPU
         out = self.model.model(
             input_ids=tokens.unsqueeze(0).to(device),
@@ -158,17 +163,19 @@ class SlotPool:
         self.slots = runner.new_slots()
         self._free: list[int] = []
         self._next = 0
-        self._lock = threading.Lock()
+        # Passes over the shared tensors one at a time (the compute thread serialises them in a
+        # server; tests and tools may run sequences on threads of their own).
+        self.lock = threading.RLock()
 
     def take(self) -> int:
-        with self._lock:
+        with self.lock:
             if self._free:
                 return self._free.pop()
             self._next += 1
             return self._next - 1
 
     def give(self, slot: int) -> None:
-        with self._lock:
+        with self.lock:
             self._free.append(slot)
 
 
@@ -194,7 +201,8 @@ class SequenceCache:
         """Keep the positions ``index`` (increasing), moved to the front in order."""
         moved = [(i, j) for j, i in enumerate(index) if i != j]
         if moved:
-            self.pool.slots.move(self.slot, [i for i, _ in moved], [j for _, j in moved])
+            with self.pool.lock:
+                self.pool.slots.move(self.slot, [i for i, _ in moved], [j for _, j in moved])
         self.length = len(index)
 
 

@@ -177,9 +177,9 @@ class _Layer(nn.Module):
 
 
 class Body(nn.Module):
-    """The decoder body as one function of tensors (what gets compiled):
-    (ids [B, T], positions [B, T], mask [B, 1, T, S + T], keys, values [L, slots, h, cap, d],
-    rows [B]) -> (features [B, T, H] after the final norm, new keys, new values [L, B, h, T, d])."""
+    """The decoder body as one function of tensors (what gets compiled or captured): see
+    ``forward``; it returns the features [B, T, H] after the final norm and writes the pass's
+    keys and values into the slots."""
 
     def __init__(self, hf_model, max_len: int, packed: bool):
         super().__init__()
@@ -192,7 +192,6 @@ class Body(nn.Module):
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.eps = float(config.rms_norm_eps)
-        self.scale = self.head_dim ** -0.5
         self.rotary = body.rotary_emb
         self.positions = 0
         self.extend(max_len)
