@@ -133,7 +133,7 @@ class CausalLM(TextCodec):
         if isinstance(cache, SequenceCache):
             past, fed = cache.length, len(tokens)
             if mask is None:
-                mask = causal_mask(past, fed)
+                mask = tree_attention_mask(past + fed, fed, [], 0, 0)  # no nodes: the causal mask
             runner = cache.pool.runner
             with cache.pool.lock:  # the sequences share the slots' tensors, which a pass may grow
                 hidden = runner.pass_(cache.pool.slots, tokens[None], positions[None], mask, [cache.slot], [past])[0]
@@ -204,13 +204,6 @@ class SequenceCache:
             with self.pool.lock:
                 self.pool.slots.move(self.slot, [i for i, _ in moved], [j for _, j in moved])
         self.length = len(index)
-
-
-def causal_mask(past: int, fed: int) -> torch.Tensor:
-    """[1, 1, fed, past + fed]: every cached position, and the fed tokens causally."""
-    mask = torch.zeros(1, 1, fed, past + fed)
-    mask[0, 0, :, past:] = torch.full((fed, fed), torch.finfo(torch.float32).min).triu(1)
-    return mask
 
 
 def select_positions(cache, index: list[int]) -> None:

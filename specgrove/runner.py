@@ -316,15 +316,11 @@ class LlamaRunner:
         return self._head()(hidden)[:n].cpu()
 
     def _body(self):
-        if not self.compile:
-            return self.body
         if self._body_compiled is None:
             self._body_compiled = self._compiled(self.body)
         return self._body_compiled
 
     def _head(self):
-        if not self.compile:
-            return self.head
         if self._head_compiled is None:
             self._head_compiled = self._compiled(self.head)
         return self._head_compiled
