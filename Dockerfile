@@ -20,6 +20,7 @@ RUN if [ "$VARIANT" = "cuda" ]; then index=https://download.pytorch.org/whl/cu12
 COPY pyproject.toml README.md requirements.lock ./
 COPY specgrove ./specgrove
 COPY drafter ./drafter
+COPY training ./training
 COPY verifier ./verifier
 COPY orchestrator ./orchestrator
 COPY services ./services

@@ -5,7 +5,7 @@ and each forward pass it needs as a ``Feed``. A session that wants its next leve
 steps here; as at the verifier, no scheduler thread: the caller that finds the draft free
 becomes the **leader**, gathers every waiting session (waiting a moment for the last pass's
 sessions to come back), and advances them all on the compute thread until each has drawn its
-next level or ended. The feeds met on the way run together (``feature_drafter.run_feeds``: one
+next level or ended. The feeds met on the way run together (``feature_sequence.run_feeds``: one
 pass per level across sessions, whatever each one's depth, cache length or tree); a draft
 without batched passes (a Hugging Face model on its own cache) yields each pass as a ``Pass``,
 run alone, so its sessions draw in turn. A lone session runs exactly as before.
@@ -20,7 +20,7 @@ from typing import Generator
 
 import torch
 
-from drafter.model_drafter import Level
+from drafter.tree_growth import Level
 from specgrove.compute import on_compute, on_compute_thread
 from specgrove.leading import Turns
 
@@ -150,7 +150,7 @@ class LevelBatcher:
     def _advance(self, batch: list[Steps]) -> int:
         """On the compute thread: every job's steps until its next level or its end, the feeds
         met on the way run together. The number of batched passes run."""
-        from drafter.feature_drafter import Feed, run_feeds
+        from drafter.feature_sequence import Feed, run_feeds
 
         t0, passes = time.perf_counter(), 0
         with torch.inference_mode():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drafter.feature_draft import is_feature_draft
+from drafter.feature_model import is_feature_draft
 from specgrove.compute import on_compute
 from specgrove.config import SHIPPED_FEATURE_DRAFT
 
@@ -23,7 +23,7 @@ def make_drafter(spec: str, target, cache_dir: Path, loaded: dict | None = None)
 
 
 def _make_drafter(spec: str, target, cache_dir: Path, loaded: dict | None):
-    from drafter.model_drafter import ModelDrafter
+    from drafter.tree_growth import ModelDrafter
     from drafter.ngram import NgramDrafter
     from specgrove.models import check_same_vocabulary, load_model
 
@@ -41,8 +41,8 @@ def _make_drafter(spec: str, target, cache_dir: Path, loaded: dict | None):
 
 def _feature_drafter(path: Path, name: str, target, cache_dir: Path, loaded: dict | None, lookup: bool):
     """A feature draft runs on its target's weights (embeddings here; features from the verifier)."""
-    from drafter.feature_draft import FeatureDraftConfig
-    from drafter.feature_drafter import load_feature_drafter
+    from drafter.feature_model import FeatureDraftConfig
+    from drafter.feature_sequence import load_feature_drafter
     from specgrove.errors import VocabularyMismatch
     from specgrove.models import load_model
 

@@ -23,7 +23,7 @@ from typing import Generator
 
 import torch
 
-from drafter.model_drafter import Level, _steps
+from drafter.tree_growth import Level, _steps
 from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 

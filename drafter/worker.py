@@ -11,12 +11,12 @@ from typing import Callable, Iterator
 
 from drafter.batching import MAX_BATCH, LevelBatcher, Steps
 from drafter.guess import Guess, guess_steps
-from drafter.model_drafter import Level, ModelDrafter, one_hot_chain
+from drafter.tree_growth import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.compute import on_compute
 from specgrove.config import GUESS_COUNT
 from specgrove.errors import StaleRound
-from specgrove.fence import ReleasedRuns
+from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
 from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator

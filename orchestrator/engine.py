@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from drafter.model_drafter import tree_from_levels
+from drafter.tree_growth import tree_from_levels
 from drafter.worker import DrafterWorker
 from orchestrator.acceptance import AcceptanceStats
 from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 from orchestrator.acceptance import AcceptanceStats
-from orchestrator.planner import CostProfile, Plan, plan_tree
+from orchestrator.tree_sizing import CostProfile, Plan, plan_tree
 from orchestrator.sequoia import SequoiaTable, TreeShape, tree_value
 from specgrove.tree import VerifyResult
 

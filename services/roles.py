@@ -116,7 +116,7 @@ class OrchestratorOptions:
 
 async def _orchestrator(options: OrchestratorOptions, cache_dir: Path, ready: asyncio.Event | None = None):
     from orchestrator.pipeline import Pipeline, PipelineConfig
-    from orchestrator.planner import CostProfile
+    from orchestrator.tree_sizing import CostProfile
     from orchestrator.session_store import SessionStore
     from services.server import create_orchestrator_server
     from specgrove.models import load_text_codec

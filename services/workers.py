@@ -17,7 +17,7 @@ from opentelemetry import context as otel_context
 
 from drafter.ahead import AheadRounds, next_max_len
 from drafter.guess import Guess
-from drafter.model_drafter import Level, tree_from_levels
+from drafter.tree_growth import Level, tree_from_levels
 from drafter.worker import DrafterWorker
 from services.auth import allow_verifier
 from specgrove import codec, telemetry

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from specgrove import draft_model
+from specgrove import distilled_draft
 from specgrove import runner as runner_module
 from specgrove.compute import on_compute
 from specgrove.config import SHIPPED_DRAFT
@@ -380,7 +380,7 @@ def _load_model(spec: str, cache_dir: Path, loaded: dict[str, CausalLM] | None) 
         model = truncated(load_model(base, cache_dir, loaded), int(layers))
     elif spec == "smollm2":
         model = _load_dir(smollm2_dir(cache_dir), name="SmolLM2-135M-Instruct")
-    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / draft_model.DRAFT_FILE).is_file():
+    elif spec == SHIPPED_DRAFT_NAME or (Path(spec).expanduser() / distilled_draft.DRAFT_FILE).is_file():
         model = _load_draft(SHIPPED_DRAFT if spec == SHIPPED_DRAFT_NAME else Path(spec).expanduser(), cache_dir, loaded)
     else:
         path = Path(spec).expanduser()
@@ -430,14 +430,14 @@ def truncated(model: CausalLM, num_layers: int) -> CausalLM:
 
 
 def _load_draft(path: Path, cache_dir: Path, loaded: dict[str, CausalLM] | None) -> CausalLM:
-    """A distilled reduced-head draft (specgrove/draft_model.py) on its target's embeddings."""
-    if not (path / draft_model.WEIGHTS_FILE).is_file():
+    """A distilled reduced-head draft (specgrove/distilled_draft.py) on its target's embeddings."""
+    if not (path / distilled_draft.WEIGHTS_FILE).is_file():
         raise ModelLoadError(f"{path}: no trained draft here (run `specgrove train-draft`)")
-    info = draft_model.read_info(path)
+    info = distilled_draft.read_info(path)
     target = load_model(info.target, cache_dir, loaded)
     if target.vocab_hash != info.target_vocab_hash:
         raise VocabularyMismatch(f"draft {path} was trained for another tokenizer than {target.name}'s")
-    return CausalLM(draft_model.load(path, target.model).to(target.model.device), target.tokenizer, path.name)
+    return CausalLM(distilled_draft.load(path, target.model).to(target.model.device), target.tokenizer, path.name)
 
 
 def default_device() -> str:

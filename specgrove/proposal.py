@@ -1,6 +1,6 @@
 """What a drafter is: something that opens per-generation draft sessions.
 
-Model drafts grow token trees level by level (``grow_levels``, drafter/model_drafter.py); a chain
+Model drafts grow token trees level by level (``grow_levels``, drafter/tree_growth.py); a chain
 is a tree of width one. Model-free drafts (prompt lookup) propose a chain with certainty: their
 q is one-hot on each token, so ``propose`` returns just the tokens.
 """

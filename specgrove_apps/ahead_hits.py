@@ -31,7 +31,7 @@ import uuid
 import torch
 
 from drafter.guess import likely_verdicts
-from drafter.model_drafter import tree_from_levels
+from drafter.tree_growth import tree_from_levels
 from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
 

@@ -74,7 +74,7 @@ def assemble(spec: EngineSpec, cache_dir: Path, loaded: dict | None = None) -> A
 
 def _assemble_tree(spec: EngineSpec, cache_dir: Path, target, draft, drafter, policies) -> Assembled:
     from orchestrator.engine import SpeculativeEngine
-    from orchestrator.planner import CostProfile, plan_tree
+    from orchestrator.tree_sizing import CostProfile, plan_tree
     from orchestrator.acceptance import AcceptanceStats
     from orchestrator.round_planner import LinkStats
     from orchestrator.rounds import Speculation

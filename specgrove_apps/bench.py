@@ -211,7 +211,7 @@ def build_runners(config: BenchConfig, cache_dir, stacks=None, sessions=None) ->
     from pathlib import Path
 
     from drafter.factory import SHIPPED_FEATURE_NAME, model_spec
-    from drafter.feature_draft import is_feature_draft
+    from drafter.feature_model import is_feature_draft
     from specgrove.config import SHIPPED_FEATURE_DRAFT
     from specgrove.models import SHIPPED_DRAFT_NAME
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.planner import CostProfile
+from orchestrator.tree_sizing import CostProfile
 
 VERIFY_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 EXPLORE_PRIOR = [0.3, 0.15, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03]
@@ -44,7 +44,7 @@ def measure_verify_ms(model, context: list[int], sizes=VERIFY_SIZES, repeats: in
 def measure_draft_level_ms(draft, context: list[int], width: int = 4, repeats: int = 9, target=None) -> float:
     """Median ms of one draft pass over a ``width``-node tree level (a feature draft reads the
     target's features of the context, which ``target`` computes first)."""
-    from drafter.feature_drafter import FeatureDraftModel, primed_sequence
+    from drafter.feature_sequence import FeatureDraftModel, primed_sequence
     from specgrove.models import CachedSequence
 
     seq = primed_sequence(draft, target, context) if isinstance(draft, FeatureDraftModel) else CachedSequence(draft)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from drafter.feature_drafter import FeatureDraftModel, primed_sequence, teacher_forced_logits
+from drafter.feature_sequence import FeatureDraftModel, primed_sequence, teacher_forced_logits
 from specgrove.models import CachedSequence, CausalLM
 from specgrove.sampling import SamplingParams
 

@@ -113,15 +113,15 @@ def instrument(clock: Clock, target) -> None:
         clock.wrap(drafter_worker.DrafterWorker, "accept", "draft")
     except ImportError:
         pass
-    import drafter.feature_drafter as feature_drafter
-    import drafter.model_drafter as model_drafter
+    import drafter.feature_sequence as feature_sequence
+    import drafter.tree_growth as tree_growth
     import drafter.ngram as ngram
 
-    for owner, attr in ((model_drafter.ModelDraftSession, "propose"), (model_drafter.ModelDraftSession, "grow_levels"),
-                        (model_drafter.ModelDraftSession, "propose_tree"), (ngram.NgramDraftSession, "propose")):
+    for owner, attr in ((tree_growth.ModelDraftSession, "propose"), (tree_growth.ModelDraftSession, "grow_levels"),
+                        (tree_growth.ModelDraftSession, "propose_tree"), (ngram.NgramDraftSession, "propose")):
         clock.wrap(owner, attr, "draft")  # nested parts of one name count once
     for attr in ("logits_for", "tree_logits"):  # the feature draft's passes: its layer and its LM head
-        clock.wrap(feature_drafter.FeatureSequence, attr, "draft_forward")
+        clock.wrap(feature_sequence.FeatureSequence, attr, "draft_forward")
 
 
 def engines(target, drafter, ngram_len: int, chain_len: int, tree_shape):

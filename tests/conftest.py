@@ -66,7 +66,7 @@ TINY_FEATURE_TRAIN = dict(chat_prompts=4, code_stubs=4, gen_max_tokens=48, gen_b
 @pytest.fixture(scope="session")
 def tiny_feature_dir(tiny_dir, tmp_path_factory) -> Path:
     """A feature-level draft for the tiny target, trained for 150 steps (seconds on a CPU)."""
-    from drafter.feature_train import FeatureTrainConfig, run
+    from training.feature import FeatureTrainConfig, run
 
     root = tmp_path_factory.mktemp("tiny_feature")
     return run(FeatureTrainConfig(target=str(tiny_dir), steps=150, **TINY_FEATURE_TRAIN), root / "run", root / "draft",

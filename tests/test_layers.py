@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"specgrove": 0, "drafter": 1, "verifier": 1, "orchestrator": 2, "services": 3, "specgrove_apps": 4}
+LAYERS = {"specgrove": 0, "drafter": 1, "verifier": 1, "orchestrator": 2, "training": 2, "services": 3,
+          "specgrove_apps": 4}
 
 
 def project_modules() -> dict[str, Path]:

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter, Pass, tree_from_levels
+from drafter.tree_growth import ModelDrafter, Pass, tree_from_levels
 from drafter.worker import DrafterWorker
 from orchestrator.sequoia import TreeShape
 from specgrove.budget import DraftBudget
@@ -110,7 +110,7 @@ def test_a_release_mid_round_stops_the_draft_and_leaves_no_cache(tiny_target, ti
 def test_the_drafter_draws_its_levels_on_the_compute_thread(tiny_target, tiny_draft):
     """Model work of a drafter runs on specgrove.compute's one thread, level by level: its steps
     (sampling each level) and its passes."""
-    from drafter.model_drafter import Level
+    from drafter.tree_growth import Level
     from specgrove.compute import on_compute_thread
 
     worker = DrafterWorker(ModelDrafter(tiny_draft))

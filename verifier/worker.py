@@ -18,7 +18,7 @@ import torch
 
 from specgrove.compute import on_compute
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
-from specgrove.fence import ReleasedRuns
+from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import Constraint, constrain, for_session
 from specgrove.leading import Turns
 from specgrove.metrics import WorkerMetrics
@@ -98,7 +98,7 @@ class VerifierWorker:
         output_start: where the output begins in context (a grammar in params constrains it).
         A round older than the session's latest is refused (StaleRound): an abandoned call must
         not move a cache a newer round owns; the same round again (a retry) is served. So is a
-        round of a released ``run`` (see specgrove.fence). The milliseconds are those of the
+        round of a released ``run`` (see specgrove.run_ownership). The milliseconds are those of the
         pass the round rode in, shared with the other rounds in it; the rows are the tokens that
         pass fed (every round's in it, prefills included)."""
         self.check(context, tree)

@@ -56,8 +56,8 @@ def cmd_eval_draft(args) -> int:
     if args.model_card:
         from pathlib import Path
 
-        from drafter.feature_draft import is_feature_draft
-        from drafter.model_card import render, render_feature
+        from drafter.feature_model import is_feature_draft
+        from training.model_card import render, render_feature
 
         card = Path(args.model_card) / "README.md"
         card.write_text((render_feature if is_feature_draft(Path(args.model_card)) else render)(Path(args.model_card), report))
@@ -69,9 +69,9 @@ def cmd_train_draft(args) -> int:
     from pathlib import Path
 
     if args.kind == "feature":
-        from drafter.feature_train import FeatureTrainConfig as Config, run
+        from training.feature import FeatureTrainConfig as Config, run
     else:
-        from drafter.train import TrainConfig as Config, run
+        from training.distill import TrainConfig as Config, run
     defaults = {"feature": (FEATURE_TRAIN_CONFIG, "runs/feature", SHIPPED_FEATURE_DRAFT),
                 "model": (DRAFT_TRAIN_CONFIG, "runs/draft", SHIPPED_DRAFT)}[args.kind]
     config = Config.from_file(Path(args.config or defaults[0]))

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from drafter.feature_drafter import primed_sequence, run_feeds, target_features
+from drafter.feature_sequence import primed_sequence, run_feeds, target_features
 from drafter.worker import DrafterWorker
 from orchestrator.engine import SpeculativeEngine
 from specgrove.budget import DraftBudget
 from specgrove.sampling import SamplingParams
-from tests.drafter.test_feature_draft import exact_marginals
+from tests.drafter.test_feature_model import exact_marginals
 from tests.stats import ALPHA, chi_square_p_value, detectable_tv
 
 CONTEXTS = ["the cat sat on the mat", "a dog ran", "once upon a time there was a", "hello world", "to be or not"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from drafter.factory import make_drafter, model_spec
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
 from specgrove.errors import VocabularyMismatch

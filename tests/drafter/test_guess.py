@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafter.feature_drafter import FeatureSequence, target_features
+from drafter.feature_sequence import FeatureSequence, target_features
 from drafter.guess import guess_steps, likely_verdicts
-from drafter.model_drafter import inline, run_alone
+from drafter.tree_growth import inline, run_alone
 from drafter.worker import _twin
 from specgrove.sampling import SamplingParams, truncate_top_n, warp
 

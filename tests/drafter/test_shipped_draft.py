@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from specgrove.config import SHIPPED_DRAFT, default_cache_dir
 from specgrove.models import load_model
 from specgrove.workloads import load_workload

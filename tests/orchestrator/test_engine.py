@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
 from specgrove.errors import InvalidArgument, OutOfRange, VocabularyMismatch

@@ -3,7 +3,7 @@ KV compaction on both sides), full acceptance with a self-draft, and the output 
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable, TreeShape
 from orchestrator.acceptance import AcceptanceStats

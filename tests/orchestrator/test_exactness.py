@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.rounds import Speculation
 from orchestrator.sequoia import SequoiaTable

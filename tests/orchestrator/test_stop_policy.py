@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable
 from orchestrator.stop_policy import AdaEDLConfig, AdaEDLPolicy, HeuristicPolicy, MaxConfidencePolicy, make_policy

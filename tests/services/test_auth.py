@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from services.server import create_verifier_server
 from specgrove import codec
 from specgrove.budget import DraftBudget

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from services.http import start_http
 from services.server import create_orchestrator_server
 from specgrove.limits import DEFAULT_LIMITS, Limits

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.session_store import SessionStore
 from specgrove.models import load_model
 from specgrove_apps.client import Client

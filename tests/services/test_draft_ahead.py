@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from specgrove.sampling import SamplingParams
 from specgrove_apps.client import Client

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from specgrove.local_redis import LocalRedis
 from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack

@@ -30,7 +30,7 @@ def passes(worker) -> float:
 
 
 def test_a_session_moves_to_another_verifier_when_its_own_dies(tiny_target, tiny_draft, redis_server, expected):
-    from drafter.model_drafter import ModelDrafter
+    from drafter.tree_growth import ModelDrafter
 
     ids, reference = expected
     stack = InProcessStack(tiny_target, ModelDrafter(tiny_draft), redis_server.url, verifiers=2,
@@ -54,7 +54,7 @@ def test_a_session_moves_to_another_verifier_when_its_own_dies(tiny_target, tiny
 
 
 def test_a_session_moves_to_another_drafter_when_its_own_dies(tiny_target, redis_server, expected):
-    from drafter.model_drafter import ModelDrafter
+    from drafter.tree_growth import ModelDrafter
 
     ids, reference = expected
     stack = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis_server.url, drafters=2, draft_len=2)

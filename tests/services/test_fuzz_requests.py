@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from specgrove.v1 import generate_pb2, generate_pb2_grpc
 from tests.services.conftest import InProcessStack
 

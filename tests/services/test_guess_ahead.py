@@ -64,8 +64,8 @@ def feature_drafter_for(target):
     (untrained), so it agrees often and is rejected often."""
     import torch
 
-    from drafter import feature_draft as fd
-    from drafter.feature_drafter import FeatureDrafter, FeatureDraftModel
+    from drafter import feature_model as fd
+    from drafter.feature_sequence import FeatureDrafter, FeatureDraftModel
 
     c = fd.FeatureDraftConfig.from_target(target.model.config, "tiny", target.vocab_hash, list(range(target.vocab_size)))
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ import urllib.request
 import openai
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from services.http import start_http
 from specgrove.grammar import GrammarSpec
 from specgrove.metrics import serve_metrics

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from drafter.ngram import NgramDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.rounds import Speculation

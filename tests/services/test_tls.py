@@ -11,7 +11,7 @@ import urllib.request
 import grpc
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from specgrove.errors import InvalidArgument
 from specgrove.tls import TlsConfig, open_channel, ssl_context
 from specgrove_apps.client import Client

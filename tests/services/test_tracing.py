@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from specgrove_apps.client import Client
 from tests.services.conftest import InProcessStack, in_memory_spans
 

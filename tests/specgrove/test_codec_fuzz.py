@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drafter.model_drafter import Level, tree_from_levels
+from drafter.tree_growth import Level, tree_from_levels
 from specgrove import codec
 from specgrove.errors import InvalidArgument
 from specgrove.v1 import speculate_pb2

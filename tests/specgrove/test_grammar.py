@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.stop_policy import make_policy
 from orchestrator.sequoia import TreeShape

@@ -1,6 +1,6 @@
 """The guessed-draft-ahead hit rates are counted from real rounds (tiny models)."""
 
-from drafter.model_drafter import ModelDrafter
+from drafter.tree_growth import ModelDrafter
 from orchestrator.engine import SpeculativeEngine
 import torch
 

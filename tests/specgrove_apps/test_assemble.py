@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from orchestrator.planner import CostProfile
+from orchestrator.tree_sizing import CostProfile
 from specgrove.errors import InvalidArgument, ModelLoadError, VocabularyMismatch
 from specgrove.models import CachedSequence, load_model, truncated
 from specgrove_apps.assemble import EngineSpec, assemble
@@ -54,7 +54,7 @@ def test_layer_slice_of_a_loaded_target_shares_its_weights(tiny_dir, tmp_path):
 def test_verify_curve_and_quick_profile(tiny_target, tiny_draft):
     curve = measure_verify_ms(tiny_target, tiny_target.encode("the cat sat on the mat"), sizes=(1, 2, 8), repeats=2)
     assert sorted(curve) == [1, 2, 8] and all(ms > 0 for ms in curve.values())
-    from drafter.model_drafter import ModelDrafter
+    from drafter.tree_growth import ModelDrafter
 
     profile = calibrate(tiny_target, tiny_draft, ModelDrafter(tiny_draft), num_prompts=1, quick=True)
     assert profile.verify_ms[1] > 0 and profile.draft_level_ms > 0

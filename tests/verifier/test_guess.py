@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 
-from drafter.model_drafter import one_hot_chain, tree_from_levels
+from drafter.tree_growth import one_hot_chain, tree_from_levels
 from specgrove.sampling import SamplingParams
 from verifier.worker import VerifierWorker, empty_tree
 

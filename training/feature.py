@@ -1,7 +1,7 @@
 """``specgrove train-draft --kind feature``: train the feature-level (EAGLE-style) draft.
 
 Stages, each resumable from files under the run directory:
-1. **generate** and 2. **tokenize**: as for the distilled draft (``drafter/train.py``): text the
+1. **generate** and 2. **tokenize**: as for the distilled draft (``training/distill.py``): text the
    target writes (chat answers, code completions), local Python source and package docs, and the
    FR-Spec vocabulary subset (the most frequent ids);
 3. **train**: each step the target computes its features F over a batch of windows (no
@@ -9,7 +9,7 @@ Stages, each resumable from files under the run directory:
    reads step s−1's own predicted features) and trained with forward KL(p ‖ q) against the
    target's head on the subset, plus a small smooth-L1 pull of F̂ towards F; AdamW, cosine
    schedule, checkpoints every ``checkpoint_every`` steps (weights, optimiser, step, RNG);
-4. **export**: ``feature_draft.json`` + bf16 ``model.safetensors`` into the output directory.
+4. **export**: ``feature_model.json`` + bf16 ``model.safetensors`` into the output directory.
 A GPU is used when torch sees one (bf16 autocast for the draft; the target's features in fp32).
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drafter import feature_draft
-from drafter.train import _batch, _lr, generate, load_checkpoint, read_config, save_checkpoint, tokenize
+from drafter import feature_model
+from training.distill import _batch, _lr, generate, load_checkpoint, read_config, save_checkpoint, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run(config: FeatureTrainConfig, run_dir: Path, out_dir: Path, cache_dir: Pat
         return run_dir
     model.cpu()
     target.model.cpu()
-    feature_draft.save(model, out_dir)
+    feature_model.save(model, out_dir)
     (out_dir / "training.json").write_text(json.dumps({"config": asdict(config), **stats}, indent=1) + "\n")
     return out_dir
 
@@ -92,7 +92,7 @@ def draft_loss(model, features: torch.Tensor, tokens: torch.Tensor, head: torch.
     teacher = torch.log_softmax((target_f @ head.T).float(), -1)  # [B, N, S]
     total = features.new_zeros(())
     agree: list[float] = []
-    for s, out in enumerate(feature_draft.unrolled(model, features, tokens, config.ttt_steps), start=1):
+    for s, out in enumerate(feature_model.unrolled(model, features, tokens, config.ttt_steps), start=1):
         rows = slice(s - 1, None)
         student = torch.log_softmax(model.lm_head(out[:, rows]).float(), -1)
         p = teacher[:, rows]
@@ -111,10 +111,10 @@ def train(config: FeatureTrainConfig, target, subset: list[int], run_dir: Path, 
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    draft_config = feature_draft.FeatureDraftConfig.from_target(target.model.config, config.target,
+    draft_config = feature_model.FeatureDraftConfig.from_target(target.model.config, config.target,
                                                                 target.vocab_hash, subset)
     torch.manual_seed(config.seed)
-    model = feature_draft.init_from_target(draft_config, target.model).to(device)
+    model = feature_model.init_from_target(draft_config, target.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     rng = np.random.default_rng(config.seed)

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drafter import corpus
-from specgrove.draft_model import DraftInfo, build, save
+from training import corpus
+from specgrove.distilled_draft import DraftInfo, build, save
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from drafter import feature_draft as fd
+from drafter import feature_model as fd
 from drafter.factory import make_drafter
-from drafter.feature_drafter import FeatureDraftModel, FeatureSequence
-from drafter.feature_train import FeatureTrainConfig, run
+from drafter.feature_sequence import FeatureDraftModel, FeatureSequence
+from training.feature import FeatureTrainConfig, run
 from orchestrator.engine import SpeculativeEngine
 from orchestrator.sequoia import SequoiaTable
 from orchestrator.acceptance import AcceptanceStats

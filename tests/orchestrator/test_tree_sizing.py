@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.planner import CostProfile, plan_tree
+from orchestrator.tree_sizing import CostProfile, plan_tree
 
 FLAT = {1: 30.0, 2: 31.0, 4: 32.0, 8: 33.0, 16: 35.0, 32: 40.0, 64: 60.0, 128: 100.0}  # GPU-like
 STEEP = {1: 30.0, 2: 45.0, 4: 75.0, 8: 135.0, 16: 255.0, 32: 495.0, 64: 975.0, 128: 1935.0}  # linear in tokens

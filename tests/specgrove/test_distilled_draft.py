@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from drafter.model_drafter import ModelDrafter
-from drafter.train import TrainConfig, init_draft, run
+from drafter.tree_growth import ModelDrafter
+from training.distill import TrainConfig, init_draft, run
 from orchestrator.engine import SpeculativeEngine
-from specgrove import draft_model
+from specgrove import distilled_draft
 from specgrove.models import CausalLM, load_model
 from specgrove.sampling import SamplingParams
 
@@ -30,8 +30,8 @@ def test_save_load_round_trip_and_exact_greedy_speculation(tiny_dir, tiny_target
     subset = list(range(3, tiny_target.vocab_size))  # everything but <unk>, bos and eos ...
     subset.append(2)  # ... and eos, as the FR-Spec subset always includes the end tokens
     model = init_draft(TrainConfig(init_layers=[1]), tiny_target, subset)
-    info = draft_model.DraftInfo(str(tiny_dir), tiny_target.vocab_hash, subset)
-    draft_model.save(model, info, tmp_path / "draft")
+    info = distilled_draft.DraftInfo(str(tiny_dir), tiny_target.vocab_hash, subset)
+    distilled_draft.save(model, info, tmp_path / "draft")
     loaded = load_model(str(tmp_path / "draft"), Path("/nonexistent"))
     ids = torch.tensor([4, 5, 6, 7])
     expected = CausalLM(model.eval(), tiny_target.tokenizer, "d").forward(ids, torch.arange(4), loaded.new_cache())

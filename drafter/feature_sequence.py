@@ -2,7 +2,7 @@
 
 ``FeatureSequence`` offers the same three calls as ``CachedSequence`` (``logits_for``,
 ``tree_logits``, ``keep_path``), so ``ModelDraftSession`` grows chains and Sequoia trees with it
-unchanged. Pair i = (F_{i−1}, x_i) (see feature_draft.py). Where the target's F_{i−1} is known
+unchanged. Pair i = (F_{i−1}, x_i) (see feature_model.py). Where the target's F_{i−1} is known
 (``set_features``) the pair reads it; beyond that (tokens drafted this round) it reads the
 draft's own F̂_{i−1}. Cached pairs built on drafted features are dropped as soon as the target's
 own features for them arrive, so every round starts from true features, as EAGLE does.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from drafter import feature_draft
-from drafter.model_drafter import ModelDrafter, ModelDraftSession, run_alone
+from drafter import feature_model
+from drafter.tree_growth import ModelDrafter, ModelDraftSession, run_alone
 from specgrove.models import common_prefix_length
 from specgrove.tree_mask import node_positions, tree_attention_mask
 
@@ -229,7 +229,7 @@ def run_feeds(feeds: list[Feed]) -> list[tuple]:
 class FeatureDraftModel:
     """A loaded feature draft with the facts the drafter reports (name, vocabulary)."""
 
-    def __init__(self, draft: feature_draft.FeatureDraft, name: str, max_positions: int = 2048):
+    def __init__(self, draft: feature_model.FeatureDraft, name: str, max_positions: int = 2048):
         self.draft = draft.eval()
         self.name = name
         self.vocab_size = draft.config.vocab_size
@@ -278,7 +278,7 @@ class FeatureDraftSession(ModelDraftSession):
 
 def load_feature_drafter(path, target_model, name: str, lookup: bool = False) -> FeatureDrafter:
     """A FeatureDrafter on the loaded target's (frozen) embeddings."""
-    draft = feature_draft.load(path, target_model).to(target_model.device)
+    draft = feature_model.load(path, target_model).to(target_model.device)
     max_positions = int(getattr(target_model.config, "max_position_embeddings", 2048))
     return FeatureDrafter(FeatureDraftModel(draft, name, max_positions), lookup=lookup)
 
@@ -304,6 +304,6 @@ def teacher_forced_logits(model: FeatureDraftModel, target, ids: list[int]) -> t
     features = target_features(target, ids)
     device = next(model.draft.parameters()).device
     x = torch.tensor(ids, dtype=torch.long)
-    out = feature_draft.unrolled(model.draft, features[None].to(device), x[None].to(device), 1)[0]  # [1, N, H]
+    out = feature_model.unrolled(model.draft, features[None].to(device), x[None].to(device), 1)[0]  # [1, N, H]
     logits = model.draft.full_logits(model.draft.lm_head(out[0])).float().cpu()  # row j predicts token j + 2
     return torch.cat([torch.full((1, logits.shape[-1]), float("-inf")), logits])

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from specgrove.draft_model import WEIGHTS_FILE
+from specgrove.distilled_draft import WEIGHTS_FILE
 
 
 def sha256(path: Path) -> str:
@@ -76,7 +76,7 @@ The default draft of SpecGrove (`--draft smollm2-draft`). Rebuild it with
 
 def render_feature(draft_dir: Path, evaluation: dict) -> str:
     """The model card of a feature-level draft (feature_draft.json + training.json + eval-draft)."""
-    from drafter.feature_draft import CONFIG_FILE, WEIGHTS_FILE as FEATURE_WEIGHTS
+    from drafter.feature_model import CONFIG_FILE, WEIGHTS_FILE as FEATURE_WEIGHTS
 
     training = json.loads((draft_dir / "training.json").read_text())
     config = training["config"]

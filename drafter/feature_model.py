@@ -266,7 +266,7 @@ def init_from_target(c: FeatureDraftConfig, target_model, layer: int = -1) -> Fe
 
 
 def load(path: Path, target_model) -> FeatureDraft:
-    from specgrove.draft_model import load_weights
+    from specgrove.distilled_draft import load_weights
 
     c = FeatureDraftConfig.read(path)
     return load_weights(FeatureDraft(c, target_model.get_input_embeddings()), path, borrowed="embed_tokens.")
