@@ -231,7 +231,7 @@ class Pipeline:
                                            "specgrove.accepted": outcome.accepted})
             if await self._commit(run, outcome, core.policy) and core.finish_reason is None:
                 finish = "cancelled"  # Abort: this round's tokens still reach the client
-            self.metrics.record_round(drafted, outcome.accepted, len(outcome.emitted))
+            self.metrics.record_round(drafted, outcome.accepted, len(outcome.emitted), plan.reason)
             if first_at is None:
                 first_at = time.perf_counter()
                 self.metrics.ttft.observe(first_at - started)

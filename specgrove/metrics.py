@@ -25,6 +25,8 @@ class OrchestratorMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.rounds = Counter(P + "rounds", "rounds by the planner's reason for their shape, and whether they drafted",
+                              ["plan", "drafted"], registry=r)
         self.num_drafts = Counter(P + "spec_decode_num_drafts", "rounds with a draft", registry=r)
         self.num_draft_tokens = Counter(P + "spec_decode_num_draft_tokens", "draft tokens proposed", registry=r)
         self.num_accepted_tokens = Counter(P + "spec_decode_num_accepted_tokens", "draft tokens accepted", registry=r)
@@ -48,7 +50,9 @@ class OrchestratorMetrics:
         self.ahead_rounds = Counter(P + "spec_decode_ahead_rounds", "rounds the drafter was asked to run ahead, by "
                                     "outcome: hit (it had), miss (drafted when asked)", ["outcome"], registry=r)
 
-    def record_round(self, num_drafted: int, num_accepted: int, num_emitted: int) -> None:
+    def record_round(self, num_drafted: int, num_accepted: int, num_emitted: int, plan: str = "plan") -> None:
+        """plan: the planner's reason for the round's shape (plan, probe, measure, fixed, ar, load)."""
+        self.rounds.labels(plan=plan, drafted=str(bool(num_drafted)).lower()).inc()
         self.emitted_per_round.observe(num_emitted)
         self.generation_tokens.inc(num_emitted)
         if num_drafted:
