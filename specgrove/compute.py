@@ -1,18 +1,17 @@
 """One thread per process runs the model work: every forward pass, draft level and verification.
 
 Why: torch's CPU kernels fork and join GNU OpenMP teams, and libgomp keeps a team for each thread
-that has run a parallel region, for as long as that thread lives. Once two threads own teams
-(more team threads than CPUs), libgomp stops spinning between regions and parks its workers, so
-every parallel region of every thread pays a wake-up. Measured on the 2-core CPU: a [8, 576] x
-[576, 1536] product took 250-280 us with one team alive and 400-500 us with two, a KV-sized
-``cat`` 35-45 us against 190-280 us; 8 clients of batched plain decoding ran at 30-32 tok/s after
-another thread had computed and at 55-57 tok/s with one team; one client's chain ran 30% slower
-when the model had been loaded on another thread. OMP_WAIT_POLICY and GOMP_SPINCOUNT do not lift
-the throttle. A server's handler threads, an engine's client threads and a bench's main thread
-would each grow a team; routing their model work (loading included) through this one thread
-keeps one team per process. A function run here must not wait for a thread that may itself be
-waiting to run something here (a deadlock): the verifier's leader sleeps and gathers outside it,
-and a feature draft fetches the target's features before its levels come here.
+that has run a parallel region, for as long as that thread lives. Once two threads own teams (more
+team threads than CPUs), libgomp stops spinning between regions and parks its workers, so every
+parallel region of every thread pays a wake-up. On a 2-core CPU that makes a decode step's matrix
+products markedly slower and its KV-sized copies several times slower, and batched plain decoding
+loses close to half its throughput; a model loaded on another thread slows even one client's chain
+(the figures: docs/bench/history.md, "One compute thread per process"). OMP_WAIT_POLICY and
+GOMP_SPINCOUNT do not lift the throttle. A server's handler threads, an engine's client threads and
+a bench's main thread would each grow a team; routing their model work (loading included) through
+this one thread keeps one team per process. A function run here must not wait for a thread that may
+itself be waiting to run something here (a deadlock): the verifier's leader sleeps and gathers
+outside it, and a feature draft fetches the target's features before its levels come here.
 
 ``on_compute(fn, *args)`` runs ``fn`` there (inline when already there) under the caller's grad
 and inference modes and intra-op thread count, which are thread-local in torch;

@@ -12,8 +12,8 @@ unmasked: the target gives that token p = 0, so they are never reached.
 
 Why llguidance (measured with SmolLM2's 49,152-token vocabulary: docs/bench/grammar-engines.json,
 from docs/bench/grammar_engines.py):
-a mask costs 0.07 ms (xgrammar: 0.007 ms), both far below one target pass (60+ ms here), and the
-wheel is 7.6 MB with no dependencies, where xgrammar pulls triton (1 GB) on this platform.
+either engine's mask costs a small fraction of one target pass, and llguidance's wheel is small
+with no dependencies, where xgrammar pulls triton (about 1 GB) on this platform.
 Rollback is native, which a tree's depth-first walk needs.
 """
 
@@ -85,9 +85,9 @@ class GrammarSpec:
 
 
 def grammar_tokenizer(tokenizer, vocab_size: int):
-    """llguidance's view of a Hugging Face tokenizer, built once per tokenizer (~0.4 s for 49k
-    tokens). Tokenizers whose decoder llguidance cannot read (the tests' character tokenizer) are
-    described token by token instead."""
+    """llguidance's view of a Hugging Face tokenizer, built once per tokenizer (building it for a
+    49k-token vocabulary is not free). Tokenizers whose decoder llguidance cannot read (the tests'
+    character tokenizer) are described token by token instead."""
     cached = getattr(tokenizer, "_specgrove_llguidance", None)
     if cached is None or cached[0] != vocab_size:
         import llguidance

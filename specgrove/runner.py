@@ -1,11 +1,12 @@
 """Our own forward pass for the Llama family (SmolLM2, Llama 3, Qwen2/2.5, Qwen3), on KV slots.
 
 transformers' forward spends most of a small pass in Python and small kernels: on a 2-core CPU a
-1-token SmolLM2 pass costs 65–81 ms against a 28 ms streaming floor, and on an H100 20–43 ms at
-every size against ~0.1 ms of weight reads. This runner does the same arithmetic with a handful
-of tensor operations per layer, over keys and values that live in preallocated **slots**, so the
-pass can be compiled (``torch.compile``; on the CPU with inductor's own small-M GEMM kernels, on a
-GPU with CUDA graphs per shape bucket) and the eager path is already lean.
+1-token SmolLM2 pass costs well over twice the time its weights take to stream, and on an H100 a
+pass costs the same at every size, bound by kernel launches rather than by its weight reads. This
+runner does the same arithmetic with a handful of tensor operations per layer, over keys and values
+that live in preallocated **slots**, so the pass can be compiled (``torch.compile``; on the CPU with
+inductor's own small-M GEMM kernels, on a GPU with CUDA graphs per shape bucket) and the eager path
+is already lean.
 
 One pass: B rows, each feeding up to T new tokens (right-padded) at its own positions. Row b
 writes its new keys into its slot at positions cols[b] (its cached length onwards), then attends
@@ -129,10 +130,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class Dense:
     """y = x Wᵀ (+ b) for one or more stacked weights (q|k|v, gate|up), split back into parts.
 
-    On the CPU the stacked weight is reordered once into oneDNN's blocked layout. Measured on a
-    2-core AMD EPYC, SmolLM2's matrices for one pass: 29 / 27 / 27 / 34 ms for 1 / 4 / 8 / 16 rows
-    packed, against 45 / 65 / 70 / 86 ms through MKL's sgemm (``F.linear``), whose small-M path
-    on this CPU costs almost linearly in the rows. Elsewhere (a GPU, or a compiled pass) it is
+    On the CPU the stacked weight is reordered once into oneDNN's blocked layout: packed, SmolLM2's
+    matrices for one pass cost about the same for 1 to 8 rows and less than through MKL's sgemm
+    (``F.linear``), whose small-M path costs almost linearly in the rows on the project's 2-core
+    AMD CPU (docs/benchmarks.md, "The runner"). Elsewhere (a GPU, or a compiled pass) it is
     ``F.linear`` on the model's own weights, which are then not copied."""
 
     def __init__(self, linears: list[nn.Linear], packed: bool):

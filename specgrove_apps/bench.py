@@ -171,7 +171,7 @@ class BenchConfig:
     grpc_tree: bool = False  # a grpc-tree mode sized by the network-aware planner
     grpc_chain_auto: bool = False  # grpc-chain-auto: the served default (K picked by goodput)
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
-    grpc_serial: bool = False  # every gRPC mode also without draft-ahead (-serial: the pipeline before issue 16)
+    grpc_serial: bool = False  # every gRPC mode also without draft-ahead (-serial: rounds drawn when asked)
     grpc_guess: bool = False  # every gRPC mode also with guessed draft-ahead (-guess)
     link_delays: tuple[float, ...] = (0.0,)  # a remote drafter's one-way link latency (ms), one deployment each
     min_pass_ms: float = 0.0  # the deployments' verifier passes last at least this long (a GPU-bound target)

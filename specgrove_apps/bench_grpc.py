@@ -5,7 +5,7 @@ Mode names: ``grpc-chain-kK`` (a static chain of K, the in-process ``chain-kK``'
 ``grpc-tree`` (the network-aware planner), ``grpc-tree-mM`` (a pinned size), each with
 ``-dD`` appended when D ms of delay are injected on the drafter's links, ``-serial`` when
 the deployment runs without draft-ahead (each round drawn only when the orchestrator asks: the
-pipeline before issue 16, the same run's baseline), and ``-guess`` when it runs guessed
+same run's baseline), and ``-guess`` when it runs guessed
 draft-ahead (``--guess-ahead``: the next round drawn under guesses of each verdict). Every process writes its spans to a
 JSON-lines trace file, from which ``round_split`` takes the per-round split of time into draft,
 verify, network and the overlap draft-ahead won, and the bytes each round put on the wire.

@@ -1,4 +1,4 @@
-"""The packages are layers and imports point one way (DESIGN.md §2): specgrove (base) <- drafter,
+"""The packages are layers and imports point one way (see the README): specgrove (base) <- drafter,
 verifier <- orchestrator <- services <- specgrove_apps, with no import circles anywhere.
 
 The import graph is built statically with ``ast``: every ``import`` and ``from ... import``

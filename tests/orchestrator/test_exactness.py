@@ -1,5 +1,5 @@
 """Speculative sampling through the in-process engine is distributed exactly as the target's own
-sampling, well past the first round (issue #12).
+sampling, well past the first round.
 
 Each case draws N seeded generations of 5 tokens (one ``SamplingParams.seed`` per generation) on
 tiny models (tests/exactness.py: a vocabulary of 11, the draft a noisy copy of the target) and
@@ -103,7 +103,7 @@ def test_chain_output_is_exact_after_rejections_mid_chain(models, case):
 
 @pytest.mark.parametrize("case", ["T1", "T1-k6-p0.9"])
 def test_chain_output_is_exact_when_sessions_share_verify_passes(models, case):
-    """Continuous batching (issue #13): 8 generations at a time, their rounds verified together."""
+    """Continuous batching: 8 generations at a time, their rounds verified together."""
     # chains pinned at 4 (goodput would switch them off: 8 sessions' draft levels outweigh the
     # tiny target's pass), each pass as slow as a large model's so that the sessions' rounds meet
     engine = SpeculativeEngine(models[0], ModelDrafter(models[1]),

@@ -38,7 +38,7 @@ def test_link_stats_split_a_round_into_draft_verify_and_network():
 
 
 def test_draft_ahead_overlap_is_not_counted_as_network_and_makes_a_slow_link_pay_again():
-    """A round run ahead (issue 16) was partly done before the orchestrator asked: it waited
+    """A round run ahead (draft-ahead) was partly done before the orchestrator asked: it waited
     rtt, the round's hops took rtt + overlap − draft − verify, and only the hops not overlapped
     count against speculating."""
     link = measured_link(300.0)

@@ -1,4 +1,4 @@
-"""Continuous batching changes no output (issue #13): concurrent sessions through one served
+"""Continuous batching changes no output: concurrent sessions through one served
 verifier, whose rounds share forward passes, each give what they give alone."""
 
 from __future__ import annotations

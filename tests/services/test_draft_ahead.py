@@ -1,4 +1,4 @@
-"""Draft-ahead served over a slow link (issue 16), on real loopback gRPC and a real Redis: a
+"""Draft-ahead served over a slow link, on real loopback gRPC and a real Redis: a
 drafter runs each round as soon as it holds the last one's verdict, so the orchestrator's hops
 (the verdict's way to it, the commit, its request's way back) overlap the next round.
 

@@ -1,4 +1,4 @@
-"""Guessed draft-ahead served over a slow link (issue 16), on real loopback gRPC and a real Redis,
+"""Guessed draft-ahead served over a slow link, on real loopback gRPC and a real Redis,
 with the tiny feature draft: while the verifier checks a chain, the drafter draws the next round
 under each likely verdict (drafter/guess.py) and sends the guesses (``Verifier.Guess``); the
 verifier starts the one that matches as soon as the verdict is in.

@@ -1,9 +1,9 @@
-"""Speculative sampling served over gRPC is distributed exactly as the target's own sampling
-(issue #12): the same statistical tests as tests/orchestrator/test_exactness.py, through real
-loopback gRPC servers (orchestrator, drafter, verifier, run in this process as the pipeline tests
-run them) and a real redis-server. What this adds over the engine: per-round generators keyed
-by (seed, step) on two workers, the protobuf codec of trees, q and results, the verifier's
-tree path for chains, and the round planner.
+"""Speculative sampling served over gRPC is distributed exactly as the target's own sampling,
+well past the first round: the same statistical tests as tests/orchestrator/test_exactness.py,
+through real loopback gRPC servers (orchestrator, drafter, verifier, run in this process as the
+pipeline tests run them) and a real redis-server. What this adds over the engine: per-round
+generators keyed by (seed, step) on two workers, the protobuf codec of trees, q and results, the
+verifier's tree path for chains, and the round planner.
 
 N seeded requests of 5 tokens per case; the joint of tokens 1–2 and the marginal of token 5
 pass Pearson's chi-square against the exact target distribution (p > 1e-3), the joint fails
