@@ -67,6 +67,14 @@ def server_span(role: str, method: str, metadata):
     )
 
 
+def _record_failure(method: str, current, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status a handler's exception becomes (``status_of``), marked on its span and logged."""
+    code, message = status_of(exc)
+    current.set_status(Status(StatusCode.ERROR, message))
+    log.info("%s -> %s: %s", method, code.name, message)
+    return code, message
+
+
 class ServerInterceptor(grpc.ServerInterceptor):
     """Sync servers (drafter, verifier)."""
 
@@ -79,52 +87,52 @@ class ServerInterceptor(grpc.ServerInterceptor):
         if handler is None or details.method.startswith(UNCHECKED_PREFIXES):
             return handler
         method = details.method
-
-        def guard(context):
-            if not _authorised(context.invocation_metadata(), self.auth_token, method):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-        def span(context):
-            return server_span(self.role, method, context.invocation_metadata())
-
-        def fail(context, current, exc):
-            code, message = status_of(exc)
-            current.set_status(Status(StatusCode.ERROR, message))
-            log.info("%s -> %s: %s", method, code.name, message)
-            context.abort(code, message)
-
-        def unary(behavior):
-            def wrapped(request, context):
-                guard(context)
-                with span(context) as current:
-                    try:
-                        return behavior(request, context)
-                    except Exception as exc:  # noqa: BLE001 - mapped to a status
-                        if context.code() is not None:
-                            raise
-                        fail(context, current, exc)
-            return wrapped
-
-        def streaming(behavior):
-            def wrapped(request, context):
-                guard(context)
-                with span(context) as current:
-                    try:
-                        yield from behavior(request, context)
-                    except Exception as exc:  # noqa: BLE001
-                        if context.code() is not None:
-                            raise
-                        fail(context, current, exc)
-            return wrapped
-
         kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(decoding(handler, handler.unary_unary, False)), **kw)
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, decoding(handler, handler.unary_unary, False)), **kw)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary(decoding(handler, handler.stream_unary, True)), **kw)
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, decoding(handler, handler.stream_unary, True)), **kw)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming(decoding(handler, handler.unary_stream, False)), **kw)
-        return grpc.stream_stream_rpc_method_handler(streaming(decoding(handler, handler.stream_stream, True)), **kw)
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, decoding(handler, handler.unary_stream, False)), **kw)
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(method, decoding(handler, handler.stream_stream, True)), **kw)
+
+    def _guard(self, method: str, context) -> None:
+        """Abort with UNAUTHENTICATED unless the call carries the bearer token."""
+        if not _authorised(context.invocation_metadata(), self.auth_token, method):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    def _span(self, method: str, context):
+        return server_span(self.role, method, context.invocation_metadata())
+
+    def _unary(self, method: str, behavior):
+        """``behavior`` (one response) guarded, in its span, its exceptions mapped to a status."""
+        def wrapped(request, context):
+            self._guard(method, context)
+            with self._span(method, context) as current:
+                try:
+                    return behavior(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped to a status
+                    if context.code() is not None:
+                        raise
+                    context.abort(*_record_failure(method, current, exc))
+        return wrapped
+
+    def _streaming(self, method: str, behavior):
+        """``behavior`` (a response stream) guarded, in its span, its exceptions mapped to a status."""
+        def wrapped(request, context):
+            self._guard(method, context)
+            with self._span(method, context) as current:
+                try:
+                    yield from behavior(request, context)
+                except Exception as exc:  # noqa: BLE001
+                    if context.code() is not None:
+                        raise
+                    context.abort(*_record_failure(method, current, exc))
+        return wrapped
 
 
 def client_key(metadata, peer: str) -> str:
@@ -152,62 +160,70 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(UNCHECKED_PREFIXES):
             return handler
         method = details.method
+        kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, decoding(handler, handler.unary_unary, False)), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, decoding(handler, handler.unary_stream, False)), **kw)
+        raise NotImplementedError(f"{method}: streaming requests are not used by the orchestrator")
 
-        async def guard(context):
-            if not _authorised(context.invocation_metadata(), self.auth_token, method):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+    async def _guard(self, method: str, context) -> None:
+        """Abort with UNAUTHENTICATED unless the call carries the bearer token."""
+        if not _authorised(context.invocation_metadata(), self.auth_token, method):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        def span(context):
-            return server_span(self.role, method, context.invocation_metadata())
+    def _span(self, method: str, context):
+        return server_span(self.role, method, context.invocation_metadata())
 
-        async def fail(context, current, exc):
-            code, message = status_of(exc)
-            current.set_status(Status(StatusCode.ERROR, message))
-            log.info("%s -> %s: %s", method, code.name, message)
-            await context.abort(code, message)
+    async def _open_stream(self, context) -> str:
+        """Count one more stream open from the call's client (returned), or abort with
+        RESOURCE_EXHAUSTED when that client already has max_streams open."""
+        client = client_key(context.invocation_metadata(), context.peer())
+        open_now = self._streams.get(client, 0)
+        if self.max_streams is not None and open_now >= self.max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"max_streams_per_client: {open_now} streams open from this client "
+                                f"(limit {self.max_streams}); retry later")
+        self._streams[client] = open_now + 1
+        return client
 
-        def unary(behavior):
-            async def wrapped(request, context):
-                await guard(context)
-                with span(context) as current:
+    def _close_stream(self, client: str) -> None:
+        left = self._streams[client] - 1
+        if left:
+            self._streams[client] = left
+        else:
+            del self._streams[client]
+
+    def _unary(self, method: str, behavior):
+        """``behavior`` (one response) guarded, in its span, its exceptions mapped to a status."""
+        async def wrapped(request, context):
+            await self._guard(method, context)
+            with self._span(method, context) as current:
+                try:
+                    return await behavior(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    await context.abort(*_record_failure(method, current, exc))
+        return wrapped
+
+    def _streaming(self, method: str, behavior):
+        """``behavior`` (a response stream) guarded, counted against its client's max_streams,
+        in its span, its exceptions mapped to a status."""
+        async def wrapped(request, context):
+            await self._guard(method, context)
+            client = await self._open_stream(context)
+            try:
+                with self._span(method, context) as current:
                     try:
-                        return await behavior(request, context)
+                        async for item in behavior(request, context):
+                            yield item
                     except (grpc.aio.AbortError, asyncio.CancelledError):
                         raise
                     except Exception as exc:  # noqa: BLE001
-                        await fail(context, current, exc)
-            return wrapped
-
-        def streaming(behavior):
-            async def wrapped(request, context):
-                await guard(context)
-                client = client_key(context.invocation_metadata(), context.peer())
-                open_now = self._streams.get(client, 0)
-                if self.max_streams is not None and open_now >= self.max_streams:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"max_streams_per_client: {open_now} streams open from this client "
-                                        f"(limit {self.max_streams}); retry later")
-                self._streams[client] = open_now + 1
-                try:
-                    with span(context) as current:
-                        try:
-                            async for item in behavior(request, context):
-                                yield item
-                        except (grpc.aio.AbortError, asyncio.CancelledError):
-                            raise
-                        except Exception as exc:  # noqa: BLE001
-                            await fail(context, current, exc)
-                finally:
-                    left = self._streams[client] - 1
-                    if left:
-                        self._streams[client] = left
-                    else:
-                        del self._streams[client]
-            return wrapped
-
-        kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(decoding(handler, handler.unary_unary, False)), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming(decoding(handler, handler.unary_stream, False)), **kw)
-        raise NotImplementedError(f"{method}: streaming requests are not used by the orchestrator")
+                        await context.abort(*_record_failure(method, current, exc))
+            finally:
+                self._close_stream(client)
+        return wrapped

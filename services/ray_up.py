@@ -26,6 +26,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from specgrove.tls import TlsConfig
 
 DRAFTER_RESOURCE, VERIFIER_RESOURCE = "specgrove_drafter", "specgrove_verifier"
 LOCAL_CLUSTER = {  # ray.init() arguments of the local cluster: always a new one ("local", never one
@@ -204,25 +208,42 @@ class RayStack:
             self.cluster.stop()
 
 
-def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | None = None,
-                    redis_url: str | None = None, mode: str = "chain", draft_len: int = 4,
-                    drafter_accelerator: str | None = None, verifier_accelerator: str | None = None,
-                    cluster_timeout: float = 300.0, auth_token: str | None = None, tls=None) -> RayStack:
-    """auth_token, tls (a ``specgrove.tls.TlsConfig``, its files readable on every node): as for
-    ``specgrove serve``; every actor requires the token and sends it on. The verifier starts
-    first: the drafter streams only to it."""
+@dataclass(frozen=True)
+class RayStackOptions:
+    """How ``start_ray_stack`` deploys. address: an existing Ray cluster (None: a local one, up
+    within cluster_timeout seconds); redis_url: None starts a local redis-server; the
+    accelerators: a GPU type for each worker actor (None: the specgrove_* custom resource).
+    auth_token, tls (a ``specgrove.tls.TlsConfig``, its files readable on every node): as for
+    ``specgrove serve``; every actor requires the token and sends it on."""
+
+    address: str | None = None
+    redis_url: str | None = None
+    mode: str = "chain"
+    draft_len: int = 4
+    drafter_accelerator: str | None = None
+    verifier_accelerator: str | None = None
+    cluster_timeout: float = 300.0
+    auth_token: str | None = None
+    tls: TlsConfig | None = None
+
+
+def start_ray_stack(target: str, draft: str, cache_dir: Path,
+                    options: RayStackOptions = RayStackOptions()) -> RayStack:
+    """The three roles as actors (see ``RayStackOptions``). The verifier starts first: the drafter
+    streams only to it."""
     import ray
 
+    o = options
     connected, cluster = False, None
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
+        if o.address:
+            ray.init(address=o.address)
         else:
             from ray._private.authentication.authentication_token_setup import (
                 maybe_enable_token_auth_if_token_available,
             )
 
-            cluster = LocalRayCluster.start(timeout=cluster_timeout)
+            cluster = LocalRayCluster.start(timeout=o.cluster_timeout)
             try:  # the helper's ray.init() turned token auth on: join it as Ray joins a local cluster it found
                 maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
                 ray.init(address=cluster.address, log_to_driver=False)
@@ -230,7 +251,7 @@ def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | Non
                 cluster.stop()
                 raise
         connected = True
-    redis = None
+    redis, redis_url = None, o.redis_url
     if not redis_url:
         from specgrove.local_redis import LocalRedis
 
@@ -243,17 +264,18 @@ def start_ray_stack(target: str, draft: str, cache_dir: Path, address: str | Non
             return {"num_gpus": 1, "accelerator_type": accelerator, "num_cpus": 1}
         return {"num_cpus": 1, "resources": {resource: 1}}
 
-    opts = {"target": target, "draft": draft, "auth_token": auth_token, "tls": tls}
+    opts = {"target": target, "draft": draft, "auth_token": o.auth_token, "tls": o.tls}
     actors = {
-        "verifier": actor.options(**placement(verifier_accelerator, VERIFIER_RESOURCE)).remote("verifier", str(cache_dir), opts),
+        "verifier": actor.options(**placement(o.verifier_accelerator, VERIFIER_RESOURCE)).remote(
+            "verifier", str(cache_dir), opts),
     }
     try:
         verifier_addr = ray.get(actors["verifier"].start.remote(), timeout=600)
-        actors["drafter"] = actor.options(**placement(drafter_accelerator, DRAFTER_RESOURCE)).remote(
+        actors["drafter"] = actor.options(**placement(o.drafter_accelerator, DRAFTER_RESOURCE)).remote(
             "drafter", str(cache_dir), {**opts, "verifiers": [verifier_addr]})
         drafter_addr = ray.get(actors["drafter"].start.remote(), timeout=600)
         orch_opts = {**opts, "drafters": [drafter_addr], "verifiers": [verifier_addr],
-                     "redis_url": redis_url, "mode": mode, "draft_len": draft_len}
+                     "redis_url": redis_url, "mode": o.mode, "draft_len": o.draft_len}
         actors["orchestrator"] = actor.options(num_cpus=1).remote("orchestrator", str(cache_dir), orch_opts)
         orch_addr = ray.get(actors["orchestrator"].start.remote(), timeout=300)
     except BaseException:

@@ -42,49 +42,84 @@ def _metrics_port(registry, host: str, port: int | None) -> None:
         print(f"metrics on http://{host}:{bound}/metrics", flush=True)
 
 
-def serve_verifier(host: str, port: int, target: str, cache_dir: Path, auth_token: str | None,
-                   link_delay_ms: float = 0.0, min_pass_ms: float = 0.0, metrics_port: int | None = None,
-                   tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS,
-                   max_kv_tokens: int | None = None, max_batch: int = 16) -> None:
+@dataclass(frozen=True)
+class VerifierOptions:
+    """What ``specgrove serve verifier`` serves, and how."""
+
+    host: str
+    port: int
+    target: str
+    auth_token: str | None = None
+    link_delay_ms: float = 0.0
+    min_pass_ms: float = 0.0  # every verify pass lasts at least this long (emulates a GPU-bound target)
+    metrics_port: int | None = None  # /metrics on this port (None = off)
+    tls: TlsConfig | None = None
+    limits: Limits = DEFAULT_LIMITS
+    max_kv_tokens: int | None = None
+    max_batch: int = 16
+
+
+def serve_verifier(options: VerifierOptions, cache_dir: Path) -> None:
     from services.server import create_verifier_server
     from specgrove.models import load_model
     from verifier.worker import VerifierWorker
 
-    worker = VerifierWorker(load_model(target, cache_dir), min_pass_ms=min_pass_ms, max_kv_tokens=max_kv_tokens,
-                            max_batch=max_batch)
-    server, bound = create_verifier_server(f"{host}:{port}", worker, auth_token, link_delay_ms, tls=tls,
-                                           limits=limits)
-    _metrics_port(worker.metrics.registry, host, metrics_port)
+    o = options
+    worker = VerifierWorker(load_model(o.target, cache_dir), min_pass_ms=o.min_pass_ms, max_kv_tokens=o.max_kv_tokens,
+                            max_batch=o.max_batch)
+    server, bound = create_verifier_server(f"{o.host}:{o.port}", worker, o.auth_token, o.link_delay_ms, tls=o.tls,
+                                           limits=o.limits)
+    _metrics_port(worker.metrics.registry, o.host, o.metrics_port)
     server.start()
-    print(f"verifier serving {target} on {host}:{bound}{_secured(tls)}", flush=True)
+    print(f"verifier serving {o.target} on {o.host}:{bound}{_secured(o.tls)}", flush=True)
     _wait_for_signal()
     server.stop(grace=2).wait()
 
 
-def serve_drafter(host: str, port: int, draft: str, target: str, cache_dir: Path, auth_token: str | None,
-                  metrics_port: int | None = None, tls: TlsConfig | None = None, verifiers: tuple[str, ...] = (),
-                  limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0, max_batch: int = 16,
-                  min_pass_ms: float = 0.0, guess_count: int = GUESS_COUNT, guess_width: int | None = None) -> None:
-    """verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any.
+@dataclass(frozen=True)
+class DrafterOptions:
+    """What ``specgrove serve drafter`` serves, and how.
+
+    verifiers: the only verifiers its Draft calls may stream to (and send the token to); empty: any.
     max_batch: the most sessions whose draft levels share one pass; min_pass_ms: each such pass
     lasts at least this long (a draft on a GPU); guess_count: guessed draft-ahead's guesses per
     round, the most likely verdicts; guess_width: instead, this many per acceptance length."""
+
+    host: str
+    port: int
+    draft: str
+    target: str  # its tokenizer
+    auth_token: str | None = None
+    metrics_port: int | None = None  # /metrics on this port (None = off)
+    tls: TlsConfig | None = None
+    verifiers: tuple[str, ...] = ()
+    limits: Limits = DEFAULT_LIMITS
+    link_delay_ms: float = 0.0
+    max_batch: int = 16
+    min_pass_ms: float = 0.0
+    guess_count: int = GUESS_COUNT
+    guess_width: int | None = None
+
+
+def serve_drafter(options: DrafterOptions, cache_dir: Path) -> None:
     from drafter.factory import make_drafter
+    from drafter.guess import GuessSelection
     from drafter.worker import DrafterWorker
     from services.server import create_drafter_server
     from specgrove.models import load_text_codec
 
-    text = load_text_codec(target, cache_dir)
-    drafter, model = make_drafter(draft, text, cache_dir)
-    worker = DrafterWorker(drafter, text=text, max_batch=max_batch, min_pass_ms=min_pass_ms, guess_count=guess_count,
-                           guess_width=guess_width)
-    server, bound = create_drafter_server(f"{host}:{port}", worker, model, auth_token, tls=tls, verifiers=verifiers,
-                                          limits=limits, link_delay_ms=link_delay_ms)
-    if not verifiers:
+    o = options
+    text = load_text_codec(o.target, cache_dir)
+    drafter, model = make_drafter(o.draft, text, cache_dir)
+    worker = DrafterWorker(drafter, text=text, max_batch=o.max_batch, min_pass_ms=o.min_pass_ms,
+                           guesses=GuessSelection(o.guess_count, o.guess_width))
+    server, bound = create_drafter_server(f"{o.host}:{o.port}", worker, model, o.auth_token, tls=o.tls,
+                                          verifiers=o.verifiers, limits=o.limits, link_delay_ms=o.link_delay_ms)
+    if not o.verifiers:
         log.warning("drafter: no --verifier given: it streams to whichever verifier a Draft request names")
-    _metrics_port(worker.metrics.registry, host, metrics_port)
+    _metrics_port(worker.metrics.registry, o.host, o.metrics_port)
     server.start()
-    print(f"drafter serving {draft} on {host}:{bound}{_secured(tls)}", flush=True)
+    print(f"drafter serving {o.draft} on {o.host}:{bound}{_secured(o.tls)}", flush=True)
     _wait_for_signal()
     server.stop(grace=2).wait()
 
@@ -105,7 +140,7 @@ class OrchestratorOptions:
     redis_retry_s: float = 10.0  # how long every session-store call rides through a Redis outage
     profile: str | None = None
     auth_token: str | None = None
-    http_port: int | None = None  # the OpenAI-compatible HTTP door and /metrics (None = off)
+    http_port: int | None = None  # the OpenAI-compatible HTTP API and /metrics (None = off)
     tls: TlsConfig | None = None  # its servers (gRPC and HTTP) and its channels to the workers
     limits: Limits = DEFAULT_LIMITS  # message size, prompt ids, stop strings, streams per client
     max_sessions: int = 64  # concurrent generations; more queue for queue_timeout_s, then RESOURCE_EXHAUSTED
@@ -275,6 +310,92 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _role_names(role: str, count: int) -> tuple[str, ...]:
+    """The process names of ``count`` instances of a role: ``verifier``, ``verifier2``, ..."""
+    return tuple(role if i == 0 else f"{role}{i + 1}" for i in range(count))
+
+
+def _stack_redis(redis_url: str | None, redis_dir: Path | None) -> tuple[object | None, str]:
+    """A stack's session store and its URL: ``redis_url`` as given (nothing started), else a
+    local Redis the stack owns (append-only in ``redis_dir`` when given, else a fresh directory)."""
+    if redis_url:
+        return None, redis_url
+    from specgrove.local_redis import LocalRedis
+
+    redis = LocalRedis.shared(redis_dir) if redis_dir else LocalRedis()
+    return redis, redis.url
+
+
+def _stack_ports(port: int, workers: tuple[str, ...], http_port: int | None,
+                 second_orchestrator: bool) -> dict[str, int]:
+    """Every port of a local stack, a free one where none is named: ``orchestrator`` (``port``;
+    0 = free), each worker's gRPC port and ``<worker>_metrics``, ``http`` when ``http_port`` is
+    not None (0 = free), and ``orchestrator2`` with a second orchestrator."""
+    from specgrove.local_redis import free_port
+
+    ports = {"orchestrator": port or free_port()}
+    for name in workers:
+        ports[name], ports[f"{name}_metrics"] = free_port(), free_port()
+    if http_port is not None:
+        ports["http"] = http_port or free_port()
+    if second_orchestrator:
+        ports["orchestrator2"] = free_port()
+    return ports
+
+
+@dataclass(frozen=True)
+class _StackCommands:
+    """The command line of each process of a local stack: a role on its port in ``ports``, under
+    its role's prefix, pointed at its peers on loopback."""
+
+    cache_dir: Path
+    target: str
+    link_delay_ms: float
+    ports: dict[str, int]
+    prefixes: dict[str, tuple[str, ...]]
+    verifier_names: tuple[str, ...]
+    drafter_names: tuple[str, ...]
+
+    def _role(self, role: str, name: str, *args: str) -> list[str]:
+        return [*self.prefixes.get(role, ()), *role_command(role, self.ports[name], self.cache_dir, *args)]
+
+    def _peers(self, flag: str, names: tuple[str, ...]) -> list[str]:
+        """``flag 127.0.0.1:PORT`` for each of ``names``."""
+        return [arg for name in names for arg in (flag, f"127.0.0.1:{self.ports[name]}")]
+
+    def verifier(self, name: str, extra: tuple[str, ...]) -> list[str]:
+        return self._role("verifier", name, "--target", self.target, "--link-delay-ms", str(self.link_delay_ms),
+                          "--metrics-port", str(self.ports[f"{name}_metrics"]), *extra)
+
+    def drafter(self, name: str, draft: str, guess_count: int, guess_width: int | None) -> list[str]:
+        width = ("--guess-width", str(guess_width)) if guess_width is not None else ()
+        return self._role("drafter", name, "--draft", draft, "--target", self.target,
+                          "--metrics-port", str(self.ports[f"{name}_metrics"]),
+                          "--link-delay-ms", str(self.link_delay_ms),
+                          *self._peers("--verifier", self.verifier_names),  # the only verifiers it may stream to
+                          "--guess-count", str(guess_count), *width)
+
+    def orchestrator(self, name: str, redis_url: str, mode: str, draft_len: int, extra: tuple[str, ...]) -> list[str]:
+        return self._role("orchestrator", name, "--target", self.target, "--redis-url", redis_url,
+                          *self._peers("--drafter", self.drafter_names),
+                          *self._peers("--verifier", self.verifier_names),
+                          "--mode", mode, "--draft-len", str(draft_len), *extra)
+
+
+def _launch(stack: Stack) -> Stack:
+    """Start every process of ``stack`` in the order of its commands (workers first, then the
+    orchestrators), then wait until each is healthy; on any failure stop them all and re-raise."""
+    try:
+        for role in stack.commands:
+            stack.start(role, wait=False)
+        for role in stack.commands:
+            stack.wait_healthy(role)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
 def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: str | None = None,
                 mode: str = "chain", draft_len: int = 4, link_delay_ms: float = 0.0, log_dir: Path | None = None,
                 extra_orchestrator: tuple[str, ...] = (), extra_verifier: tuple[str, ...] = (),
@@ -282,7 +403,7 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
                 http_port: int | None = None, redis_dir: Path | None = None,
                 prefixes: dict[str, tuple[str, ...]] | None = None, verifiers: int = 1, drafters: int = 1,
                 second_orchestrator: tuple[str, ...] | None = None) -> Stack:
-    """http_port: the orchestrator's OpenAI-compatible door (0 = a free port, None = none). The
+    """http_port: the orchestrator's OpenAI-compatible HTTP API (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
     redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory).
     guess_count / guess_width: the drafter's guesses when the orchestrator guesses ahead.
@@ -294,55 +415,16 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
     orchestrator and drafter is given them all). second_orchestrator: start ``orchestrator2`` too,
     on the same workers and Redis, with these extra arguments (e.g. ``("--guess-ahead",)``): a
     session resumes on either."""
-    from specgrove.local_redis import LocalRedis, free_port
-
-    redis = None
-    if not redis_url:
-        redis = LocalRedis.shared(redis_dir) if redis_dir else LocalRedis()
-        redis_url = redis.url
-
-    def names(role: str, n: int) -> list[str]:
-        return [role if i == 0 else f"{role}{i + 1}" for i in range(n)]
-
-    verifier_names, drafter_names = names("verifier", verifiers), names("drafter", drafters)
-    ports = {"orchestrator": port or free_port()}
-    for name in (*verifier_names, *drafter_names):
-        ports[name], ports[f"{name}_metrics"] = free_port(), free_port()
-    http = ()
-    if http_port is not None:
-        ports["http"] = http_port or free_port()
-        http = ("--http-port", str(ports["http"]))
-    prefixes = prefixes or {}
-    to_verifiers = [arg for name in verifier_names for arg in ("--verifier", f"127.0.0.1:{ports[name]}")]
-    to_drafters = [arg for name in drafter_names for arg in ("--drafter", f"127.0.0.1:{ports[name]}")]
-    commands = {}
-    for name in verifier_names:
-        commands[name] = [*prefixes.get("verifier", ()), *role_command(
-            "verifier", ports[name], cache_dir, "--target", target, "--link-delay-ms", str(link_delay_ms),
-            "--metrics-port", str(ports[f"{name}_metrics"]), *extra_verifier)]
-    for name in drafter_names:
-        commands[name] = [*prefixes.get("drafter", ()), *role_command(
-            "drafter", ports[name], cache_dir, "--draft", draft, "--target", target,
-            "--metrics-port", str(ports[f"{name}_metrics"]), "--link-delay-ms", str(link_delay_ms),
-            *to_verifiers,  # the only verifiers it may stream to
-            "--guess-count", str(guess_count), *(("--guess-width", str(guess_width)) if guess_width is not None else ()))]
-
-    def orchestrator(at: int, *extra: str) -> list[str]:
-        return [*prefixes.get("orchestrator", ()), *role_command(
-            "orchestrator", at, cache_dir, "--target", target, "--redis-url", redis_url, *to_drafters, *to_verifiers,
-            "--mode", mode, "--draft-len", str(draft_len), *extra)]
-
-    commands["orchestrator"] = orchestrator(ports["orchestrator"], *http, *extra_orchestrator)
+    redis, redis_url = _stack_redis(redis_url, redis_dir)
+    verifier_names, drafter_names = _role_names("verifier", verifiers), _role_names("drafter", drafters)
+    ports = _stack_ports(port, (*verifier_names, *drafter_names), http_port, second_orchestrator is not None)
+    build = _StackCommands(cache_dir, target, link_delay_ms, ports, prefixes or {}, verifier_names, drafter_names)
+    commands = {name: build.verifier(name, extra_verifier) for name in verifier_names}
+    commands.update({name: build.drafter(name, draft, guess_count, guess_width) for name in drafter_names})
+    http = ("--http-port", str(ports["http"])) if "http" in ports else ()
+    commands["orchestrator"] = build.orchestrator("orchestrator", redis_url, mode, draft_len,
+                                                  (*http, *extra_orchestrator))
     if second_orchestrator is not None:
-        ports["orchestrator2"] = free_port()
-        commands["orchestrator2"] = orchestrator(ports["orchestrator2"], *second_orchestrator)
-    stack = Stack(f"127.0.0.1:{ports['orchestrator']}", redis, ports, commands, worker_env(env), log_dir)
-    try:
-        for role in commands:  # workers first, then the orchestrators
-            stack.start(role, wait=False)
-        for role in commands:
-            stack.wait_healthy(role)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+        commands["orchestrator2"] = build.orchestrator("orchestrator2", redis_url, mode, draft_len,
+                                                       second_orchestrator)
+    return _launch(Stack(f"127.0.0.1:{ports['orchestrator']}", redis, ports, commands, worker_env(env), log_dir))

@@ -60,9 +60,8 @@ def cmd_bench(args) -> int:
 
 
 
-def add_parser(sub) -> None:
-    """The bench subcommand and its flags."""
-    bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
+def _add_workload_flags(bench) -> None:
+    """The workload and the models: which prompts, how many tokens, sampled how."""
     bench.add_argument("--workload", choices=["humaneval", "chat", "json"], default="humaneval")
     bench.add_argument("--structured", action="store_true",
                        help="json workload: constrain answers by their schema (SpecGrove modes; ratios vs specgrove-ar)")
@@ -72,6 +71,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--target", default=DEFAULT_TARGET)
     bench.add_argument("--draft", default=DEFAULT_DRAFT)
+
+
+def _add_in_process_mode_flags(bench) -> None:
+    """The in-process modes to run: chain lengths, prompt lookup, trees, stop policies."""
     bench.add_argument("--draft-lens", default="2,4,6", help="comma-separated K values for chain modes")
     bench.add_argument("--hf-lookup-lens", default="",
                        help="comma-separated K: hf-lookup-kK modes (transformers' prompt lookup with K tokens)")
@@ -81,6 +84,10 @@ def add_parser(sub) -> None:
                        help="add chain-auto: each round's K in 0..max(--draft-lens) picked by the goodput planner")
     bench.add_argument("--stop-policies", default="",
                        help="comma-separated chain-<policy> modes: adaedl,max-confidence,heuristic,static (K <= 8)")
+
+
+def _add_grpc_mode_flags(bench) -> None:
+    """The modes served over gRPC, and how their deployment runs (links, passes, CPU)."""
     bench.add_argument("--grpc-chain-lens", default="", help="comma-separated K: grpc-chain-kK modes over gRPC")
     bench.add_argument("--grpc-tree", action="store_true", help="a grpc-tree mode (network-aware planner)")
     bench.add_argument("--grpc-chain-auto", action="store_true",
@@ -109,6 +116,10 @@ def add_parser(sub) -> None:
                        help="gRPC modes: the verifier alone on the last core, the drafter and the orchestrator on the "
                             "others, one torch thread each (roles that never take each other's CPU, as on their own "
                             "machines)")
+
+
+def _add_comparison_flags(bench) -> None:
+    """What runs beside the modes: each again under load, a chosen subset, llama.cpp's plain decoding."""
     bench.add_argument("--concurrency", default="",
                        help="comma-separated client counts: every SpecGrove mode again under load, beside "
                             "transformers' generate over padded batches (e.g. 1,2,4,8,16)")
@@ -116,8 +127,22 @@ def add_parser(sub) -> None:
     bench.add_argument("--llama-cpp", default=None, metavar="PATH",
                        help="a llama.cpp build (llama-bench, or its bin/ folder): its plain decoding of the "
                             "default target's GGUF beside the modes")
+
+
+def _add_output_flags(bench) -> None:
+    """Where the report goes, and how much of a run to do."""
     bench.add_argument("--json", default=None, help="write the report as JSON to this path")
     bench.add_argument("--plot", default=None, help="write a PNG plot to this path")
     bench.add_argument("--quick", action="store_true", help="2 prompts, 24 tokens, K = 4: a smoke run")
     bench.add_argument("--no-progress", action="store_true")
+
+
+def add_parser(sub) -> None:
+    """The bench subcommand and its flags."""
+    bench = sub.add_parser("bench", help="every decoding mode side by side on one workload, same run")
+    _add_workload_flags(bench)
+    _add_in_process_mode_flags(bench)
+    _add_grpc_mode_flags(bench)
+    _add_comparison_flags(bench)
+    _add_output_flags(bench)
     bench.set_defaults(func=cmd_bench)

@@ -51,12 +51,16 @@ def cmd_serve(args) -> int:
     limits = limits_from(args)
     telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
     if args.role == "verifier":
-        roles.serve_verifier(args.host, args.port, args.target, args.cache_dir, token, args.link_delay_ms,
-                             args.min_pass_ms, args.metrics_port, tls, limits, args.max_kv_tokens, args.max_batch)
+        roles.serve_verifier(roles.VerifierOptions(
+            host=args.host, port=args.port, target=args.target, auth_token=token, link_delay_ms=args.link_delay_ms,
+            min_pass_ms=args.min_pass_ms, metrics_port=args.metrics_port, tls=tls, limits=limits,
+            max_kv_tokens=args.max_kv_tokens, max_batch=args.max_batch), args.cache_dir)
     elif args.role == "drafter":
-        roles.serve_drafter(args.host, args.port, args.draft or DEFAULT_DRAFT, args.target, args.cache_dir, token,
-                            args.metrics_port, tls, tuple(args.verifier), limits, args.link_delay_ms, args.max_batch,
-                            args.min_pass_ms, args.guess_count, args.guess_width)
+        roles.serve_drafter(roles.DrafterOptions(
+            host=args.host, port=args.port, draft=args.draft or DEFAULT_DRAFT, target=args.target, auth_token=token,
+            metrics_port=args.metrics_port, tls=tls, verifiers=tuple(args.verifier), limits=limits,
+            link_delay_ms=args.link_delay_ms, max_batch=args.max_batch, min_pass_ms=args.min_pass_ms,
+            guess_count=args.guess_count, guess_width=args.guess_width), args.cache_dir)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -77,16 +81,16 @@ def cmd_up(args) -> int:
     from services import roles
 
     if args.ray:
-        from services.ray_up import start_ray_stack
+        from services.ray_up import RayStackOptions, start_ray_stack
 
         if args.guess_ahead:
             raise SystemExit("specgrove up: --guess-ahead is not available with --ray (its roles run without it)")
 
-        ray_stack = start_ray_stack(args.target, args.draft or DEFAULT_DRAFT, args.cache_dir, address=args.address,
-                                    redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
-                                    draft_len=args.draft_len, drafter_accelerator=args.drafter_accelerator,
-                                    verifier_accelerator=args.verifier_accelerator,
-                                    auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None, tls=tls_from(args))
+        ray_stack = start_ray_stack(args.target, args.draft or DEFAULT_DRAFT, args.cache_dir, RayStackOptions(
+            address=args.address, redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
+            draft_len=args.draft_len, drafter_accelerator=args.drafter_accelerator,
+            verifier_accelerator=args.verifier_accelerator,
+            auth_token=os.environ.get("SPECGROVE_AUTH_TOKEN") or None, tls=tls_from(args)))
         print(f"specgrove up --ray: orchestrator actor serving on {ray_stack.address}; Ctrl-C stops it", flush=True)
         try:
             roles._wait_for_signal()

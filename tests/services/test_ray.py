@@ -19,11 +19,12 @@ ray = pytest.importorskip("ray")
 
 
 def test_ray_actors_serve_the_same_greedy_output(tiny_dir, tiny_target, tmp_path):
-    from services.ray_up import start_ray_stack
+    from services.ray_up import RayStackOptions, start_ray_stack
 
     ids = tiny_target.encode("my name is")
     expected = SpeculativeEngine(tiny_target).generate(ids, SamplingParams(max_new_tokens=40)).token_ids
-    stack = start_ray_stack(str(tiny_dir), str(tiny_dir), tmp_path / "cache", mode="tree", auth_token="s3cret")
+    stack = start_ray_stack(str(tiny_dir), str(tiny_dir), tmp_path / "cache",
+                            RayStackOptions(mode="tree", auth_token="s3cret"))
     try:
         out = Client(stack.address, auth_token="s3cret").generate(token_ids=ids, max_new_tokens=40)
         chain = Client(stack.address, auth_token="s3cret").generate(token_ids=ids, max_new_tokens=40, mode="chain",
