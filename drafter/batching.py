@@ -22,7 +22,7 @@ import torch
 
 from drafter.tree_growth import Level
 from specgrove.compute import on_compute, on_compute_thread
-from specgrove.leading import Turns
+from specgrove.batch_leader import BatchLeader
 
 MAX_BATCH = 16  # sessions in one draft pass
 
@@ -49,7 +49,7 @@ class LevelBatcher:
         self.max_batch = max(1, max_batch)
         self.metrics = metrics
         self.min_pass_ms = min_pass_ms
-        self._turns = Turns()  # leading advances; ``out``: the last advance's sessions not back yet
+        self._turns = BatchLeader()  # leading advances; ``out``: the last advance's sessions not back yet
         self._turn = self._turns.turn
         self._waiting: list[Steps] = []
         self._recent: dict[str, float] = {}  # sessions whose last round ended lately: when it ended
@@ -86,7 +86,7 @@ class LevelBatcher:
             job.ready = False
             self._waiting.append(job)
             self._turns.arrive(job.key)
-            self._turns.lead_until(lambda: job.ready, self._gather, self._take, self._run, self._ran)
+            self._turns.run_batches_until(lambda: job.ready, self._gather, self._take, self._run, self._ran)
 
     def _run(self, batch: list[Steps]) -> None:
         """Lead one advance (the turn released): the passes on the compute thread, then, with

@@ -10,16 +10,16 @@ from collections import OrderedDict
 from typing import Callable, Iterator
 
 from drafter.batching import MAX_BATCH, LevelBatcher, Steps
-from drafter.guess import Guess, guess_steps
+from drafter.guess import Guess, GuessSelection, guess_steps
 from drafter.tree_growth import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.compute import on_compute
-from specgrove.config import GUESS_COUNT
 from specgrove.errors import StaleRound
 from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
-from specgrove.sampling import DRAFT_STREAM, SamplingParams, round_generator
+from specgrove.round import Round, RoundTiming
+from specgrove.sampling import DRAFT_STREAM, round_generator
 from specgrove.tree import VerifyResult, depths_of
 
 MAX_SESSIONS = 64
@@ -27,16 +27,13 @@ MAX_SESSIONS = 64
 
 class DrafterWorker:
     def __init__(self, drafter, max_sessions: int = MAX_SESSIONS, text=None, max_batch: int = MAX_BATCH,
-                 min_pass_ms: float = 0.0, guess_count: int = GUESS_COUNT, guess_width: int | None = None):
+                 min_pass_ms: float = 0.0, guesses: GuessSelection = GuessSelection()):
         """text: the target's TextCodec, whose tokenizer reads a request's grammar (model drafts
         fall back to their own tokenizer; without one, q is not masked: still exact).
         max_batch: the most sessions whose levels share one draft pass (1 turns batching off).
         min_pass_ms: every draft pass lasts at least this long (a draft on a GPU; tests, benchmarks).
-        guess_count: guessed draft-ahead's guesses per round, the verdicts the draft deems most
-        likely (``guess_steps``' count); guess_width: instead, this many per acceptance length."""
-        if guess_count < 1 or (guess_width is not None and guess_width < 1):
-            raise ValueError(f"guess count and width must be at least 1, got {guess_count} and {guess_width}")
-        self.guess_width, self.guess_count = (guess_width, None) if guess_width is not None else (1, guess_count)
+        guesses: which verdicts guessed draft-ahead guesses each round."""
+        self.guess_selection = guesses
         self.drafter = drafter
         self.text = text or getattr(drafter, "model", None)
         self.name = drafter.name
@@ -54,11 +51,8 @@ class DrafterWorker:
         """A feature-level draft: it reads the target's features of the confirmed context."""
         return getattr(self.drafter, "needs_features", False)
 
-    def levels(
-        self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int,
-        shape_parents: list[int], budget: DraftBudget, output_start: int = 0, run: str = "",
-        timing: dict | None = None,
-    ) -> Iterator[Level]:
+    def levels(self, round: Round, shape_parents: list[int], budget: DraftBudget,
+               timing: RoundTiming | None = None) -> Iterator[Level]:
         """The round's tree, one level at a time. Sessions drafting at once draw their levels
         together (``batcher``: one draft pass per level across them); one session's rounds never
         overlap, the orchestrator runs them in order. A feature-level draft reads the features
@@ -67,12 +61,13 @@ class DrafterWorker:
         the most sessions in one.
 
         A round older than the session's latest is refused (StaleRound), as by the verifier, and
-        so is a round of a released ``run``."""
-        session = self._session(session_id, step, run)
+        so is a round of a released run."""
+        session_id, step, params, context = round.session_id, round.step, round.params, list(round.context)
+        session = self._session(session_id, step, round.run)
         if params.grammar is not None and getattr(session, "constraint", False) is None:
             session.constraint = for_session(params.grammar, getattr(self.text, "tokenizer", None), self.vocab_size,
-                                             output_start)
-        generator = None if params.greedy else round_generator(seed, step, DRAFT_STREAM)  # greedy draws nothing
+                                             round.output_start)
+        generator = None if params.greedy else round_generator(round.seed, step, DRAFT_STREAM)  # greedy draws nothing
         if isinstance(self.drafter, ModelDrafter):
             job = Steps(session_id, session.grow(context, shape_parents, params, generator, budget))
             try:
@@ -80,8 +75,8 @@ class DrafterWorker:
                     before = job.ms
                     level = self.batcher.next(job)  # with the other sessions drafting now, in one pass
                     if timing is not None:
-                        timing["draft_ms"] = timing.get("draft_ms", 0.0) + job.ms - before
-                        timing["draft_rows"] = max(timing.get("draft_rows", 0), job.rows)
+                        timing.draft_ms += job.ms - before
+                        timing.draft_rows = max(timing.draft_rows, job.rows)
                     if level is None:
                         return
                     yield level
@@ -97,24 +92,21 @@ class DrafterWorker:
         if tokens:  # prompt lookup's chain: one-hot q
             yield one_hot_chain(tokens)
 
-    def guesses(
-        self, session_id: str, step: int, context: list[int], chain: list[int], params: SamplingParams, seed: int,
-        max_lens: list[int], budget: DraftBudget | None, wanted: Callable[[], bool] = lambda: True,
-    ) -> list[Guess]:
-        """Guessed draft-ahead: round ``step`` + 1 drawn under each likely verdict of round
-        ``step`` (a chain drafted after ``context``), on a copy of the session's draft cache, one
+    def guesses(self, round: Round, chain: list[int], max_lens: list[int], budget: DraftBudget | None,
+                wanted: Callable[[], bool] = lambda: True) -> list[Guess]:
+        """Guessed draft-ahead: the round after ``round`` drawn under each likely verdict of
+        ``round`` (a chain drafted after its context), on a copy of the session's draft cache, one
         pass at a time on the compute thread; it stops, with no guesses, as soon as ``wanted()``
         is false (the verdict came first). Only drafts that can copy their cache guess (the
         feature draft), and not under a grammar; [] otherwise. The random draws are round
         ``step`` + 1's (one of its guesses or its own drawing is verified, never both)."""
-        session = self._sessions.get(session_id)
+        session, context, params = self._sessions.get(round.session_id), list(round.context), round.params
         if (session is None or not hasattr(getattr(session, "sequence", None), "fork")
                 or getattr(session, "constraint", None) is not None or not session.sequence.ready(context)):
             return []
         twin = on_compute(_twin, session)
-        generator = None if params.greedy else round_generator(seed, step + 1, DRAFT_STREAM)
-        steps = guess_steps(twin, context, chain, params, generator, max_lens, budget, self.guess_width,
-                            self.guess_count)
+        generator = None if params.greedy else round_generator(round.seed, round.step + 1, DRAFT_STREAM)
+        steps = guess_steps(twin, context, chain, (params, generator), max_lens, budget, self.guess_selection)
         reply = None
         while True:
             if not wanted():
@@ -126,12 +118,12 @@ class DrafterWorker:
                 return done.value
             reply = on_compute(item.run)
 
-    def claim(self, session_id: str, step: int, run: str = "") -> None:
-        """Round ``step`` of the session is this worker's latest though it drew no levels for it
-        (a guessed round the verifier started on its own): its verdict is then accepted here."""
-        self._session(session_id, step, run)
+    def claim(self, round: Round) -> None:
+        """The round is this worker's latest though it drew no levels for it (a guessed round the
+        verifier started on its own): its verdict is then accepted here."""
+        self._session(round.session_id, round.step, round.run)
 
-    def prefetch_features(self, session_id: str, step: int, context: list[int], fetch_features, run: str = "") -> None:
+    def prefetch_features(self, round: Round, fetch_features) -> None:
         """Before a round's ``levels``, without holding ``lock``: a feature-level draft's missing
         target features of context[:−1] (fresh worker, plain rounds), from
         fetch_features(start) -> (start, features [n, H]), asked of the verifier. A fetch waits for
@@ -140,8 +132,8 @@ class DrafterWorker:
         later round after the plain steps that followed). Nothing for other drafts."""
         if not self.needs_features:
             return
-        session = self._session(session_id, step, run)
-        if session.feature_count() < len(context) - 1:
+        session = self._session(round.session_id, round.step, round.run)
+        if session.feature_count() < len(round.context) - 1:
             on_compute(session.add_features, *fetch_features(session.feature_count()))
 
     def accept(self, session_id: str, step: int, result: VerifyResult,

@@ -1,1 +1,2 @@
-"""Orchestrator: the session loop that alternates drafting and verification."""
+"""Orchestrator: the round core (plans, commits, stop rules), tree sizing and the goodput planner,
+and the two session loops: in process (``engine``) and over the workers with Redis (``pipeline``)."""

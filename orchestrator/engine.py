@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from drafter.round import draft_round
 from drafter.tree_growth import tree_from_levels
 from drafter.worker import DrafterWorker
 from orchestrator.acceptance import AcceptanceStats
@@ -26,8 +27,9 @@ from specgrove.errors import InvalidArgument
 from specgrove.models import CausalLM
 from specgrove.output import GenerationOutput
 from specgrove.proposal import Drafter
+from specgrove.round import DraftOrder, Round, RoundReport, RoundTiming, Verdict
 from specgrove.sampling import SamplingParams, make_generator
-from specgrove.tree import TokenTree, VerifyResult
+from specgrove.tree import VerifyResult
 from verifier.worker import VerifierWorker, empty_tree
 
 @dataclass
@@ -144,6 +146,7 @@ class SpeculativeEngine:
         feeds = getattr(drafter, "needs_features", False)
         self.verifier = VerifierWorker(target, keep_features=feeds)
         self.drafts = DrafterWorker(drafter, text=target) if drafter is not None else None
+        self._port = LocalVerifier(self.verifier)
 
     @property
     def draft_len(self) -> int:
@@ -170,11 +173,11 @@ class SpeculativeEngine:
         try:
             while core.finish_reason is None:
                 plan = core.plan()
-                verdict, tree, depth = self._round(session_id, plan, prompt + output.token_ids, params, result.seed,
-                                                   len(prompt))
-                outcome = core.commit(plan, verdict, tree.size, depth)
+                r = Round(session_id, plan.step, tuple(prompt + output.token_ids), params, result.seed, len(prompt))
+                report, waited_ms = self._round(r, plan)
+                outcome = core.commit(plan, report, waited_ms)
                 stats = RoundStats(outcome.drafted, outcome.accepted, len(outcome.emitted), outcome.draft_limit,
-                                   outcome.lam, verdict)
+                                   outcome.lam, report.result)
                 result.rounds.append(stats)
                 now = time.perf_counter()
                 result.ttft_s = result.ttft_s or now - start
@@ -187,52 +190,42 @@ class SpeculativeEngine:
             if self.drafts is not None:
                 self.drafts.release(session_id)
 
-    def _round(self, session_id: str, plan: RoundPlan, context: list[int], params: SamplingParams, seed: int,
-               output_start: int) -> tuple[VerifyResult, TokenTree, int]:
-        """Draft the plan's tree, verify it, trim the draft cache: (verdict, tree, levels drawn).
-        The costs measured here feed the planner as a served round's do. What the round waited
-        for its levels and its verdict stands for the orchestrator's wait: with no hops, what it
-        holds beyond draft and verify is the wait for the batched passes (a session that drafts
-        while the others step plainly misses their pass). Draft time is the draft passes the
-        levels rode in, not the wait for them. A feature draft's catch-up after plain steps is
-        left out: it is the cost of switching to drafting, not of drafting, and counting it
-        against every chain kept the planner switching."""
-        waited = 0.0
-        draft_ms = 0.0
-        tree, depth = empty_tree(), 0
-        feeds = self.drafts is not None and self.drafts.needs_features
+    def _round(self, r: Round, plan: RoundPlan) -> tuple[RoundReport, float]:
+        """Draft the plan's tree and verify it (``draft_round``, as a served drafter does), or step
+        plainly: (the round's report, what the round waited for its levels and its verdict).
+        With no hops, what it holds beyond draft and verify is the wait for the batched passes (a
+        session that drafts while the others step plainly misses their pass). A feature draft's
+        catch-up after plain steps is left out: it is the cost of switching to drafting, not of
+        drafting, and counting it against every chain kept the planner switching."""
         if plan.shape is not None and self.drafts is not None:
-            def fetch(start: int):  # a feature draft's missing features, asked before taking the draft model
-                return start, self.verifier.prefix_features(session_id, context, start)
-
-            self.drafts.prefetch_features(session_id, plan.step, context, fetch)
-            timing: dict = {}  # generations on other threads draw their levels in the same draft passes
-            started = time.perf_counter()
-            levels = list(self.drafts.levels(session_id, plan.step, context, params, seed, list(plan.shape.parents),
-                                             plan.budget, output_start, timing=timing))
-            waited += time.perf_counter() - started
-            draft_ms = timing.get("draft_ms", 0.0)
-            tree, depth = tree_from_levels(levels), len(levels)
-        features_from = len(context) - 1 if feeds and tree.size else None
+            report = draft_round(self.drafts, DraftOrder(r, plan.shape.parents, plan.budget), self._port)
+            return report, report.timing.round_ms
         started = time.perf_counter()
-        verdict, verify_ms, features, pass_rows = self.verifier.verify(session_id, plan.step, context, params, seed,
-                                                                       tree, features_from, output_start)
-        waited_ms = (waited + time.perf_counter() - started) * 1000
-        self.link.observe_load(*self.verifier.load)
-        self.link.observe_pass(pass_rows, verify_ms)
-        if tree.size:
-            with self.drafts.lock:
-                self.drafts.accept(session_id, plan.step, verdict, (features_from, features) if feeds else None)
-            self.link.observe_tree(waited_ms, draft_ms, verify_ms, tree.size, depth, 0)
-        else:
-            self.link.observe_plain(waited_ms, verify_ms)
-        return verdict, tree, depth
+        verdict = self.verifier.verify(r, empty_tree())
+        timing = RoundTiming(verify_ms=verdict.verify_ms, pass_rows=verdict.pass_rows)
+        timing.sessions, timing.pass_tokens = self.verifier.load
+        return RoundReport(verdict.result, timing=timing), (time.perf_counter() - started) * 1000
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
         generation = self.stream(prompt_ids, params)
         for _ in generation:
             pass
         return generation.result
+
+
+class LocalVerifier:
+    """The verifier worker called directly, as a drafter's round sees it (``VerifierPort``)."""
+
+    def __init__(self, worker: VerifierWorker):
+        self.worker = worker
+
+    def features(self, r: Round, start: int, timing: RoundTiming):
+        return start, self.worker.prefix_features(r.session_id, list(r.context), start, r.run)
+
+    def verify(self, r: Round, levels, timing: RoundTiming) -> Verdict:
+        verdict = self.worker.verify(r, tree_from_levels(list(levels)))  # every level, then one pass
+        timing.sessions, timing.pass_tokens = self.worker.load
+        return verdict
 
 
 class Generation:

@@ -4,9 +4,10 @@ Both session loops drive it: the in-process engine (``engine.py``, workers calle
 the gRPC pipeline (``pipeline.py``, workers over the network, tokens committed to Redis). Per
 round a driver asks ``SessionRounds.plan()`` what to draft (a tree shape, or None for a plain
 K = 0 step) under which budget, runs the draft and the verify pass however it reaches the
-workers, and hands the verdict to ``commit()``, which emits tokens through the stop rules and
-updates the draft-length policy and the planner. As vLLM v1's scheduler → model runner →
-rejection sampler, the drivers only move data.
+workers, and hands the round's report and what it waited for it to ``commit()``, which emits
+tokens through the stop rules and updates the draft-length policy, the planner and its cost
+statistics. As vLLM v1's scheduler → model runner → rejection sampler (its
+``update_from_output``), the drivers only move data.
 
 A chain is a tree of width one: there is one chain path (drafted level by level, verified by the
 tree walk, which on a chain is exactly Chen et al.'s rule), shared with trees and the network.
@@ -23,7 +24,7 @@ from specgrove.budget import DraftBudget
 from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.output import GenerationOutput
 from specgrove.sampling import SamplingParams
-from specgrove.tree import VerifyResult
+from specgrove.round import RoundReport
 
 MODES = ("ar", "chain", "tree")
 MAX_DRAFT_LEN = 32
@@ -98,9 +99,10 @@ class Speculation:
 
 
 def check_request(prompt: list[int], params: SamplingParams, spec: Speculation, vocab_size: int,
-                  max_positions: int) -> None:
-    """The one request validation: sampling parameters, prompt ids, and the context it needs."""
-    params.validate(vocab_size=vocab_size, max_new_tokens_limit=max_positions)
+                  max_positions: int) -> SamplingParams:
+    """The one request validation: sampling parameters, prompt ids, and the context it needs.
+    Returns the parameters as validated."""
+    params = params.validate(vocab_size=vocab_size, max_new_tokens_limit=max_positions)
     if not prompt:
         raise InvalidArgument("prompt", "must contain at least one token")
     if min(prompt) < 0 or max(prompt) >= vocab_size:
@@ -109,6 +111,7 @@ def check_request(prompt: list[int], params: SamplingParams, spec: Speculation, 
     if needed > max_positions:
         raise OutOfRange("prompt", f"{len(prompt)} prompt tokens + max_new_tokens {params.max_new_tokens} + draft "
                                    f"margin {spec.margin} = {needed} exceeds the target's context of {max_positions}")
+    return params
 
 
 @dataclass(frozen=True)
@@ -162,9 +165,12 @@ class SessionRounds:
         return RoundPlan(self.step + 1, TreeShape.chain(limit), replace(budget, max_len=limit, pass_costs=costs),
                          choice.reason)
 
-    def commit(self, plan: RoundPlan, result: VerifyResult, drafted: int, depth: int) -> RoundOutcome:
-        """Take the round's verdict: emit through the stop rules, then learn from it."""
+    def commit(self, plan: RoundPlan, report: RoundReport, waited_ms: float | None = None) -> RoundOutcome:
+        """Take the round's verdict: emit through the stop rules, then learn from it. ``waited_ms``:
+        what the driver waited for the round (None: do not learn its costs, as of a prefill);
+        with the costs the round reports, it feeds the planner's link statistics."""
         assert plan.step == self.step + 1, (plan.step, self.step)
+        result, drafted, depth = report.result, report.tree_size, report.tree_depth
         index = len(self.output.token_ids)
         emitted = []
         for token in result.accepted_tokens + [result.next_token]:
@@ -175,10 +181,23 @@ class SessionRounds:
         if drafted:
             self.policy.observe(depth if self.spec.mode == "tree" else drafted, accepted)
             self.planner.observe(result)
+        if waited_ms is not None:
+            self._learn_costs(report, waited_ms)
         self.step = plan.step
         budget = self._budget or plan.budget
         return RoundOutcome(plan.step, index, emitted, self.output.release(), drafted, accepted, depth,
                             budget.max_len, budget.lam, self.output.finish_reason)
+
+
+    def _learn_costs(self, report: RoundReport, waited_ms: float) -> None:
+        t, link = report.timing, self.planner.link
+        link.observe_load(t.sessions, t.pass_tokens)
+        link.observe_pass(t.pass_rows, t.verify_ms)
+        if report.tree_size:
+            link.observe_tree(waited_ms, t.draft_ms, t.verify_ms, report.tree_size, report.tree_depth, t.tree_bytes,
+                              t.overlap_ms)
+        else:
+            link.observe_plain(waited_ms, t.verify_ms)
 
 
 def planner_for(spec: Speculation, link: LinkStats, shared: AcceptanceStats) -> RoundPlanner:

@@ -1,4 +1,4 @@
-"""The orchestrator's HTTP door (aiohttp, same event loop as its gRPC server): OpenAI-compatible
+"""The orchestrator's HTTP API (aiohttp, same event loop as its gRPC server): OpenAI-compatible
 ``/v1/completions``, ``/v1/chat/completions`` (JSON or server-sent events), ``/v1/models``,
 ``/health`` and Prometheus ``/metrics``.
 

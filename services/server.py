@@ -111,13 +111,13 @@ def create_drafter_server(addr: str, worker, model=None, auth_token: str | None 
                           limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0):
     """verifiers: the only addresses its Draft calls may stream to (empty: any). link_delay_ms:
     the orchestrator→drafter link's one-way latency, emulated (see LinkDelay)."""
-    from services.workers import DrafterServicer
+    from services.workers import DrafterServicer, VerifierStubs
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
                          interceptors=[LinkDelay(link_delay_ms, ("/Draft",)), ServerInterceptor("drafter", auth_token)],
                          options=limits.grpc_options())
-    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, model, auth_token=auth_token, tls=tls,
-                                                                     verifiers=verifiers, limits=limits), server)
+    stubs = VerifierStubs(tls, auth_token, verifiers, limits=limits)
+    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, stubs, model), server)
     name = speculate_pb2.DESCRIPTOR.services_by_name["Drafter"].full_name
     status = _health(server, [name], aio=False)
     status.set(name, health_pb2.HealthCheckResponse.SERVING)

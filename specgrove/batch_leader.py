@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-class Turns:
+class BatchLeader:
     def __init__(self) -> None:
         self.turn = threading.Condition()
         self.busy = False  # a leader is gathering or running a batch
@@ -35,7 +35,7 @@ class Turns:
         while expected() and time.monotonic() < deadline:
             self.turn.wait(deadline - time.monotonic())
 
-    def lead_until(self, done: Callable[[], bool], gather: Callable[[], None], take: Callable[[], list[T]],
+    def run_batches_until(self, done: Callable[[], bool], gather: Callable[[], None], take: Callable[[], list[T]],
                    run: Callable[[list[T]], None], finish: Callable[[list[T]], None] = lambda batch: None) -> None:
         """Holding the turn, until ``done()``: wait while another leads; else lead: ``gather()``
         and ``take()`` a batch holding the turn, ``run(batch)`` without it, ``finish(batch)``

@@ -1,5 +1,5 @@
-"""Protobuf <-> domain conversion, in one place: sampling parameters, packed token ids, token-tree
-levels, verify results and draft budgets. No math, no I/O."""
+"""Protobuf <-> domain conversion, in one place: sampling parameters, packed token ids, rounds and
+draft orders, token-tree levels, verify results, round reports and draft budgets. No math, no I/O."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from specgrove.errors import InvalidArgument, OutOfRange
 from specgrove.generate import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.grammar import GrammarSpec
 from specgrove.limits import DEFAULT_LIMITS, Limits
+from specgrove.round import DraftOrder, Round, RoundReport, RoundTiming
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
 from specgrove.v1 import generate_pb2, speculate_pb2
@@ -140,6 +141,48 @@ def result_to_pb(result: VerifyResult, tree_size: int, tree_depth: int) -> specu
 def result_from_pb(pb: speculate_pb2.RoundReply) -> VerifyResult:
     return VerifyResult(list(pb.accepted_nodes), list(pb.accepted_tokens), int(pb.next_token),
                         list(pb.accepted_rank), list(pb.num_children))
+
+
+def round_to_pb(r: Round) -> speculate_pb2.RoundContext:
+    pb = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=pack_ids(r.context),
+                                    sampling=params_to_pb(r.params), seed=r.seed, output_start=r.output_start, run=r.run)
+    if r.features_from is not None:
+        pb.features_from = r.features_from
+    return pb
+
+
+def round_from_pb(pb: speculate_pb2.RoundContext) -> Round:
+    return Round(pb.session_id, pb.step, tuple(unpack_ids(pb.context)), params_from_pb(pb.sampling), pb.seed,
+                 pb.output_start, pb.run, pb.features_from if pb.HasField("features_from") else None)
+
+
+def order_to_pb(order: DraftOrder) -> speculate_pb2.DraftRequest:
+    return speculate_pb2.DraftRequest(
+        round=round_to_pb(order.round), plan=budget_to_pb(order.budget, list(order.shape_parents)),
+        verifier=order.verifier, verify_timeout_ms=round(order.verify_timeout_s * 1000) if order.verify_timeout_s else 0,
+        ahead=order.ahead, ahead_room=order.ahead_room, guess=order.guess)
+
+
+def order_from_pb(pb: speculate_pb2.DraftRequest) -> DraftOrder:
+    """Raises InvalidArgument on a plan whose pass costs are not positive and finite."""
+    return DraftOrder(round_from_pb(pb.round), tuple(pb.plan.shape_parents), budget_from_pb(pb.plan), pb.verifier,
+                      pb.verify_timeout_ms / 1000 if pb.verify_timeout_ms else None, pb.ahead, pb.ahead_room, pb.guess)
+
+
+_TIMING_FIELDS = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens",
+                  "pass_rows", "ahead", "overlap_ms", "guessed", "guesses")
+
+
+def report_to_pb(report: RoundReport) -> speculate_pb2.RoundReply:
+    pb = result_to_pb(report.result, report.tree_size, report.tree_depth)
+    for name in _TIMING_FIELDS:
+        setattr(pb.timing, name, getattr(report.timing, name))
+    return pb
+
+
+def report_from_pb(pb: speculate_pb2.RoundReply) -> RoundReport:
+    timing = RoundTiming(**{name: getattr(pb.timing, name) for name in _TIMING_FIELDS})
+    return RoundReport(result_from_pb(pb), pb.tree_size, pb.tree_depth, timing)
 
 
 def features_to_pb(features: torch.Tensor, start: int) -> speculate_pb2.FeatureBlock:

@@ -4,7 +4,7 @@
   travels on another connection, or the round still waits in the worker's queue). That late round
   must not re-open a cache nobody frees, so a worker refuses rounds of a released run.
 - A resumed session is a new run (another orchestrator, after the first died holding the lease).
-  Its first round here takes the session over: the old run is fenced like a released one, and the
+  Its first round here takes the session over: the old run's rounds are refused like a released one's, and the
   round order starts afresh. The old run may have verified or drafted rounds here that it never
   committed (a round run ahead, a verdict lost with its orchestrator), so the new run's first round
   can have a lower step than the last one seen; refusing it as stale would fail the resume.
@@ -27,7 +27,7 @@ class ReleasedRuns:
         self._owners: OrderedDict[str, str] = OrderedDict()  # session -> the run its rounds here belong to
 
     def add(self, session_id: str, run: str) -> None:
-        """Remember (session, run); an empty run (an in-process engine, an old client) fences nothing."""
+        """Remember (session, run); an empty run (an in-process engine, an old client) refuses nothing."""
         if not run:
             return
         self._runs[(session_id, run)] = None
@@ -42,7 +42,7 @@ class ReleasedRuns:
 
     def admit(self, session_id: str, run: str, step: int) -> bool:
         """Check the round (``check``) and record its run as the session's; True when that run takes
-        the session over from another one, which is fenced from now on (the caller starts the
+        the session over from another one, whose rounds are refused from now on (the caller starts the
         session's round order afresh and drops what the old run left)."""
         self.check(session_id, run, step)
         if not run:

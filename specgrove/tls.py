@@ -92,7 +92,7 @@ def add_port(server, address: str, tls: TlsConfig | None) -> int:
 
 
 def ssl_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
-    """The HTTP door's server context (None: plain HTTP), with the same certificate and mTLS rule."""
+    """The HTTP API's server context (None: plain HTTP), with the same certificate and mTLS rule."""
     if tls is None or not tls.serves_tls:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

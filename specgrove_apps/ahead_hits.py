@@ -1,4 +1,4 @@
-"""How often a guessed next round would be right (issue 16's guessed draft-ahead, drafter/guess.py).
+"""How often a guessed next round would be right (guessed draft-ahead, drafter/guess.py).
 
 While round r is verified, a drafter could draw round r + 1 under guessed verdicts: "j draft
 tokens accepted, then token x", for each j = 0 .. K, with x among the draft's own top candidates
@@ -23,6 +23,8 @@ ranking the candidates.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import argparse
 import collections
 import json
@@ -33,6 +35,7 @@ import torch
 from drafter.guess import likely_verdicts
 from drafter.tree_growth import tree_from_levels
 from specgrove.budget import DraftBudget
+from specgrove.round import Round
 from specgrove.sampling import SamplingParams
 
 RANKS = (1, 2, 3, 5)
@@ -60,14 +63,12 @@ def verdict_ranks(engine, prompt_ids: list[int], k: int, params: SamplingParams)
     try:
         while len(context) - start < params.max_new_tokens:
             now = list(context)
-            engine.drafts.prefetch_features(session, step, now,
-                                            lambda s: (s, engine.verifier.prefix_features(session, now, s)))
-            levels = list(engine.drafts.levels(session, step, now, params, params.seed or 0, list(range(-1, k)),
-                                               DraftBudget(k + 1), start))
+            r = Round(session, step, tuple(now), params, params.seed or 0)
+            engine.drafts.prefetch_features(r, lambda s: (s, engine.verifier.prefix_features(session, now, s)))
+            levels = list(engine.drafts.levels(r, list(range(-1, k)), DraftBudget(k + 1)))
             tree = tree_from_levels(levels[:k] if len(levels) > k else [])  # short: the first round, a plain step
             features_from = len(now) - 1 if feeds and tree.size else None
-            verdict, _, features, _ = engine.verifier.verify(session, step, now, params, params.seed or 0, tree,
-                                                             features_from, start)
+            verdict, _, features, _ = engine.verifier.verify(replace(r, features_from=features_from), tree)
             if tree.size:
                 with engine.drafts.lock:
                     engine.drafts.accept(session, step, verdict, (features_from, features) if feeds else None)

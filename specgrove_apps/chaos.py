@@ -162,7 +162,7 @@ class Deployment:
     """What the clients need of a stack: addresses per orchestrator, the model name, expected outputs."""
 
     grpc: dict[str, str]  # orchestrator role -> host:port
-    http: dict[str, str]  # orchestrator role -> host:port of its HTTP door
+    http: dict[str, str]  # orchestrator role -> host:port of its HTTP API
     model: str
     prompts: dict[str, list[int]]  # prompt text -> its token ids
     expected: dict[str, list[int]]  # prompt text -> the target's greedy output
@@ -314,7 +314,7 @@ def deployment(stack, target: str, cache_dir: Path, max_new: int, prompts: tuple
 
 def start(target: str, draft: str, cache_dir: Path, log_dir: Path):
     """Redis (append-only, fsync always) + 2 verifiers + 2 drafters + 2 orchestrators (the second
-    guessing ahead), each orchestrator with its HTTP door."""
+    guessing ahead), each orchestrator with its HTTP API."""
     from services.roles import start_stack
     from specgrove.local_redis import LocalRedis, free_port
 

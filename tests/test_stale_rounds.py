@@ -1,4 +1,4 @@
-"""Workers fence rounds by step: an abandoned call for an older round (an orchestrator that timed
+"""Workers refuse stale rounds by step: an abandoned call for an older round (an orchestrator that timed
 out and moved on) must not move a cache a newer round owns; a retry of the same round is served."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from drafter.tree_growth import ModelDrafter, Pass, tree_from_levels
 from drafter.worker import DrafterWorker
 from orchestrator.sequoia import TreeShape
 from specgrove.budget import DraftBudget
+from specgrove.round import Round
 from specgrove.errors import StaleRound
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
@@ -21,26 +22,26 @@ CHAIN = list(TreeShape.chain(3).parents)
 def test_the_verifier_refuses_an_older_round_and_serves_a_retry(tiny_target):
     worker = VerifierWorker(tiny_target, keep_features=False)
     context = tiny_target.encode("the cat sat")
-    first, *_ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())
-    again, *_ = worker.verify("s", 2, context, PARAMS, 0, empty_tree())  # a retry of round 2
+    first, *_ = worker.verify(Round("s", 2, tuple(context), PARAMS, 0), empty_tree())
+    again, *_ = worker.verify(Round("s", 2, tuple(context), PARAMS, 0), empty_tree())  # a retry of round 2
     assert again.next_token == first.next_token
-    worker.verify("s", 3, context + [first.next_token], PARAMS, 0, empty_tree())
+    worker.verify(Round("s", 3, tuple(context + [first.next_token]), PARAMS, 0), empty_tree())
     with pytest.raises(StaleRound, match="round 2 is older than round 3"):
-        worker.verify("s", 2, context, PARAMS, 0, empty_tree())
-    assert worker.verify("other", 1, context, PARAMS, 0, empty_tree())[0].next_token == first.next_token
+        worker.verify(Round("s", 2, tuple(context), PARAMS, 0), empty_tree())
+    assert worker.verify(Round("other", 1, tuple(context), PARAMS, 0), empty_tree())[0].next_token == first.next_token
 
 
 def test_the_drafter_stops_an_overtaken_round_and_ignores_its_verdict(tiny_target, tiny_draft):
     worker = DrafterWorker(ModelDrafter(tiny_draft))
     context = tiny_target.encode("the cat sat")
-    stale = worker.levels("s", 1, context, PARAMS, 0, CHAIN, DraftBudget(3))
+    stale = worker.levels(Round("s", 1, tuple(context), PARAMS, 0), CHAIN, DraftBudget(3))
     next(stale)  # round 1 drew its first level, then the orchestrator gave up on it
-    fresh = tree_from_levels(list(worker.levels("s", 2, context, PARAMS, 0, CHAIN, DraftBudget(3))))
+    fresh = tree_from_levels(list(worker.levels(Round("s", 2, tuple(context), PARAMS, 0), CHAIN, DraftBudget(3))))
     assert fresh.size == 3
     with pytest.raises(StaleRound, match="round 1 was overtaken by round 2"):
         next(stale)  # it draws nothing more on the cache round 2 now owns
     with pytest.raises(StaleRound, match="round 1 is older than round 2"):
-        next(worker.levels("s", 1, context, PARAMS, 0, CHAIN, DraftBudget(3)))
+        next(worker.levels(Round("s", 1, tuple(context), PARAMS, 0), CHAIN, DraftBudget(3)))
     session = worker._sessions["s"]
     cached = list(session.sequence.node_tokens)
     worker.accept("s", 1, VerifyResult([], [], 0, [0], [1]))  # round 1's late verdict: ignored
@@ -57,14 +58,14 @@ def test_a_released_run_cannot_reopen_a_cache_but_a_resumed_run_can(tiny_target,
     verifier.release("s", run="first")
     drafter.release("s", run="first")
     with pytest.raises(StaleRound, match="round 3 came after its run was released here"):
-        verifier.verify("s", 3, context, PARAMS, 0, empty_tree(), run="first")
+        verifier.verify(Round("s", 3, tuple(context), PARAMS, 0, run="first"), empty_tree())
     with pytest.raises(StaleRound, match="round 3 came after its run was released here"):
-        next(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="first"))
+        next(drafter.levels(Round("s", 3, tuple(context), PARAMS, 0, run="first"), CHAIN, DraftBudget(3)))
     with pytest.raises(StaleRound, match="came after its run was released here"):
         verifier.prefix_features("s", context, 0, run="first")
     assert "s" not in verifier._sessions and "s" not in drafter._sessions  # nothing left to free
-    verifier.verify("s", 3, context, PARAMS, 0, empty_tree(), run="resumed")  # the session resumed: a new run
-    assert len(list(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="resumed"))) == 3
+    verifier.verify(Round("s", 3, tuple(context), PARAMS, 0, run="resumed"), empty_tree())  # the session resumed: a new run
+    assert len(list(drafter.levels(Round("s", 3, tuple(context), PARAMS, 0, run="resumed"), CHAIN, DraftBudget(3)))) == 3
 
 
 def test_a_resumed_run_takes_the_session_over_from_a_dead_one(tiny_target, tiny_draft):
@@ -76,21 +77,21 @@ def test_a_resumed_run_takes_the_session_over_from_a_dead_one(tiny_target, tiny_
     context = tiny_target.encode("the cat sat")
     verifier, fresh = VerifierWorker(tiny_target, keep_features=False), VerifierWorker(tiny_target, keep_features=False)
     drafter = DrafterWorker(ModelDrafter(tiny_draft))
-    first, *_ = verifier.verify("s", 1, context, PARAMS, 0, empty_tree(), run="dead")
-    verifier.verify("s", 2, context + [first.next_token], PARAMS, 0, empty_tree(), run="dead")  # never committed
-    list(drafter.levels("s", 2, context + [first.next_token], PARAMS, 0, CHAIN, DraftBudget(3), run="dead"))
-    resumed, *_ = verifier.verify("s", 1, context, PARAMS, 0, empty_tree(), run="resumed")
-    assert resumed.next_token == fresh.verify("s", 1, context, PARAMS, 0, empty_tree(), run="x")[0].next_token
-    levels = tree_from_levels(list(drafter.levels("s", 1, context, PARAMS, 0, CHAIN, DraftBudget(3), run="resumed")))
+    first, *_ = verifier.verify(Round("s", 1, tuple(context), PARAMS, 0, run="dead"), empty_tree())
+    verifier.verify(Round("s", 2, tuple(context + [first.next_token]), PARAMS, 0, run="dead"), empty_tree())  # never committed
+    list(drafter.levels(Round("s", 2, tuple(context + [first.next_token]), PARAMS, 0, run="dead"), CHAIN, DraftBudget(3)))
+    resumed, *_ = verifier.verify(Round("s", 1, tuple(context), PARAMS, 0, run="resumed"), empty_tree())
+    assert resumed.next_token == fresh.verify(Round("s", 1, tuple(context), PARAMS, 0, run="x"), empty_tree())[0].next_token
+    levels = tree_from_levels(list(drafter.levels(Round("s", 1, tuple(context), PARAMS, 0, run="resumed"), CHAIN, DraftBudget(3))))
     assert levels.size == 3
     with pytest.raises(StaleRound, match="came after its run was released here"):
-        verifier.verify("s", 3, context, PARAMS, 0, empty_tree(), run="dead")
+        verifier.verify(Round("s", 3, tuple(context), PARAMS, 0, run="dead"), empty_tree())
     with pytest.raises(StaleRound, match="came after its run was released here"):
-        next(drafter.levels("s", 3, context, PARAMS, 0, CHAIN, DraftBudget(3), run="dead"))
+        next(drafter.levels(Round("s", 3, tuple(context), PARAMS, 0, run="dead"), CHAIN, DraftBudget(3)))
     verifier.release("s", run="dead")
     drafter.release("s", run="dead")
     assert "s" in verifier._sessions and "s" in drafter._sessions  # still the resumed run's
-    _, _, _, rows = verifier.verify("s", 2, context + [resumed.next_token], PARAMS, 0, empty_tree(), run="resumed")
+    _, _, _, rows = verifier.verify(Round("s", 2, tuple(context + [resumed.next_token]), PARAMS, 0, run="resumed"), empty_tree())
     assert rows == 1  # its cache was kept: only the new token is fed
     verifier.release("s", run="resumed")
     drafter.release("s", run="resumed")
@@ -99,7 +100,7 @@ def test_a_resumed_run_takes_the_session_over_from_a_dead_one(tiny_target, tiny_
 
 def test_a_release_mid_round_stops_the_draft_and_leaves_no_cache(tiny_target, tiny_draft):
     worker = DrafterWorker(ModelDrafter(tiny_draft))
-    levels = worker.levels("s", 2, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3), run="r")
+    levels = worker.levels(Round("s", 2, tuple(tiny_target.encode("the cat sat")), PARAMS, 0, run="r"), CHAIN, DraftBudget(3))
     next(levels)
     worker.release("s", run="r")
     with pytest.raises(StaleRound, match="round 2 was released here mid-round"):
@@ -138,7 +139,7 @@ def test_the_drafter_draws_its_levels_on_the_compute_thread(tiny_target, tiny_dr
 
     Pass.run = spied_run
     try:
-        levels = list(worker.levels("s", 1, tiny_target.encode("the cat sat"), PARAMS, 0, CHAIN, DraftBudget(3)))
+        levels = list(worker.levels(Round("s", 1, tuple(tiny_target.encode("the cat sat")), PARAMS, 0), CHAIN, DraftBudget(3)))
     finally:
         Pass.run = run
     assert len(levels) == 3 and all(isinstance(level, Level) for level in levels)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -20,11 +20,12 @@ from specgrove.compute import on_compute
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
 from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import Constraint, constrain, for_session
-from specgrove.leading import Turns
+from specgrove.batch_leader import BatchLeader
 from specgrove.metrics import WorkerMetrics
+from specgrove.round import Round, Verdict
 from specgrove.models import CausalLM
 from specgrove.sampling import VERIFY_STREAM, SamplingParams, round_generator, warp
-from specgrove.tree import TokenTree, VerifyResult
+from specgrove.tree import TokenTree
 from verifier.batched import BatchedTarget, Row, SlotState
 from verifier.tree_verify import verify_tree
 
@@ -42,20 +43,19 @@ class _Session:
 
 @dataclass
 class _Job:
-    session_id: str
-    step: int
-    run: str
-    context: list[int]
+    round: Round
+    context: list[int]  # the round's context, the worker's own list
     tree: TokenTree
-    params: SamplingParams | None = None  # None: a prefill for features only
-    seed: int = 0
-    features_from: int | None = None
-    output_start: int = 0
+    prefill: bool = False  # a prefill for features only: nothing is verified
     guessed: bool = False  # a guessed round (verify_guess): it does not claim its step
     result: tuple | None = None
     error: BaseException | None = None
     done: bool = False
     session: _Session | None = field(default=None, repr=False)
+
+    @property
+    def session_id(self) -> str:
+        return self.round.session_id
 
 
 class VerifierWorker:
@@ -80,7 +80,7 @@ class VerifierWorker:
         self._released = ReleasedRuns()
         self._waiting: list[_Job] = []
         self._running = False  # a pass is running (the sessions' caches are in use)
-        self._turns = Turns()  # leading passes; ``out``: the last pass's sessions not back yet
+        self._turns = BatchLeader()  # leading passes; ``out``: the last pass's sessions not back yet
         self._turn = self._turns.turn
         self._pass_s = 0.0  # how long a pass takes (EWMA)
         self._tokens_per_pass = 1.0  # EWMA
@@ -88,43 +88,38 @@ class VerifierWorker:
         self._verdicts: dict[str, tuple[int, list[int], list[int], list[int]]] = {}
         self.metrics = WorkerMetrics("verify", max_sessions)
 
-    def verify(
-        self, session_id: str, step: int, context: list[int], params: SamplingParams, seed: int, tree: TokenTree,
-        features_from: int | None = None, output_start: int = 0, run: str = "",
-    ) -> tuple[VerifyResult, float, torch.Tensor | None, int]:
-        """(result, verify milliseconds, features, the pass's rows). A fresh or restarted worker prefills from
-        `context`. features_from: also return the target's features of the confirmed tokens from
+    def verify(self, round: Round, tree: TokenTree) -> Verdict:
+        """The round's verdict. A fresh or restarted worker prefills from the round's context.
+        ``round.features_from``: also return the target's features of the confirmed tokens from
         that index to the last accepted one ([len(context) + accepted − features_from, H]).
-        output_start: where the output begins in context (a grammar in params constrains it).
         A round older than the session's latest is refused (StaleRound): an abandoned call must
         not move a cache a newer round owns; the same round again (a retry) is served. So is a
-        round of a released ``run`` (see specgrove.run_ownership). The milliseconds are those of the
-        pass the round rode in, shared with the other rounds in it; the rows are the tokens that
-        pass fed (every round's in it, prefills included)."""
+        round of a released run (see specgrove.run_ownership). The verdict's milliseconds are
+        those of the pass the round rode in, shared with the other rounds in it; its rows are the
+        tokens that pass fed (every round's in it, prefills included)."""
+        context = list(round.context)
         self.check(context, tree)
-        return self._submit(_Job(session_id, step, run, list(context), tree, params, seed, features_from,
-                                 output_start))
+        return self._submit(_Job(round, context, tree))
 
-    def verify_guess(
-        self, session_id: str, step: int, base: list[int], guesses: list[tuple[list[int], TokenTree]],
-        params: SamplingParams, seed: int, features: bool = False, output_start: int = 0, run: str = "",
-        timeout_s: float | None = None, wanted: Callable[[], bool] = lambda: True, chain: list[int] | None = None,
-    ) -> tuple[int, tuple] | None:
-        """Guessed draft-ahead: wait (up to ``timeout_s``) for round ``step`` − 1's verdict on
-        ``base``; when ``base`` + one guess's emitted tokens is the context it left, verify that
-        guess's tree as round ``step`` at once: (the guess's index, ``verify``'s answer, its
-        features from the guessed context's last token on when ``features``). None when no guess
-        matches (or the verdict did not come in time, or ``wanted()`` turned false: the drafter
-        withdrew them; call ``wake`` then): nothing is verified. ``chain``: the guessed round's
-        tree tokens; a verdict of step − 1 from another tree (another verification of that step,
-        as of a guessed round nobody took) is not the one guessed, and is waited past.
+    def verify_guess(self, round: Round, guesses: list[tuple[list[int], TokenTree]], chain: list[int] | None = None,
+                     timeout_s: float | None = None, wanted: Callable[[], bool] = lambda: True,
+                     ) -> tuple[int, Verdict] | None:
+        """Guessed draft-ahead: wait (up to ``timeout_s``) for the verdict of the round before
+        ``round`` on ``round.context``; when that context plus one guess's emitted tokens is the
+        context the verdict left, verify that guess's tree as ``round`` at once: (the guess's
+        index, its verdict, with features from the guessed context's last token on when
+        ``round.features_from`` is set). None when no guess matches (or the verdict did not come
+        in time, or ``wanted()`` turned false: the drafter cancelled them; call ``wake`` then):
+        nothing is verified. ``chain``: the previous round's tree tokens; a verdict of that step
+        from another tree (another verification of it, as of a guessed round nobody took) is not
+        the one guessed, and is waited past.
 
         Guessed rounds do not claim their step against stale rounds (``_admit``): the orchestrator
         has not asked for them, and may still ask for an earlier step (a plain step after a
         failed draft) or the same one again."""
+        base, session_id, previous = list(round.context), round.session_id, round.step - 1
         for emitted, tree in guesses:
             self.check(base + list(emitted), tree)
-        previous = step - 1
 
         def this_verdict(verdict) -> bool:
             return verdict is not None and verdict[0] == previous and (chain is None or verdict[3] == list(chain))
@@ -141,8 +136,9 @@ class VerifierWorker:
         for index, (emitted, tree) in enumerate(guesses):
             if list(emitted) == verdict[2]:
                 context = base + verdict[2]
-                return index, self._submit(_Job(session_id, step, run, context, tree, params, seed,
-                                                len(context) - 1 if features else None, output_start, guessed=True))
+                guessed = replace(round, context=tuple(context),
+                                  features_from=None if round.features_from is None else len(context) - 1)
+                return index, self._submit(_Job(guessed, context, tree, guessed=True))
         return None
 
     def wake(self) -> None:
@@ -155,7 +151,8 @@ class VerifierWorker:
         self.check(context, empty_tree())
         if not 0 <= start <= len(context) - 1:
             raise OutOfRange("features_from", f"must be in [0, {len(context) - 1}], got {start}")
-        return self._submit(_Job(session_id, 0, run, list(context), empty_tree(), features_from=start))
+        round = Round(session_id, 0, tuple(context), SamplingParams(), 0, run=run, features_from=start)
+        return self._submit(_Job(round, list(context), empty_tree(), prefill=True))
 
     @property
     def load(self) -> tuple[int, float]:
@@ -198,7 +195,7 @@ class VerifierWorker:
             self._waiting.append(job)
             self.metrics.waiting.inc()
             self._turns.arrive(job.session_id)
-            self._turns.lead_until(lambda: job.done, self._gather, self._take, self._run, self._ran)
+            self._turns.run_batches_until(lambda: job.done, self._gather, self._take, self._run, self._ran)
         if job.error is not None:
             raise job.error
         return job.result
@@ -278,7 +275,8 @@ class VerifierWorker:
 
     def _admit(self, job: _Job) -> _Session:
         """The job's session, checked against stale rounds and released runs; opened if new."""
-        taken_over = self._released.admit(job.session_id, job.run, job.step)  # a resumed session's new run
+        r = job.round
+        taken_over = self._released.admit(r.session_id, r.run, r.step)  # a resumed session's new run
         session = self._sessions.pop(job.session_id, None)
         if session is None:
             if len(self._sessions) >= self.max_sessions:  # the least recently used one makes room
@@ -290,16 +288,16 @@ class VerifierWorker:
         if taken_over:  # the old run's rounds here were never committed: its order and verdict go
             session.step = 0
             self._verdicts.pop(job.session_id, None)
-        if job.params is None:
+        if job.prefill:
             return session
-        if job.step < session.step:
-            raise StaleRound(f"session {job.session_id}: round {job.step} is older than round {session.step}, "
+        if r.step < session.step:
+            raise StaleRound(f"session {r.session_id}: round {r.step} is older than round {session.step}, "
                              "already verified here")
         if not job.guessed:
-            session.step = job.step
-        if session.constraint is None and job.params.grammar is not None:
-            session.constraint = for_session(job.params.grammar, self.model.tokenizer, self.model.vocab_size,
-                                             job.output_start)
+            session.step = r.step
+        if session.constraint is None and r.params.grammar is not None:
+            session.constraint = for_session(r.params.grammar, self.model.tokenizer, self.model.vocab_size,
+                                             r.output_start)
         return session
 
     def _pass(self, jobs: list[_Job], start: float) -> None:
@@ -319,22 +317,23 @@ class VerifierWorker:
     def _finish(self, job: _Job, logits: torch.Tensor, verify_ms: float, fed: int):
         """Verify one row of the pass and keep its accepted path."""
         state = job.session.state
-        if job.params is None:  # a prefill for features
+        r = job.round
+        if job.prefill:  # a prefill for features
             self.target.keep_path(state, [])
-            return state.features[: len(job.context) - 1][job.features_from:]
-        params, tree = job.params, job.tree
+            return state.features[: len(job.context) - 1][r.features_from:]
+        params, tree = r.params, job.tree
         if job.session.constraint is not None:  # structured output: each row masked by its path's grammar state
             logits = constrain(logits, job.session.constraint, job.context, [[]] + tree.paths())
         p = logits if params.greedy else warp(logits, params)  # greedy verification reads only the argmax
-        generator = None if params.greedy else round_generator(job.seed, job.step, VERIFY_STREAM)
+        generator = None if params.greedy else round_generator(r.seed, r.step, VERIFY_STREAM)
         result = verify_tree(tree, p, params.greedy, generator)
         self.target.keep_path(state, result.accepted_nodes)
-        self._verdicts[job.session_id] = (job.step, job.context, [*result.accepted_tokens, result.next_token],
+        self._verdicts[job.session_id] = (r.step, job.context, [*result.accepted_tokens, result.next_token],
                                           tree.tokens.tolist())  # the job's own context: no copy a round
         features = None
-        if job.features_from is not None:
-            features = state.features[: len(job.context) + len(result.accepted_tokens)][job.features_from:]
-        return result, verify_ms, features, fed
+        if r.features_from is not None:
+            features = state.features[: len(job.context) + len(result.accepted_tokens)][r.features_from:]
+        return Verdict(result, verify_ms, features, fed)
 
     def _evict(self, keep: set[str]) -> int:
         """Drop least recently used sessions until the cached tokens fit the budget (never those

@@ -5,32 +5,36 @@ Redis, models) is tested in tests/services/test_served_exactness.py and test_dra
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-from drafter.ahead import AheadRounds, next_request
-from specgrove import codec
+from drafter.ahead import AheadRounds
+from specgrove.budget import DraftBudget
 from specgrove.metrics import WorkerMetrics
-from specgrove.v1 import speculate_pb2
+from specgrove.round import DraftOrder, Round, RoundReport
+from specgrove.sampling import SamplingParams
+from specgrove.tree import VerifyResult
 
 
-def request(context: list[int], step: int = 3, room: int = 20, max_len: int = 4):
-    return speculate_pb2.DraftRequest(
-        round=speculate_pb2.RoundContext(session_id="s", step=step, context=codec.pack_ids(context), seed=7, run="r"),
-        plan=speculate_pb2.DraftPlan(shape_parents=[-1, 0, 1, 2], max_len=max_len), verifier="v:1",
-        verify_timeout_ms=5000, ahead=True, ahead_room=room)
+def request(context: list[int], step: int = 3, room: int = 20, max_len: int = 4) -> DraftOrder:
+    return DraftOrder(Round("s", step, tuple(context), SamplingParams(), 7, run="r"), (-1, 0, 1, 2),
+                      DraftBudget(max_len), "v:1", 5.0, ahead=True, ahead_room=room)
 
 
-def verdict(accepted: list[int], next_token: int, tag: str = ""):
-    reply = speculate_pb2.RoundReply(accepted_tokens=accepted, next_token=next_token, tree_size=4, tree_depth=4)
-    reply.timing.draft_ms = float(len(tag))
-    return reply
+def verdict(accepted: list[int], next_token: int) -> RoundReport:
+    return RoundReport(VerifyResult([], accepted, next_token, [], []), 4, 4)
+
+
+def next_request(order: DraftOrder, report: RoundReport) -> DraftOrder | None:
+    return order.following([*report.result.accepted_tokens, report.result.next_token])
 
 
 def test_the_next_round_extends_the_context_by_the_verdict_and_stays_within_the_room():
     following = next_request(request([1, 2, 3]), verdict([4, 5], 6))
-    assert codec.unpack_ids(following.round.context) == [1, 2, 3, 4, 5, 6]
+    assert following.round.context == (1, 2, 3, 4, 5, 6)
     assert following.round.step == 4 and following.round.seed == 7 and following.round.run == "r"
-    assert not following.ahead and following.plan.max_len == 4 and list(following.plan.shape_parents) == [-1, 0, 1, 2]
-    assert next_request(request([1], room=5), verdict([4, 5], 6)).plan.max_len == 1  # 2 left: 1 draft + 1
+    assert not following.ahead and following.budget.max_len == 4 and following.shape_parents == (-1, 0, 1, 2)
+    assert following.ahead_room == 17  # its own room: 20 less the 3 tokens round 3 emitted
+    assert next_request(request([1], room=5), verdict([4, 5], 6)).budget.max_len == 1  # 2 left: 1 draft + 1
     assert next_request(request([1], room=4), verdict([4, 5], 6)) is None  # 1 left: a plain step, nothing to draft
     assert next_request(request([1], room=3), verdict([4, 5], 6)) is None  # the session is done
 
@@ -45,17 +49,17 @@ def test_a_request_for_exactly_the_round_run_ahead_gets_its_verdict_and_any_othe
     ahead = AheadRounds(4, metrics)
     ran, release = [], threading.Event()
 
-    def run_round(req, timeout):
-        ran.append(codec.unpack_ids(req.round.context))
+    def run_round(order, timeout):
+        ran.append(list(order.round.context))
         release.wait(5)
-        return verdict([9], 10, "ahead")
+        return verdict([9], 10)
 
     release.set()
     ahead.start(request([1, 2]), verdict([3], 4), run_round)  # round 3's verdict: round 4 runs ahead
-    asked = next_request(request([1, 2]), verdict([3], 4))
-    asked.ahead, asked.ahead_room = True, 15  # the orchestrator's request for round 4 (its own leave)
+    asked = replace(next_request(request([1, 2]), verdict([3], 4)), ahead=True, ahead_room=15,
+                    budget=DraftBudget(2))  # the orchestrator's order for round 4 (its own plan and permission)
     reply = ahead.take(asked, arrived=1e12)
-    assert ran == [[1, 2, 3, 4]] and list(reply.accepted_tokens) == [9] and reply.timing.ahead
+    assert ran == [[1, 2, 3, 4]] and reply.result.accepted_tokens == [9] and reply.timing.ahead
     assert reply.timing.overlap_ms > 0  # it had all run before the (far future) arrival
     assert ahead.take(asked, arrived=0.0) is None  # taken once
 
@@ -64,7 +68,7 @@ def test_a_request_for_exactly_the_round_run_ahead_gets_its_verdict_and_any_othe
     assert ahead.take(other, arrived=0.0) is None
     assert outcomes(metrics) == {"hit": 1.0, "miss": 1.0, "unused": 0.0}
 
-    def failing(req, timeout):
+    def failing(order, timeout):
         raise RuntimeError("verifier gone")
 
     ahead.start(request([1, 2]), verdict([3], 4), failing)
@@ -78,7 +82,7 @@ def test_a_request_waits_for_the_round_still_running_ahead():
     ahead = AheadRounds(2)
     started, release = threading.Event(), threading.Event()
 
-    def run_round(req, timeout):
+    def run_round(order, timeout):
         started.set()
         release.wait(5)
         return verdict([7], 8)
@@ -87,4 +91,4 @@ def test_a_request_waits_for_the_round_still_running_ahead():
     assert started.wait(5)
     threading.Timer(0.2, release.set).start()
     reply = ahead.take(next_request(request([1]), verdict([2], 3)), arrived=0.0)
-    assert reply is not None and list(reply.accepted_tokens) == [7]
+    assert reply is not None and reply.result.accepted_tokens == [7]

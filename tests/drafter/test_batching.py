@@ -1,4 +1,4 @@
-"""Batched drafting (issue #13): sessions drafting at once draw their levels in one draft pass,
+"""Batched drafting: sessions drafting at once draw their levels in one draft pass,
 and each gets what it would have drawn alone."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from drafter.feature_sequence import primed_sequence, run_feeds, target_features
 from drafter.worker import DrafterWorker
 from orchestrator.engine import SpeculativeEngine
 from specgrove.budget import DraftBudget
+from specgrove.round import Round, RoundTiming
 from specgrove.sampling import SamplingParams
 from tests.drafter.test_feature_model import exact_marginals
 from tests.stats import ALPHA, chi_square_p_value, detectable_tv
@@ -66,11 +67,11 @@ def round_levels(worker: DrafterWorker, tiny_target, session: str, text: str, de
     def fetch(start: int):
         return start, target_features(tiny_target, ids[:-1])[start:]
 
-    worker.prefetch_features(session, 1, ids, fetch)
+    worker.prefetch_features(Round(session, 1, tuple(ids), SamplingParams(), 0), fetch)
     if barrier is not None:
         barrier.wait()
-    timing: dict = {}
-    levels = list(worker.levels(session, 1, ids, SamplingParams(), 0, list(range(-1, depth - 1)),
+    timing = RoundTiming()
+    levels = list(worker.levels(Round(session, 1, tuple(ids), SamplingParams(), 0), list(range(-1, depth - 1)),
                                 DraftBudget(depth), timing=timing))
     return [t for level in levels for t in level.tokens], timing
 
@@ -88,7 +89,7 @@ def test_sessions_drafting_at_once_share_passes_and_draw_what_they_draw_alone(ti
     assert [tokens for tokens, _ in together] == alone
     assert all(len(tokens) == depth for tokens in alone)
     assert mean_draft_batch(worker) > 1.5  # levels of several sessions in one pass
-    assert max(timing["draft_rows"] for _, timing in together) > 1
+    assert max(timing.draft_rows for _, timing in together) > 1
 
 
 def test_a_round_left_mid_way_frees_its_place(tiny_target, tiny_feature_drafter):
@@ -96,8 +97,8 @@ def test_a_round_left_mid_way_frees_its_place(tiny_target, tiny_feature_drafter)
     of the session drafts normally."""
     worker = DrafterWorker(tiny_feature_drafter)
     ids = tiny_target.encode(CONTEXTS[0])
-    worker.prefetch_features("s", 1, ids, lambda start: (start, target_features(tiny_target, ids[:-1])[start:]))
-    levels = worker.levels("s", 1, ids, SamplingParams(), 0, list(range(-1, 5)), DraftBudget(6))
+    worker.prefetch_features(Round("s", 1, tuple(ids), SamplingParams(), 0), lambda start: (start, target_features(tiny_target, ids[:-1])[start:]))
+    levels = worker.levels(Round("s", 1, tuple(ids), SamplingParams(), 0), list(range(-1, 5)), DraftBudget(6))
     next(levels)
     levels.close()
     assert not worker.batcher._waiting and not worker.batcher._turns.busy

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from drafter.feature_sequence import FeatureSequence, target_features
-from drafter.guess import guess_steps, likely_verdicts
+from drafter.guess import GuessSelection, guess_steps, likely_verdicts
 from drafter.tree_growth import inline, run_alone
 from drafter.worker import _twin
 from specgrove.sampling import SamplingParams, truncate_top_n, warp
@@ -37,7 +37,8 @@ def test_each_guess_is_a_verdict_and_a_chain_drawn_from_the_q_it_reports(tiny_ta
     params = SamplingParams(temperature=1.0, top_k=8)
     generator = torch.Generator().manual_seed(0)
     max_lens = [3, 3, 2, 1]
-    guesses = run_alone(guess_steps(_twin(session), context, chain, params, generator, max_lens, width=width))
+    guesses = run_alone(guess_steps(_twin(session), context, chain, (params, generator), max_lens,
+                                    selection=GuessSelection(width=width)))
     # j = 0..3 accepted, then one token: `width` different ones per j
     assert [len(g.emitted) for g in guesses] == [j + 1 for j in range(4) for _ in range(width)]
     assert len({tuple(g.emitted) for g in guesses}) == len(guesses)
@@ -75,8 +76,8 @@ def test_scored_guesses_are_the_verdicts_the_draft_deems_most_likely(tiny_target
     chain = [lv.tokens[0] for lv in session.grow_levels(context, [-1, 0, 1], SamplingParams(), None)]
     params = SamplingParams(temperature=1.0, top_k=8)
     max_lens = [3, 0, 2, 1]
-    guesses = run_alone(guess_steps(_twin(session), context, chain, params, torch.Generator().manual_seed(0),
-                                    max_lens, count=4))
+    guesses = run_alone(guess_steps(_twin(session), context, chain, (params, torch.Generator().manual_seed(0)),
+                                    max_lens, selection=GuessSelection(count=4)))
     fresh = primed(tiny_feature_drafter, tiny_target, context)
     logits = [fresh.sequence.logits_for(context + chain[:j], 1)[0] for j in range(len(chain) + 1)]
     want = likely_verdicts(logits, chain, 4, max_lens)
@@ -98,7 +99,7 @@ def test_guessing_leaves_the_sessions_cache_as_it_was(tiny_target, tiny_feature_
     session = primed(tiny_feature_drafter, tiny_target, context)
     chain = [lv.tokens[0] for lv in session.grow_levels(context, [-1, 0, 1, 2], SamplingParams(), None)]
     before = (list(session.sequence.tokens), list(session.sequence.node_tokens), session.sequence.kv[0].clone())
-    run_alone(guess_steps(_twin(session), context, chain, SamplingParams(), None, [4, 4, 4, 3, 2]))
+    run_alone(guess_steps(_twin(session), context, chain, (SamplingParams(), None), [4, 4, 4, 3, 2]))
     assert (session.sequence.tokens, session.sequence.node_tokens) == before[:2]
     assert torch.equal(session.sequence.kv[0], before[2])
     again = [lv.tokens[0] for lv in inline(session.grow(context, [-1, 0, 1, 2], SamplingParams(), None))]
@@ -117,7 +118,7 @@ def test_the_rounds_own_logits_give_the_same_guesses_as_feeding_the_chain_again(
     assert warm.sequence.drawn_chain_logits(context, chain) is not None
     assert cold.sequence.drawn_chain_logits(context, chain) is None
     (reused, warm_passes), (fed, cold_passes) = [
-        counted(guess_steps(twin, context, chain, SamplingParams(), None, [3, 3, 2, 1])) for twin in (warm, cold)]
+        counted(guess_steps(twin, context, chain, (SamplingParams(), None), [3, 3, 2, 1])) for twin in (warm, cold)]
     assert [(g.emitted, [lv.tokens for lv in g.levels]) for g in reused] == [
         (g.emitted, [lv.tokens for lv in g.levels]) for g in fed]
     assert (warm_passes, cold_passes) == (3, 5)

@@ -11,6 +11,7 @@ from orchestrator.rounds import SessionRounds, Speculation, check_request, plann
 from orchestrator.sequoia import SequoiaTable, TreeShape
 from orchestrator.stop_policy import AdaEDLPolicy, StaticPolicy
 from specgrove.errors import InvalidArgument, OutOfRange
+from specgrove.round import RoundReport, RoundTiming
 from specgrove.output import GenerationOutput
 from specgrove.sampling import SamplingParams
 from specgrove.tree import VerifyResult
@@ -35,11 +36,11 @@ def test_a_chain_round_drafts_no_more_than_the_tokens_left_to_emit():
     core = session(Speculation("chain", 6, adaptive=False), max_new_tokens=4)
     plan = core.plan()
     assert plan.step == 1 and plan.shape == TreeShape.chain(3) and plan.budget.max_len == 3  # 4 left: 3 + 1
-    outcome = core.commit(plan, verdict([5, 6], 7), drafted=3, depth=3)
+    outcome = core.commit(plan, RoundReport(verdict([5, 6], 7), 3, 3))
     assert outcome.emitted == [5, 6, 7] and outcome.index == 0 and outcome.accepted == 2
     last = core.plan()
     assert last.step == 2 and last.shape is None  # one token left: a plain step, nothing to draft
-    outcome = core.commit(last, verdict([], 8), drafted=0, depth=0)
+    outcome = core.commit(last, RoundReport(verdict([], 8), 0, 0))
     assert outcome.emitted == [8] and outcome.finish_reason == "length" and core.finish_reason == "length"
 
 
@@ -85,10 +86,10 @@ def test_a_stop_rule_cuts_the_verdict_and_the_policy_learns():
     plan = core.plan()
     assert plan.budget.gamma is not None  # AdaEDL's entropy rule reaches the drafter
     lam = policy.lam
-    outcome = core.commit(plan, verdict([5], 6), drafted=4, depth=4)  # 1 of 4 accepted: below α* = 0.5
+    outcome = core.commit(plan, RoundReport(verdict([5], 6), 4, 4))  # 1 of 4 accepted: below α* = 0.5
     assert policy.lam > lam  # λ rises: chains will stop sooner
     plan = core.plan()
-    outcome = core.commit(plan, verdict([7, EOS, 8], 9), drafted=4, depth=4)
+    outcome = core.commit(plan, RoundReport(verdict([7, EOS, 8], 9), 4, 4))
     assert outcome.emitted == [7, EOS] and outcome.finish_reason == "eos" and outcome.index == 2
     with pytest.raises(AssertionError):
         core.plan()  # finished
@@ -97,9 +98,9 @@ def test_a_stop_rule_cuts_the_verdict_and_the_policy_learns():
 def test_commit_takes_rounds_in_order_only():
     core = session(Speculation("chain", 2, adaptive=False))
     plan = core.plan()
-    core.commit(plan, verdict([], 1), drafted=2, depth=2)
+    core.commit(plan, RoundReport(verdict([], 1), 2, 2))
     with pytest.raises(AssertionError):
-        core.commit(plan, verdict([], 1), drafted=2, depth=2)  # the same round twice
+        core.commit(plan, RoundReport(verdict([], 1), 2, 2))  # the same round twice
 
 
 def test_a_resumed_session_continues_its_step_count():
@@ -142,3 +143,21 @@ def test_a_seeded_sampled_request_pins_its_chain_length_so_it_is_reproducible():
     assert adaptive.for_request(SamplingParams(temperature=1.0, seed=7)).adaptive is False
     assert adaptive.for_request(SamplingParams(temperature=1.0)).adaptive  # unseeded: goodput sizes it
     assert adaptive.for_request(SamplingParams(seed=7)).adaptive  # greedy: the target's tokens whatever the rounds
+
+
+def test_a_rounds_costs_feed_the_planners_link_statistics_unless_it_was_a_prefill():
+    """The round core learns costs as it commits (the drivers only pass them on): a drafted
+    round's wait, draft and verify times, a plain step's, and the verifier's load and pass."""
+    core = session(Speculation("chain", 3, adaptive=False), max_new_tokens=40)
+    link = core.planner.link
+    plan = core.plan()
+    timing = RoundTiming(draft_ms=12.0, verify_ms=50.0, sessions=3, pass_tokens=6.0, pass_rows=6)
+    core.commit(plan, RoundReport(verdict([5], 6), 3, 3, timing))  # no wait given: the prefill, not learnt
+    assert link.rounds == 0 and link.draft_level_ms is None
+    plan = core.plan()
+    core.commit(plan, RoundReport(verdict([5], 6), 3, 3, timing), waited_ms=80.0)
+    assert link.rounds == 1 and link.draft_level_ms == 4.0 and link.sessions > 1  # 12 ms over 3 levels
+    assert link.network_ms == 80.0 - 12.0 - 50.0  # what the round waited beyond draft and verify
+    plan = core.plan()
+    core.commit(plan, RoundReport(verdict([], 7), 0, 0, RoundTiming(verify_ms=40.0)), waited_ms=45.0)
+    assert link.rounds == 2 and link.plain_ms == 45.0 and link.plain_network_ms == 5.0

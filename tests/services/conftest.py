@@ -63,6 +63,7 @@ class InProcessStack:
         (specgrove.compute), so a drafter's cold first round (a grammar's first masks) can queue
         behind the verifier's, which separate processes never do; on a loaded CI core that
         passed 5 s."""
+        from drafter.guess import GuessSelection
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
         from orchestrator.session_store import SessionStore
@@ -83,8 +84,8 @@ class InProcessStack:
         self.drafter = None
         self.drafter_workers, self.drafter_servers, drafter_addresses = [], [], []
         for _ in range(drafters if drafter is not None else 0):
-            worker = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms, guess_count=guess_count,
-                                   guess_width=guess_width)
+            worker = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms,
+                                   guesses=GuessSelection(guess_count, guess_width))
             server, dport = create_drafter_server("127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
                                                   verifiers=tuple(addresses), link_delay_ms=link_delay_ms)
             server.start()

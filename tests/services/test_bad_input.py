@@ -1,5 +1,5 @@
 """The bad-input table: each malformed, oversized or out-of-range request, sent to a real stack
-(loopback gRPC, a real Redis, tiny models) or its HTTP door, gets its precise status and a
+(loopback gRPC, a real Redis, tiny models) or its HTTP API, gets its precise status and a
 message naming the field; after each one the same stack still serves a short greedy generation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP door, driven by the official ``openai`` client over loopback against
+"""The OpenAI-compatible HTTP API, driven by the official ``openai`` client over loopback against
 real gRPC workers and a real Redis: completions and chat, JSON and server-sent events, greedy
 identity with the gRPC path, OpenAI-shaped errors, structured output, and /metrics scraped and
 parsed as Prometheus' exposition format."""
