@@ -85,6 +85,8 @@ class LevelBatcher:
         with self._turn:
             job.ready = False
             self._waiting.append(job)
+            if self.metrics is not None:
+                self.metrics.waiting.set(len(self._waiting))  # sessions waiting for a draft pass
             self._turns.arrive(job.key)
             self._turns.run_batches_until(lambda: job.ready, self._gather, self._take, self._run, self._ran)
 
@@ -145,6 +147,8 @@ class LevelBatcher:
             batch.append(job)
             seen.add(job.key)
             self._waiting.remove(job)
+        if self.metrics is not None:
+            self.metrics.waiting.set(len(self._waiting))
         return batch
 
     def _advance(self, batch: list[Steps]) -> int:

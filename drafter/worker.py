@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -45,6 +46,16 @@ class DrafterWorker:
         self.lock = threading.RLock()  # the sessions' bookkeeping (passes: the batcher and the compute thread)
         self.metrics = WorkerMetrics("draft", max_sessions)
         self.batcher = LevelBatcher(max_batch, self.metrics, min_pass_ms)
+        self.draining = False  # told to stop: orchestrators place no new sessions here
+        self._last_round = float("-inf")
+
+    def busy(self, quiet_s: float = 2.0) -> bool:
+        """A round was drawn here in the last ``quiet_s`` (a draining drafter waits until none is)."""
+        return time.monotonic() - self._last_round < quiet_s
+
+    def load_report(self) -> dict:
+        """What orchestrators route by (``WorkerLoad``)."""
+        return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, "draining": self.draining}
 
     @property
     def needs_features(self) -> bool:
@@ -176,6 +187,7 @@ class DrafterWorker:
                 raise StaleRound(f"session {session_id}: round {step} is older than round "
                                  f"{self._steps[session_id]}, already drafted here")
             self._steps[session_id] = step
+            self._last_round = time.monotonic()
             return self._session_locked(session_id)
 
     def _forget(self, session_id: str) -> None:

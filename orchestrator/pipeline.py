@@ -19,7 +19,7 @@ from orchestrator.admission import Admission
 from orchestrator.placement import Workers
 from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats
 from orchestrator.rounds import RoundPlan, SessionRounds, Speculation, planner_for
-from orchestrator.session_run import RunLease, SessionRun
+from orchestrator.session_run import RunLease, SessionRun, trace_request
 from orchestrator.session_store import Session, SessionStore
 from orchestrator.stop_policy import make_policy
 from orchestrator.worker_rounds import WorkerRounds
@@ -55,6 +55,8 @@ class PipelineConfig:
     verify_ratio: dict | None = None  # the verify-cost curve from a calibration profile
     auth_token: str | None = None  # sent to the workers (they check it when they have one)
     tls: TlsConfig | None = None  # TLS (mTLS with a client certificate) to the workers; None: plaintext
+    resolve_s: float = 5.0  # how often the workers' names are looked up again (dns:///, file:)
+    poll_s: float = 1.0  # how often the workers' load is polled (it routes new sessions)
 
 
 class Pipeline:
@@ -65,7 +67,9 @@ class Pipeline:
         self.metrics = OrchestratorMetrics()  # served as /metrics on the HTTP port
         self.links: dict[tuple[str, str], LinkStats] = {}  # per drafter–verifier pair, shared by sessions
         self.acceptance = AcceptanceStats(list(config.prior_acceptance))  # global, across sessions
-        self.workers = Workers(config.drafters, config.verifiers, config.drafter_retry_s, config.tls)
+        self.workers = Workers(config.drafters, config.verifiers, config.drafter_retry_s, config.tls,
+                               config.resolve_s, config.poll_s)
+        self.workers.auth = [("authorization", f"Bearer {config.auth_token}")] if config.auth_token else []
         self.lease = RunLease(store)
         self.rounds = WorkerRounds(self.workers, config, self.metrics, self.lease)
         self.admission = Admission(text, store, config, self.metrics)
@@ -113,6 +117,7 @@ class Pipeline:
         finally:
             self.admission.free()
             if run.place is not None:  # on every end, a client's disconnect included
+                self.workers.unassign(run.session.id, run.place.drafter, run.place.verifier)
                 asyncio.ensure_future(self.rounds.release(run, run.place.drafter, run.place.verifier))
             asyncio.ensure_future(self.lease.release(run))  # not awaited: Redis may be the thing that failed
 
@@ -120,8 +125,8 @@ class Pipeline:
         """The round core driven over the workers: plan, draft + verify remotely, commit to Redis
         (which also renews the lease), then stream the round to the client."""
         s, spec = run.session, run.speculation
-        self._trace_request(s, spec)
-        place = run.place = self.workers.place()
+        trace_request(s, spec, self.text.name)
+        place = await self.rounds.place(run)
         link = self.links.setdefault((place.drafter, place.verifier),
                                      LinkStats(verify_ratio=dict(self.config.verify_ratio or {}) or LinkStats().verify_ratio))
         core = SessionRounds(spec, output, planner_for(spec, link, self.acceptance), self._policy(s, spec), s.step)
@@ -171,15 +176,6 @@ class Pipeline:
         if not self.config.draft_ahead or not drafts_by_plan:
             return 0
         return core.output.max_new_tokens - len(core.output.token_ids)
-
-    def _trace_request(self, s: Session, spec: Speculation) -> None:
-        telemetry.trace.get_current_span().set_attributes({
-            "gen_ai.operation.name": "text_completion", "gen_ai.system": "specgrove",
-            "gen_ai.request.model": self.text.name, "gen_ai.request.temperature": s.params.temperature,
-            "gen_ai.request.top_p": s.params.top_p, "gen_ai.request.top_k": s.params.top_k,
-            "gen_ai.request.max_tokens": s.params.max_new_tokens, "gen_ai.request.seed": s.seed,
-            "gen_ai.usage.input_tokens": len(s.prompt), "specgrove.session_id": s.id, "specgrove.mode": spec.mode,
-        })
 
     def _policy(self, s: Session, spec: Speculation):
         """The session's draft-length policy, with AdaEDL's λ restored from Redis when resumed."""

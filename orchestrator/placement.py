@@ -1,51 +1,201 @@
-"""Where a session's rounds run: the orchestrator's drafters and verifiers, which of them are
-live, one channel per worker, and the pair a new session is placed on.
+"""Where a session's rounds run: the workers behind each role's name, which of them are live and
+how loaded, one channel per worker, and the pair a new session is placed on.
 
-A worker that fails is skipped for ``retry_s``; a session whose worker fails moves to the next
-live one in its pool (a verifier re-prefills from the context, which comes from Redis). New
-sessions are placed round-robin over the live verifiers.
+**Discovery.** A role is named once, by one or more specs, each re-read every ``resolve_s``:
+- ``HOST:PORT``: one worker;
+- ``dns:///HOST:PORT``: every address HOST resolves to (a Kubernetes headless Service: one per
+  ready pod), so pods that come and go are seen without a restart;
+- ``ipv4:A:P,B:P``: the addresses listed (gRPC's notation);
+- ``file:PATH``: the ``HOST:PORT`` lines of a file (comments with ``#``).
+Each worker gets a channel of its own (one channel per Service would pin every session to one
+pod: gRPC keeps one HTTP/2 connection per channel).
+
+**Routing.** Every worker reports its load when polled (``Info``: sessions, rounds waiting, KV
+tokens against its budget, its pass time, draining). A new session goes to the verifier where it
+gets the most tokens per second: the smallest predicted pass time with it added,
+``pass_1 × ratio((n + 1) · ROUND_TOKENS)`` (pass_1: the verifier's own 1-token pass, ratio: the
+verify-cost curve the planner uses, n: the sessions it holds). Verifiers draining, down, full or
+past their KV budget take none while another can. A session keeps its verifier while it lives
+(the verifier holds its KV cache); it moves only when its verifier fails, drains, leaves the pool
+or is past its KV budget (``should_move``). Drafters: the one with the fewest sessions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
+from orchestrator.round_planner import PRIOR_VERIFY_RATIO
+from orchestrator.tree_sizing import CostProfile
 from specgrove.tls import TlsConfig, open_channel
+from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 
 CHANNEL_OPTIONS = [  # reconnect quickly to a restarted worker (gRPC's default backoff grows to 120 s)
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+ROUND_TOKENS = 5  # the tokens a session's round feeds a pass (a chain of 4 and its root)
+_CURVE = CostProfile(PRIOR_VERIFY_RATIO, 0.0)
 
 
 @dataclass
 class Placement:
-    """The workers a session's rounds run on; either moves when it fails."""
+    """The workers a session's rounds run on; either moves when it fails or drains."""
 
     drafter: str  # "" when no drafter is deployed (plain decoding)
     verifier: str
 
 
+def resolve_host(host: str, port: str) -> list[str]:
+    """Every address ``host`` resolves to, as ``ADDR:PORT`` (IPv6 in brackets), in a stable order."""
+    found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    addresses = {info[4][0] for info in found}
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in sorted(addresses)]
+
+
+def expand(spec: str, resolve=resolve_host) -> list[tuple[str, str | None]]:
+    """The workers a spec names: (address, the host name it was resolved from, or None)."""
+    spec = spec.strip()
+    if spec.startswith("dns:"):
+        target = spec.split("///", 1)[1] if "///" in spec else spec[len("dns:"):]
+        host, _, port = target.rpartition(":")
+        try:
+            return [(address, host) for address in resolve(host, port)]
+        except OSError:  # not resolvable now (no ready pod): none, until the next look
+            return []
+    if spec.startswith("ipv4:"):
+        return [(a.strip(), None) for a in spec[len("ipv4:"):].split(",") if a.strip()]
+    if spec.startswith("file:"):
+        try:
+            lines = Path(spec[len("file:"):]).read_text().splitlines()
+        except OSError:
+            return []
+        return [(line.split("#")[0].strip(), None) for line in lines if line.split("#")[0].strip()]
+    return [(spec, None)] if spec else []
+
+
+class Pool:
+    """One role's workers, as its specs name them now (looked up again every ``resolve_s``)."""
+
+    def __init__(self, specs: tuple[str, ...], resolve_s: float = 5.0, resolve=resolve_host):
+        self.specs, self.resolve_s, self._resolve = tuple(specs), resolve_s, resolve
+        self.hosts: dict[str, str | None] = {}  # address -> the name it came from (TLS checks that name)
+        self._at = float("-inf")
+        self.addresses()
+
+    def addresses(self) -> tuple[str, ...]:
+        if time.monotonic() - self._at >= self.resolve_s:
+            found = [pair for spec in self.specs for pair in expand(spec, self._resolve)]
+            if found or not self.hosts:  # a failed look keeps the last answer
+                self.hosts = dict(found)
+            self._at = time.monotonic()
+        return tuple(self.hosts)
+
+
+@dataclass
+class WorkerState:
+    """A worker's load as it last reported it, and the sessions this orchestrator placed there."""
+
+    sessions: int = 0
+    max_sessions: int = 0
+    waiting: int = 0
+    kv_tokens: int = 0
+    max_kv_tokens: int = 0
+    pass_ms: float = 0.0
+    tokens_per_pass: float = 1.0
+    draining: bool = False
+    polled_at: float = float("-inf")
+    placed: set[str] = field(default_factory=set)  # this orchestrator's sessions here
+
+    @property
+    def full(self) -> bool:
+        over_kv = self.max_kv_tokens and self.kv_tokens >= self.max_kv_tokens
+        return bool(over_kv) or bool(self.max_sessions and self.sessions >= self.max_sessions)
+
+    def pass_1_ms(self) -> float | None:
+        """Its 1-token pass, from its recent passes (None: never measured)."""
+        return self.pass_ms / _CURVE.verify_time(max(1.0, self.tokens_per_pass)) if self.pass_ms > 0 else None
+
+    def predicted_ms(self, pass_1: float) -> float:
+        """Its pass with one more session's round in it."""
+        n = max(self.sessions, len(self.placed)) + 1
+        return pass_1 * _CURVE.verify_time(n * ROUND_TOKENS)
+
+
 class Workers:
+    """The drafters and verifiers of one orchestrator: their pools, liveness, load and channels."""
+
     def __init__(self, drafters: tuple[str, ...], verifiers: tuple[str, ...], retry_s: float,
-                 tls: TlsConfig | None = None):
-        self.drafters, self.verifiers = drafters, verifiers
+                 tls: TlsConfig | None = None, resolve_s: float = 5.0, poll_s: float = 1.0):
+        self.drafter_pool, self.verifier_pool = Pool(drafters, resolve_s), Pool(verifiers, resolve_s)
         self.retry_s = retry_s  # how long a failed worker is skipped
-        self.tls = tls
+        self.tls, self.poll_s = tls, poll_s
+        self.auth: list = []  # metadata of the load polls (the pipeline sets its bearer token)
+        self.state: dict[str, WorkerState] = {}
         self._down_until: dict[str, float] = {}  # worker address -> skipped until (it failed)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._next = 0
+        self._polling: asyncio.Future | None = None
 
-    def place(self) -> Placement:
-        """Round-robin over the workers, skipping verifiers that failed in the last ``retry_s``."""
-        self._next += 1
-        drafters = self.drafters or ("",)
-        verifiers = [v for v in self.verifiers if self.live(v)] or list(self.verifiers)
-        return Placement(drafters[self._next % len(drafters)], verifiers[self._next % len(verifiers)])
+    @property
+    def drafters(self) -> tuple[str, ...]:
+        return self.drafter_pool.addresses()
+
+    @property
+    def verifiers(self) -> tuple[str, ...]:
+        return self.verifier_pool.addresses()
+
+    def load(self, address: str) -> WorkerState:
+        return self.state.setdefault(address, WorkerState())
+
+    # ------------------------------------------------------------------ placing sessions
+
+    def place(self, session_id: str, prefer: str | None = None) -> Placement:
+        """The pair a new session runs on (``prefer``: a resumed session's verifier, which may
+        still hold its cache, when it can take it)."""
+        drafters = [d for d in self.drafters if self.live(d) and not self.load(d).draining] or list(self.drafters)
+        drafter = min(drafters, key=lambda d: (len(self.load(d).placed), self.load(d).sessions, d), default="")
+        place = Placement(drafter, self.best_verifier(prefer=prefer))
+        self.assign(session_id, place)
+        return place
+
+    def best_verifier(self, prefer: str | None = None, exclude: str | None = None) -> str:
+        """The verifier a session gets the most tokens per second on (see the module docstring)."""
+        pool = list(self.verifiers)
+        if not pool:
+            raise LookupError(f"no verifier behind {', '.join(self.verifier_pool.specs)}")
+        others = [v for v in pool if v != exclude]
+        able = [v for v in others if self.live(v) and not self.load(v).draining and not self.load(v).full]
+        if not able and exclude in pool and self.live(exclude) and not self.load(exclude).draining:
+            return exclude  # nothing else can take the session: it stays
+        candidates = able or [v for v in others if self.live(v)] or others or pool
+        if prefer in candidates:
+            return prefer
+        known = [p for p in (self.load(v).pass_1_ms() for v in candidates) if p is not None]
+        unknown = min(known) if known else 1.0  # a verifier not measured yet is tried as the fastest known
+        return min(candidates, key=lambda v: (self.load(v).predicted_ms(self.load(v).pass_1_ms() or unknown),
+                                              len(self.load(v).placed), v))
+
+    def assign(self, session_id: str, place: Placement) -> None:
+        for address in (place.drafter, place.verifier):
+            if address:
+                self.load(address).placed.add(session_id)
+
+    def unassign(self, session_id: str, *addresses: str) -> None:
+        for address in addresses:
+            if address:
+                self.load(address).placed.discard(session_id)
+
+    def should_move(self, verifier: str) -> bool:
+        """A session leaves its verifier only when it failed, drains, or left the pool."""
+        return not self.live(verifier) or self.load(verifier).draining or verifier not in self.verifiers
+
+    # ------------------------------------------------------------------ liveness and load
 
     def live(self, address: str) -> bool:
         return time.monotonic() >= self._down_until.get(address, 0)
@@ -56,13 +206,46 @@ class Workers:
     def next_live(self, pool: tuple[str, ...], current: str) -> str:
         """The next worker after ``current`` in ``pool`` that is not marked down (the next one
         when all are)."""
+        if not pool:
+            return current
         start = pool.index(current) if current in pool else -1
         ordered = [pool[(start + i) % len(pool)] for i in range(1, len(pool) + 1)]
-        return next((a for a in ordered if self.live(a)), ordered[0])
+        return next((a for a in ordered if self.live(a) and not self.load(a).draining), ordered[0])
+
+    async def refresh(self, wait: bool = False) -> None:
+        """Poll the workers' load when it is older than ``poll_s`` (one poll at a time, shared by
+        every caller); ``wait``: until it is in (placing a session), else in the background."""
+        if self._polling is None or self._polling.done():
+            now = time.monotonic()
+            stale = [a for a in (*self.verifiers, *self.drafters) if now - self.load(a).polled_at >= self.poll_s]
+            if not stale:
+                return
+            self._polling = asyncio.ensure_future(asyncio.gather(*(self._poll(a) for a in stale)))
+        if wait:
+            await asyncio.shield(self._polling)
+
+    async def _poll(self, address: str) -> None:
+        stub_class = speculate_pb2_grpc.VerifierStub if address in self.verifier_pool.hosts else speculate_pb2_grpc.DrafterStub
+        state = self.load(address)
+        try:
+            info = await stub_class(self.channel(address)).Info(speculate_pb2.InfoRequest(), timeout=5.0,
+                                                                 metadata=self.auth)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                self.mark_down(address)
+        else:
+            load = info.load
+            state.sessions, state.max_sessions, state.waiting = load.sessions, load.max_sessions, load.waiting
+            state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
+            state.pass_ms, state.tokens_per_pass = load.pass_ms, load.tokens_per_pass or 1.0
+        finally:
+            state.polled_at = time.monotonic()
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = open_channel(address, self.tls, CHANNEL_OPTIONS, aio=True)
+            host = self.verifier_pool.hosts.get(address) or self.drafter_pool.hosts.get(address)
+            options = CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", host)] if host and self.tls else [])
+            self._channels[address] = open_channel(address, self.tls, options, aio=True)
         return self._channels[address]
 
     async def close(self) -> None:

@@ -12,12 +12,13 @@ verifier → orchestrator).
 ``RoundPlanner`` (one per session) turns them into each round's tree: in tree mode it picks the
 Sequoia (size, depth) maximising expected tokens per millisecond with the network time added to
 every speculative round, and K = 0 (plain decoding on the verifier) when speculation does not
-pay (with size and depth both pinned it always drafts that shape); a slow link makes each round dearer, so trees grow to amortise it, until K = 0 wins. While
+pay (with size and depth both pinned it always drafts that shape); a slow link makes each round
+dearer, so trees grow to amortise it, until K = 0 wins. While
 at K = 0 it probes a small tree now and then so that estimates stay fresh: after ``probe_every``
 plain rounds, then twice as many after each probe that does not turn speculation back on (up to
 ``max_probe_every``), since a probe of a draft that does not pay is a loss (on chat with the
-feature draft, 64-token generations ran at 0.93× plain decoding probing every 16 rounds, 0.96×
-backing off, 1.00× never probing). With S sessions
+feature draft, frequent probes cost measurably against plain decoding; backing off recovers most
+of it). With S sessions
 batched each waits S times as long, so the batch as a whole probes as often as one session.
 """
 
@@ -38,8 +39,8 @@ from specgrove.tree import VerifyResult
 PRIOR_VERIFY_RATIO = {1: 1.0, 2: 1.04, 4: 1.08, 8: 1.15, 16: 1.6, 32: 2.6, 64: 4.6, 128: 8.0}
 DEFAULT_PRIOR_ACCEPTANCE = [0.5, 0.15, 0.05]
 PROBE_SIZE, PROBE_DEPTH = 4, 3
-# Under load a chain must promise this much more than plain steps: measured in process on chat (8
-# clients), chains the cost model rated a few percent ahead (K = 1 at 4 sessions) lost 10–20%.
+# Under load a chain must promise this much more than plain steps: in process on chat with 8
+# clients, chains the cost model rated only a few percent ahead lost to plain steps.
 LOAD_MARGIN = 1.15
 
 
@@ -294,8 +295,8 @@ class RoundPlanner:
         of the draft passes the sessions share (as measured under this load). What each kind of
         round waits beyond its compute counts as measured: a chain's hops and a plain step's,
         and under load the wait for a pass (a session that drafts while the others step plainly
-        misses their pass and waits for the next: on chat at 4 clients in process, its K = 1
-        rounds took 201 ms against 124 ms for a plain step). K = 0 (a plain step) when no chain
+        misses their pass and waits for the next, so its round can take much longer than a plain
+        step's). K = 0 (a plain step) when no chain
         beats one token per plain step: with one session when the draft does not pay on this
         text, with many when the batch makes it a loss."""
         acceptance = self.acceptance.vector()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from orchestrator.placement import Placement
 from orchestrator.rounds import RoundOutcome, Speculation
 from orchestrator.session_store import Session, SessionStore
+from specgrove import telemetry
 from specgrove.errors import SpecGroveError
 from specgrove.round import DraftOrder
 
@@ -72,3 +73,14 @@ class RunLease:
         s.tokens = s.tokens + outcome.emitted
         s.step, s.drafted, s.accepted = outcome.step, s.drafted + outcome.drafted, s.accepted + outcome.accepted
         return cancelled
+
+
+def trace_request(s: Session, spec: Speculation, model: str) -> None:
+    """The request's attributes on its span (OpenTelemetry's gen_ai conventions)."""
+    telemetry.trace.get_current_span().set_attributes({
+        "gen_ai.operation.name": "text_completion", "gen_ai.system": "specgrove",
+        "gen_ai.request.model": model, "gen_ai.request.temperature": s.params.temperature,
+        "gen_ai.request.top_p": s.params.top_p, "gen_ai.request.top_k": s.params.top_k,
+        "gen_ai.request.max_tokens": s.params.max_new_tokens, "gen_ai.request.seed": s.seed,
+        "gen_ai.usage.input_tokens": len(s.prompt), "specgrove.session_id": s.id, "specgrove.mode": spec.mode,
+    })

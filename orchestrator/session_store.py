@@ -1,7 +1,7 @@
 """Sessions in Redis (redis-py asyncio): the truth of every generation.
 
 Keys, both expiring after ``ttl_s`` of inactivity:
-- ``specgrove:{ID}`` (hash): prompt (packed int32), params / speculation / placement / controller
+- ``specgrove:{ID}`` (hash): prompt (packed int32), params / speculation / verifier / controller
   (JSON), seed, step (rounds committed), status (running | done), finish_reason, usage counters,
   cancel flag;
 - ``specgrove:{ID}:tokens`` (string): confirmed token ids, packed int32, appended once per step.
@@ -84,6 +84,7 @@ class Session:
     drafted: int
     accepted: int
     cancel: bool
+    verifier: str = ""  # the verifier its last run was placed on (it may still hold its KV cache)
 
 
 def _params_json(params: SamplingParams) -> str:
@@ -188,7 +189,7 @@ class SessionStore:
             seed=int(g["seed"]), speculation=json.loads(g["speculation"]), step=int(g["step"]),
             tokens=unpack_ids(tokens or b""), status=g["status"].decode(), finish_reason=g["finish_reason"].decode(),
             controller=json.loads(g["controller"]), drafted=int(g["drafted"]), accepted=int(g["accepted"]),
-            cancel=g["cancel"] == b"1",
+            cancel=g["cancel"] == b"1", verifier=g.get("verifier", b"").decode(),
         )
 
     async def append(self, session_id: str, step: int, tokens: list[int], controller: dict,
@@ -208,6 +209,10 @@ class SessionStore:
     async def finish(self, session_id: str, reason: str) -> None:
         await self._call(lambda: self.redis.hset(self.key(session_id),
                                                  mapping={"status": "done", "finish_reason": reason}), session_id)
+
+    async def place(self, session_id: str, verifier: str) -> None:
+        """Remember the verifier the session runs on: a resumed session prefers it (its cache)."""
+        await self._call(lambda: self.redis.hset(self.key(session_id), "verifier", verifier), session_id)
 
     async def cancel(self, session_id: str) -> bool:
         """Flag a session for cancellation; returns whether it was running."""

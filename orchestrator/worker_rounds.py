@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import grpc
 
-from orchestrator.placement import Workers
+from orchestrator.placement import Placement, Workers
 from orchestrator.rounds import RoundPlan
 from orchestrator.session_run import RunLease, SessionRun
 from specgrove import codec, telemetry
@@ -34,12 +34,32 @@ class WorkerRounds:
         self.workers, self.config, self.metrics, self.lease = workers, config, metrics, lease
         self._auth = [("authorization", f"Bearer {config.auth_token}")] if config.auth_token else []
 
+    async def place(self, run: SessionRun) -> Placement:
+        """Place the run's session (a resumed one where its last run was, when it can take it), and
+        remember its verifier in the store (best effort)."""
+        await self.workers.refresh(wait=True)
+        place = run.place = self.workers.place(run.session.id, prefer=run.session.verifier or None)
+        self.metrics.sessions_placed.labels(verifier=place.verifier).inc()
+        asyncio.ensure_future(self._remember(run))  # not awaited: Redis may be riding out an outage
+        return place
+
+    async def _remember(self, run: SessionRun) -> None:
+        if run.session.verifier != run.place.verifier:
+            try:
+                await self.lease.store.place(run.session.id, run.place.verifier)
+                run.session.verifier = run.place.verifier
+            except Exception:  # noqa: BLE001 - an optimisation: a resumed session then prefills elsewhere
+                log.info("could not remember session %s's verifier", run.session.id)
+
     async def round(self, run: SessionRun, plan: RoundPlan, r: Round, ahead: int = 0) -> tuple[RoundReport, float]:
         """(the round's report, the orchestrator's wait for it in ms). Falls back to K = 0 when the
         drafter fails. ahead: when > 0, the drafter may run the next round as soon as it holds this
         one's verdict (``DraftOrder.ahead_room``); a round run ahead is always collected (a plain
         step planned in its place comes a round later)."""
         place = run.place
+        await self.workers.refresh()  # the workers' load, polled in the background now and then
+        if self.workers.should_move(place.verifier):
+            self._move(run, "its verifier drains or left the pool")
         ran_ahead = self._ran_ahead(run, r)
         if place.drafter and not self.workers.live(place.drafter):  # move if one is live
             place.drafter = self.workers.next_live(self.workers.drafters, place.drafter)
@@ -95,7 +115,7 @@ class WorkerRounds:
     async def _plain(self, run: SessionRun, r: Round) -> tuple[RoundReport, float]:
         """A K = 0 step on the verifier. A failing verifier is marked down and the step moves to
         the next one (which re-prefills from the context); the lease is renewed while retrying."""
-        place, verifiers = run.place, self.config.verifiers
+        place = run.place
         error, attempt = None, 0
         give_up = time.monotonic() + self.config.verifier_retry_s
         request = codec.round_to_pb(r)
@@ -111,14 +131,30 @@ class WorkerRounds:
                 error, attempt = err, attempt + 1
                 log.warning("verifier %s failed (%s); session %s moves on", place.verifier, err.code().name, r.session_id)
                 self.workers.mark_down(place.verifier)
-                place.verifier = self.workers.next_live(self.workers.verifiers, place.verifier)
+                self._move(run, f"verifier {place.verifier} failed")
                 await self.lease.renew(run)
-                await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt // len(verifiers))))
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt // max(1, len(self.workers.verifiers)))))
                 continue
             return codec.report_from_pb(reply), (time.perf_counter() - t0) * 1000
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"
         raise Unavailable(f"no verifier answered for {self.config.verifier_retry_s:.0f}s ({last}); "
                           f"resume session {r.session_id} later")
+
+    def _move(self, run: SessionRun, why: str) -> None:
+        """The session moves to the best other verifier (which re-prefills from the context); a
+        draining one it leaves frees its cache at once (one that failed may come back: the session's
+        run must not be refused there then)."""
+        place, old = run.place, run.place.verifier
+        place.verifier = self.workers.best_verifier(exclude=old)
+        if place.verifier == old:
+            return
+        self.workers.unassign(run.session.id, old)
+        self.workers.assign(run.session.id, place)
+        self.metrics.sessions_moved.labels(verifier=place.verifier).inc()
+        log.info("session %s moves from verifier %s to %s: %s", run.session.id, old, place.verifier, why)
+        asyncio.ensure_future(self._remember(run))
+        if self.workers.load(old).draining:
+            asyncio.ensure_future(self.release(run, "", old))
 
     async def release(self, run: SessionRun, drafter: str, verifier: str) -> None:
         """Free the finished run's KV caches on the workers, and refuse its rounds still in flight

@@ -57,10 +57,11 @@ class VerifierOptions:
     limits: Limits = DEFAULT_LIMITS
     max_kv_tokens: int | None = None
     max_batch: int = 16
+    drain_s: float = 30.0  # on SIGTERM: how long its sessions may take to move away or end
 
 
 def serve_verifier(options: VerifierOptions, cache_dir: Path) -> None:
-    from services.server import create_verifier_server
+    from services.server import create_verifier_server, drain
     from specgrove.models import load_model
     from verifier.worker import VerifierWorker
 
@@ -73,7 +74,7 @@ def serve_verifier(options: VerifierOptions, cache_dir: Path) -> None:
     server.start()
     print(f"verifier serving {o.target} on {o.host}:{bound}{_secured(o.tls)}", flush=True)
     _wait_for_signal()
-    server.stop(grace=2).wait()
+    drain(server, worker, o.drain_s)
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,14 @@ class DrafterOptions:
     min_pass_ms: float = 0.0
     guess_count: int = GUESS_COUNT
     guess_width: int | None = None
+    drain_s: float = 30.0  # on SIGTERM: how long its rounds may take to end
 
 
 def serve_drafter(options: DrafterOptions, cache_dir: Path) -> None:
     from drafter.factory import make_drafter
     from drafter.guess import GuessSelection
     from drafter.worker import DrafterWorker
-    from services.server import create_drafter_server
+    from services.server import create_drafter_server, drain
     from specgrove.models import load_text_codec
 
     o = options
@@ -121,7 +123,7 @@ def serve_drafter(options: DrafterOptions, cache_dir: Path) -> None:
     server.start()
     print(f"drafter serving {o.draft} on {o.host}:{bound}{_secured(o.tls)}", flush=True)
     _wait_for_signal()
-    server.stop(grace=2).wait()
+    drain(server, worker, o.drain_s)
 
 
 @dataclass
@@ -285,13 +287,12 @@ def role_command(role: str, port: int, cache_dir: Path, *extra: str) -> list[str
 # OpenMP threads of a worker spin this many times for the next parallel region before they sleep
 # (libgomp's GOMP_SPINCOUNT; its default is 300,000). The roles share the machine's cores on
 # loopback, taking turns: the drafter draws levels while the verifier waits, then the other way.
-# - Sleeping at once (OMP_WAIT_POLICY=PASSIVE, used before) makes every kernel of a pass pay a
-#   wake-up: a served verify pass of a 5-token chain took 158 ms against 118 ms with this count.
+# - Sleeping at once (OMP_WAIT_POLICY=PASSIVE) makes every kernel of a pass pay a wake-up.
 # - The default count keeps a role's threads spinning for milliseconds after its work ends, on
-#   the cores the other role now needs: that pass took 134 ms.
-# - 10,000 spans the gaps between one pass's kernels and then yields. Measured on the 2-core CPU
-#   (HumanEval 8 × 64, one run each, 2026-11-24): grpc-chain-k4 12.1 → 15.9 tok/s with one client
-#   and 29.2 → 46.1 with eight; in process it matches the default.
+#   the cores the other role now needs.
+# - 10,000 spans the gaps between one pass's kernels and then yields: served chains were faster
+#   with it at one client and at eight, and in process it matches the default (the measurements:
+#   docs/bench/history.md).
 WORKER_SPIN_COUNT = "10000"
 
 

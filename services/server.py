@@ -103,6 +103,7 @@ def create_verifier_server(addr: str, worker, auth_token: str | None = None, lin
     name = speculate_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
     status = _health(server, [name], aio=False)
     status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.specgrove_health = (status, name)  # ``drain`` reports NOT_SERVING through it
     return server, add_port(server, addr, tls)
 
 
@@ -121,7 +122,23 @@ def create_drafter_server(addr: str, worker, model=None, auth_token: str | None 
     name = speculate_pb2.DESCRIPTOR.services_by_name["Drafter"].full_name
     status = _health(server, [name], aio=False)
     status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.specgrove_health = (status, name)  # ``drain`` reports NOT_SERVING through it
     return server, add_port(server, addr, tls)
+
+
+def drain(server, worker, drain_s: float, grace_s: float = 2.0) -> None:
+    """Stop a worker without losing a round: report NOT_SERVING (a Kubernetes readiness probe
+    takes the pod out of its Service) and ``draining`` in the load orchestrators poll, so they
+    place no new sessions here and move theirs at their next round; wait (up to ``drain_s``) until
+    no session is left (``worker.busy()``); then stop, letting calls in flight end."""
+    worker.draining = True
+    status, name = server.specgrove_health
+    for service in ("", name):
+        status.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    deadline = time.monotonic() + drain_s
+    while worker.busy() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    server.stop(grace=grace_s).wait()
 
 
 async def create_orchestrator_server(addr: str, pipeline, draft_name: str = "", auth_token: str | None = None,

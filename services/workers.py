@@ -113,7 +113,9 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         return speculate_pb2.ReleaseReply()
 
     def Info(self, request, context):
-        return worker_info("verifier", self.worker.model)
+        info = worker_info("verifier", self.worker.model)
+        info.load.CopyFrom(speculate_pb2.WorkerLoad(**self.worker.load_report()))
+        return info
 
 
 class VerifierStubs:
@@ -122,19 +124,22 @@ class VerifierStubs:
 
     def __init__(self, tls=None, auth_token: str | None = None, verifiers=(), channel_options=None,
                  limits: Limits = DEFAULT_LIMITS):
-        from orchestrator.placement import CHANNEL_OPTIONS
+        from orchestrator.placement import CHANNEL_OPTIONS, Pool
 
-        self._tls, self._verifiers = tls, frozenset(verifiers)
+        self._tls, self._verifiers = tls, Pool(tuple(verifiers)) if verifiers else None
         self.auth = [("authorization", f"Bearer {auth_token}")] if auth_token else []
         self._options = [*(channel_options or CHANNEL_OPTIONS), *limits.grpc_options()]
         self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
         self._lock = threading.Lock()
 
     def stub(self, address: str) -> speculate_pb2_grpc.VerifierStub:
-        allow_verifier(address, self._verifiers)
+        if self._verifiers is not None:  # the configured names, and every worker behind them now
+            allow_verifier(address, {*self._verifiers.specs, *self._verifiers.addresses()})
+        host = self._verifiers.hosts.get(address) if self._verifiers is not None else None
+        options = self._options + ([("grpc.ssl_target_name_override", host)] if host and self._tls else [])
         with self._lock:
             if address not in self._stubs:
-                self._stubs[address] = speculate_pb2_grpc.VerifierStub(open_channel(address, self._tls, self._options))
+                self._stubs[address] = speculate_pb2_grpc.VerifierStub(open_channel(address, self._tls, options))
             return self._stubs[address]
 
     def port(self, address: str, timeout_s: float | None) -> "GrpcVerifier":
@@ -229,5 +234,8 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
     def Info(self, request, context):
         if self.model is None:  # the n-gram drafter has no model: report what it can
-            return speculate_pb2.WorkerInfo(role="drafter", model=self.worker.name, vocab_size=self.worker.vocab_size)
-        return worker_info("drafter", self.model)
+            info = speculate_pb2.WorkerInfo(role="drafter", model=self.worker.name, vocab_size=self.worker.vocab_size)
+        else:
+            info = worker_info("drafter", self.model)
+        info.load.CopyFrom(speculate_pb2.WorkerLoad(**self.worker.load_report()))
+        return info

@@ -27,6 +27,9 @@ class OrchestratorMetrics:
         self.registry = r = CollectorRegistry()
         self.rounds = Counter(P + "rounds", "rounds by the planner's reason for their shape, and whether they drafted",
                               ["plan", "drafted"], registry=r)
+        self.sessions_placed = Counter(P + "sessions_placed", "sessions placed on a verifier", ["verifier"], registry=r)
+        self.sessions_moved = Counter(P + "sessions_moved", "sessions moved to a verifier (theirs failed, drained or "
+                                      "left the pool)", ["verifier"], registry=r)
         self.num_drafts = Counter(P + "spec_decode_num_drafts", "rounds with a draft", registry=r)
         self.num_draft_tokens = Counter(P + "spec_decode_num_draft_tokens", "draft tokens proposed", registry=r)
         self.num_accepted_tokens = Counter(P + "spec_decode_num_accepted_tokens", "draft tokens accepted", registry=r)
@@ -85,6 +88,9 @@ class WorkerMetrics:
         self.kv_tokens = Gauge(P + "kv_cache_tokens", "tokens held in KV caches", registry=r)
         self.kv_usage = Gauge(P + "kv_cache_usage_perc", "KV cache slots in use (0-1)", registry=r)
         self.kv_evictions = Counter(P + "kv_cache_evictions", "sessions evicted to fit the KV budget", registry=r)
+        if role == "verify":
+            self.prefills = Counter(P + "verify_prefills", "session caches built from their context here (a new "
+                                    "session, one moved here, or one evicted before)", registry=r)
         if role == "draft":
             self.ahead_rounds = Counter(P + "draft_ahead_rounds", "rounds run ahead (drafter), by outcome: hit (asked "
                                         "for as drawn), miss (asked otherwise, or failed), unused (never asked "

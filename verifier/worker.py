@@ -31,6 +31,7 @@ from verifier.tree_verify import verify_tree
 
 MAX_SESSIONS = 64
 MAX_BATCH = 16  # rounds in one pass
+WARM_UP_SESSION = "__warm_up__"
 LONG_FEED = 48  # a round feeding more tokens (a prefill) runs in a pass of its own, not padding others to it
 
 
@@ -87,6 +88,30 @@ class VerifierWorker:
         # session -> (its latest verified step, that round's context, the tokens it emitted, its tree's tokens)
         self._verdicts: dict[str, tuple[int, list[int], list[int], list[int]]] = {}
         self.metrics = WorkerMetrics("verify", max_sessions)
+        self.draining = False  # told to stop: orchestrators place no new sessions here and move theirs
+        self._last_round = float("-inf")
+
+    def load_report(self) -> dict:
+        """What orchestrators route by (``WorkerLoad``): sessions, queue, KV use, pass time. Before
+        any round, one warm-up pass measures the pass time."""
+        if self._pass_s == 0.0:
+            self.warm_up()
+        return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, "waiting": len(self._waiting),
+                "kv_tokens": sum(len(s.state.tokens) for s in list(self._sessions.values())),
+                "max_kv_tokens": self.max_kv_tokens or 0, "pass_ms": self._pass_s * 1000,
+                "tokens_per_pass": self._tokens_per_pass, "draining": self.draining}
+
+    def busy(self, quiet_s: float = 2.0) -> bool:
+        """A round came in the last ``quiet_s`` (a draining verifier waits until its sessions have
+        moved away or ended: then none comes)."""
+        return bool(self._waiting) or time.monotonic() - self._last_round < quiet_s
+
+    def warm_up(self) -> None:
+        """One plain step on a short context, on a session of its own (released at once): it
+        measures this worker's pass time before any session arrives."""
+        context = tuple(range(min(8, self.model.vocab_size)))
+        self.verify(Round(WARM_UP_SESSION, 1, context, SamplingParams(), 0), empty_tree())
+        self.release(WARM_UP_SESSION)
 
     def verify(self, round: Round, tree: TokenTree) -> Verdict:
         """The round's verdict. A fresh or restarted worker prefills from the round's context.
@@ -191,6 +216,8 @@ class VerifierWorker:
 
     def _submit(self, job: _Job):
         """Queue the round; lead passes while the model is free, until this round is done."""
+        if job.session_id != WARM_UP_SESSION:
+            self._last_round = time.monotonic()
         with self._turn:
             self._waiting.append(job)
             self.metrics.waiting.inc()
@@ -261,7 +288,7 @@ class VerifierWorker:
             elapsed = time.perf_counter() - start
             tokens = sum(j.tree.size + 1 for j in rows)
             self.metrics.record_pass(tokens, elapsed, batch=len(rows))
-            self._pass_s += 0.2 * (elapsed - self._pass_s)
+            self._pass_s = elapsed if self._pass_s == 0.0 else self._pass_s + 0.2 * (elapsed - self._pass_s)
             self._tokens_per_pass += 0.2 * (tokens - self._tokens_per_pass)
             done = time.monotonic()
             self._turns.out = {j.session_id: done for j in rows}
@@ -284,6 +311,8 @@ class VerifierWorker:
                 self._verdicts.pop(evicted_id, None)
                 self.target.close(evicted.state)
             session = _Session(self.target.open())
+            if job.session_id != WARM_UP_SESSION:
+                self.metrics.prefills.inc()
         self._sessions[job.session_id] = session
         if taken_over:  # the old run's rounds here were never committed: its order and verdict go
             session.step = 0

@@ -186,15 +186,37 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "vocab_size", "vocab_hash", "max_context")
+    __slots__ = ("role", "model", "vocab_size", "vocab_hash", "max_context", "load")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_HASH_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     vocab_size: int
     vocab_hash: str
     max_context: int
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., max_context: _Optional[int] = ...) -> None: ...
+    load: WorkerLoad
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., max_context: _Optional[int] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ...) -> None: ...
+
+class WorkerLoad(_message.Message):
+    __slots__ = ("sessions", "max_sessions", "waiting", "kv_tokens", "max_kv_tokens", "pass_ms", "tokens_per_pass", "draining")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PASS_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_PASS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    sessions: int
+    max_sessions: int
+    waiting: int
+    kv_tokens: int
+    max_kv_tokens: int
+    pass_ms: float
+    tokens_per_pass: float
+    draining: bool
+    def __init__(self, sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., max_kv_tokens: _Optional[int] = ..., pass_ms: _Optional[float] = ..., tokens_per_pass: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...

@@ -1,5 +1,5 @@
 """The ``specgrove`` command line: the top-level parser and the dispatcher. Each command group
-lives in its own module (generate, demo, drafts, serving, bench) and adds its subcommands."""
+lives in its own module (generate, demo, drafts, serving, bench, simulate) and adds its subcommands."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from specgrove.config import default_cache_dir
 from specgrove.errors import SpecGroveError
-from specgrove_apps.cli import bench, demo, drafts, generate, serving
+from specgrove_apps.cli import bench, demo, drafts, generate, serving, simulate
 
 DESCRIPTION = "The ``specgrove`` command line: generate text (plain or speculative) and run the demo."
 
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for add in (generate.add_parser, demo.add_parser, drafts.add_calibrate, drafts.add_train_draft,
-                serving.add_serve, serving.add_up, drafts.add_eval_draft, bench.add_parser):  # the --help order
+                serving.add_serve, serving.add_up, drafts.add_eval_draft, bench.add_parser,
+                simulate.add_parser):  # the --help order
         add(sub)
     return parser
 

@@ -54,13 +54,13 @@ def cmd_serve(args) -> int:
         roles.serve_verifier(roles.VerifierOptions(
             host=args.host, port=args.port, target=args.target, auth_token=token, link_delay_ms=args.link_delay_ms,
             min_pass_ms=args.min_pass_ms, metrics_port=args.metrics_port, tls=tls, limits=limits,
-            max_kv_tokens=args.max_kv_tokens, max_batch=args.max_batch), args.cache_dir)
+            max_kv_tokens=args.max_kv_tokens, max_batch=args.max_batch, drain_s=args.drain_s), args.cache_dir)
     elif args.role == "drafter":
         roles.serve_drafter(roles.DrafterOptions(
             host=args.host, port=args.port, draft=args.draft or DEFAULT_DRAFT, target=args.target, auth_token=token,
             metrics_port=args.metrics_port, tls=tls, verifiers=tuple(args.verifier), limits=limits,
             link_delay_ms=args.link_delay_ms, max_batch=args.max_batch, min_pass_ms=args.min_pass_ms,
-            guess_count=args.guess_count, guess_width=args.guess_width), args.cache_dir)
+            guess_count=args.guess_count, guess_width=args.guess_width, drain_s=args.drain_s), args.cache_dir)
     else:
         if not args.verifier:
             raise SystemExit("specgrove serve orchestrator: at least one --verifier HOST:PORT is required")
@@ -168,6 +168,9 @@ def add_serve(sub) -> None:
     serve.add_argument("--max-batch", type=int, default=16,
                        help="verifier: the most sessions' rounds verified in one forward pass; drafter: the most "
                        "sessions' tree levels drawn in one draft pass (1: no batching)")
+    serve.add_argument("--drain-s", type=float, default=30.0,
+                       help="verifier and drafter: on SIGTERM, report NOT_SERVING and draining, and wait up to this "
+                       "long for the orchestrators to move their sessions away before stopping")
     serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0,
                        help="verifier and drafter: emulate a remote drafter whose links have this one-way latency "

@@ -1,14 +1,18 @@
 """Deployment artefacts: every Kustomize overlay renders (Debian's kubectl) and validates against
-the Kubernetes schemas (kubernetes-validate); placement, probes, limits, ports and environment
-names agree with the CLI; the Dockerfile runs `specgrove serve` as a non-root user."""
+the Kubernetes schemas (kubernetes-validate; KEDA ScaledObjects against the vendored schema in
+schemas/ with jsonschema); placement, probes, limits, ports and environment names agree with the
+CLI; workers are found through headless Services and scaled by KEDA on their own metrics; the
+Dockerfile runs `specgrove serve` as a non-root user."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -22,6 +26,14 @@ GPU_OVERLAYS = [o for o in OVERLAYS if o != "dev"]
 K8S_VERSION = "1.32"
 ENV_NAMES = {v for v, _ in SERVE_ENV.values()} | set(SERVE_ENV_EXTRA)
 ROLES = {"orchestrator", "drafter", "verifier"}
+WORKERS = ("drafter", "verifier")
+SCALEDOBJECT_SCHEMA = json.loads((Path(__file__).parent / "schemas" / "keda-scaledobject.json").read_text())
+# Which metrics scale which worker role (specgrove/metrics.py; the `specgrove:` prefix; counters
+# get `_total`): its own queue for both, KV slots for verifiers, the orchestrators' goodput for drafters.
+SCALING_METRICS = {
+    "verifier": {"specgrove:num_requests_waiting", "specgrove:kv_cache_usage_perc"},
+    "drafter": {"specgrove:num_requests_waiting", "specgrove:generation_tokens_total"},
+}
 
 
 def render(overlay: str) -> list[dict]:
@@ -37,6 +49,23 @@ def workloads(docs: list[dict]) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
 
 
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def validate_scaledobject(doc: dict) -> None:
+    """KEDA's CRD is not among kubernetes-validate's schemas: the vendored subset checks the
+    object, and its HPA behaviour is checked as what KEDA hands on, an autoscaling/v2 HPA's."""
+    jsonschema.validate(doc, SCALEDOBJECT_SCHEMA)
+    spec = doc["spec"]
+    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "keda-hpa"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", **spec["scaleTargetRef"]},
+                    "minReplicas": spec.get("minReplicaCount", 1),
+                    "maxReplicas": spec["maxReplicaCount"], **({"behavior": behavior} if behavior else {})}}
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+
+
 def test_there_are_gpu_overlays_and_a_dev_overlay():
     assert "dev" in OVERLAYS and len(GPU_OVERLAYS) >= 2
 
@@ -45,9 +74,92 @@ def test_there_are_gpu_overlays_and_a_dev_overlay():
 def test_overlay_renders_and_validates_against_the_kubernetes_schemas(overlay):
     docs = render(overlay)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "ScaledObject"} <= kinds
+    assert "HorizontalPodAutoscaler" not in kinds  # KEDA makes the HPAs from the ScaledObjects
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        if doc["kind"] == "ScaledObject":
+            validate_scaledobject(doc)
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_scaledobject_schema_rejects_what_it_should():
+    good = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+            "spec": {"scaleTargetRef": {"name": "x"}, "maxReplicaCount": 2,
+                     "triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090",
+                                                                      "query": "up", "threshold": "1"}}]}}
+    validate_scaledobject(good)
+    bad = [
+        {**good, "spec": {**good["spec"], "maxReplicas": 2}},  # an HPA field, unknown here
+        {**good, "spec": {**good["spec"], "triggers": [{"type": "prometheus", "metadata": {"query": "up"}}]}},
+        {**good, "spec": {**good["spec"], "triggers": [{"type": "prometheus", "metadata": {
+            "serverAddress": "http://p:9090", "query": "up", "threshold": 1}}]}},  # KEDA's metadata is strings
+        {**good, "spec": {**good["spec"], "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+            "scaleDown": {"policies": [{"type": "Pods", "value": 0, "periodSeconds": 60}]}}}}}},
+    ]
+    for doc in bad:
+        with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
+            validate_scaledobject(doc)
+
+
+def _role(deployment: dict) -> str:
+    return deployment["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_worker_role_has_one_scaledobject_on_its_metrics(overlay):
+    docs = render(overlay)
+    deployments = workloads(docs)
+    by_role: dict[str, list[dict]] = {}
+    for scaled in of_kind(docs, "ScaledObject"):
+        target = scaled["spec"]["scaleTargetRef"]
+        assert target.get("kind", "Deployment") == "Deployment" and target["name"] in deployments, target
+        by_role.setdefault(_role(deployments[target["name"]]), []).append(scaled)
+    assert set(by_role) == set(WORKERS), by_role.keys()
+    for role, (scaled, *more) in by_role.items():
+        assert not more, f"{role}: {len(more) + 1} ScaledObjects"
+        spec = scaled["spec"]
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        queried = set()
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "prometheus" and trigger.get("metricType", "AverageValue") == "AverageValue"
+            queried |= set(re.findall(r"specgrove:[a-z_]+", trigger["metadata"]["query"]))
+            assert trigger["metadata"]["serverAddress"].startswith("http")
+        assert queried == SCALING_METRICS[role], (role, queried)
+        down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert down["policies"] and all(p["type"] == "Pods" and p["value"] == 1 for p in down["policies"]), down
+        assert down["stabilizationWindowSeconds"] >= 300  # drain: one pod at a time, slowly
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_are_found_through_headless_services_and_drain_on_scale_down(overlay):
+    docs = render(overlay)
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "specgrove-config")
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    deployments = workloads(docs)
+    for role, variable in (("drafter", "SPECGROVE_DRAFTERS"), ("verifier", "SPECGROVE_VERIFIERS")):
+        for address in config["data"][variable].split(","):
+            match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", address.strip())
+            assert match, f"{variable}={address!r}: not a dns:///NAME:PORT name"
+            name, port = match[1], int(match[2])
+            service = services[name]["spec"]
+            assert service.get("clusterIP") == "None" and not service.get("publishNotReadyAddresses", False), name
+            assert port in {p["port"] for p in service["ports"]}
+            (deployment,) = [d for d in deployments.values()
+                             if d["spec"]["selector"]["matchLabels"].items() <= service["selector"].items()]
+            assert _role(deployment) == role
+            pod = deployment["spec"]["template"]["spec"]
+            # headless: clients dial the pod's own address, so the name's port is the container's
+            assert {"name": "grpc", "containerPort": port} in pod["containers"][0]["ports"]
+            assert pod["terminationGracePeriodSeconds"] >= 60, "time to finish its rounds after SIGTERM"
+            # NOT_SERVING on grpc.health.v1 while draining must take the pod out of the endpoints
+            assert pod["containers"][0]["readinessProbe"]["grpc"]["port"] == port
+            assert "replicas" not in deployment["spec"], "the ScaledObject owns the replica count"
+    budgets = of_kind(docs, "PodDisruptionBudget")
+    for role in WORKERS:
+        (deployment,) = [d for d in deployments.values() if _role(d) == role]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert sum(b["spec"]["selector"]["matchLabels"].items() <= labels.items() for b in budgets) == 1, role
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -55,14 +55,15 @@ class InProcessStack:
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 15000, auth_token: str | None = None,
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, draft_min_pass_ms: float = 0.0,
                  guess_count: int = GUESS_COUNT, guess_width: int | None = None, redis_retry_s: float = 10.0,
-                 **pipeline_options):
+                 verifier_pass_ms: tuple[float, ...] | None = None, name_verifiers=tuple, **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
         ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).
         draft_timeout_ms is 3x the served default: every role here shares one compute thread
         (specgrove.compute), so a drafter's cold first round (a grammar's first masks) can queue
         behind the verifier's, which separate processes never do; on a loaded CI core that
-        passed 5 s."""
+        passed 5 s. verifier_pass_ms: each verifier's own min_pass_ms; name_verifiers(addresses):
+        the verifiers as the orchestrator names them (default: each address)."""
         from drafter.guess import GuessSelection
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
@@ -71,14 +72,15 @@ class InProcessStack:
         from verifier.worker import VerifierWorker
 
         self.verifier_workers, self.verifiers, addresses = [], [], []
-        for _ in range(verifiers):
-            worker = VerifierWorker(target, min_pass_ms=min_pass_ms)
+        for i in range(verifiers):
+            worker = VerifierWorker(target, min_pass_ms=verifier_pass_ms[i] if verifier_pass_ms else min_pass_ms)
             server, vport = create_verifier_server("127.0.0.1:0", worker, auth_token=auth_token,
                                                    link_delay_ms=link_delay_ms, tls=tls)
             server.start()
             self.verifier_workers.append(worker)
             self.verifiers.append(server)
             addresses.append(f"127.0.0.1:{vport}")
+        names = tuple(name_verifiers(addresses))  # as the orchestrator and the drafters name them
         self.verifier_worker, self.verifier = self.verifier_workers[0], self.verifiers[0]
         self.verifier_address, self.drafter_address = addresses[0], None
         self.drafter = None
@@ -87,7 +89,7 @@ class InProcessStack:
             worker = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms,
                                    guesses=GuessSelection(guess_count, guess_width))
             server, dport = create_drafter_server("127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
-                                                  verifiers=tuple(addresses), link_delay_ms=link_delay_ms)
+                                                  verifiers=names, link_delay_ms=link_delay_ms)
             server.start()
             self.drafter_workers.append(worker)
             self.drafter_servers.append(server)
@@ -100,7 +102,7 @@ class InProcessStack:
         # chains of K exactly: with tiny models a draft costs about what the target does, so goodput
         # sizing would hinge on timings (the planner's own tests cover it; `specgrove up` turns it on)
         pipeline_options.setdefault("goodput", False)
-        config = PipelineConfig(drafters, tuple(addresses), mode=mode, draft_len=draft_len,
+        config = PipelineConfig(drafters, names, mode=mode, draft_len=draft_len,
                                 draft_timeout_ms=draft_timeout_ms, auth_token=auth_token, tls=tls, **pipeline_options)
 
         async def start():
