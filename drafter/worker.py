@@ -49,7 +49,7 @@ class DrafterWorker:
         self.draining = False  # told to stop: orchestrators place no new sessions here
         self._last_round = float("-inf")
 
-    def busy(self, quiet_s: float = 2.0) -> bool:
+    def busy(self, quiet_s: float = 1.0) -> bool:
         """A round was drawn here in the last ``quiet_s`` (a draining drafter waits until none is)."""
         return time.monotonic() - self._last_round < quiet_s
 

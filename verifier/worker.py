@@ -101,7 +101,7 @@ class VerifierWorker:
                 "max_kv_tokens": self.max_kv_tokens or 0, "pass_ms": self._pass_s * 1000,
                 "tokens_per_pass": self._tokens_per_pass, "draining": self.draining}
 
-    def busy(self, quiet_s: float = 2.0) -> bool:
+    def busy(self, quiet_s: float = 1.0) -> bool:
         """A round came in the last ``quiet_s`` (a draining verifier waits until its sessions have
         moved away or ended: then none comes)."""
         return bool(self._waiting) or time.monotonic() - self._last_round < quiet_s

@@ -100,3 +100,21 @@ def test_the_cli_writes_the_documented_fields(tmp_path, capsys):
     assert report["profile"]["acceptance"] == [0.7, 0.5, 0.3]
     assert list(report["small_fleets"]) == ["1x1", "2x1", "1x2", "2x2"]
     assert "tok/s" in capsys.readouterr().out
+
+
+def test_the_fleet_check_fits_acceptance_and_overhead_from_one_session_then_predicts_each_fleet():
+    """specgrove_apps.fleet_runs' arithmetic: a geometric acceptance vector with the calibration
+    run's mean accepted tokens per round, its round time beyond the simulated one as overhead,
+    and each fleet's prediction against its measurement."""
+    from specgrove_apps.fleet_runs import acceptance_from, predict
+
+    calibration = {"wall_s": 2.0, "rounds": 20, "accepted_tokens": 30, "draft_pass_ms": 5.0, "sessions": 1}
+    a = acceptance_from(calibration, 4)[0]
+    assert sum(a ** j for j in range(1, 5)) == pytest.approx(1.5, abs=1e-3)
+    fleets = [{"fleet": "1x1", "sessions": 8, "tokens_per_s": 100.0}, {"fleet": "1x2", "sessions": 8,
+                                                                        "tokens_per_s": 150.0}]
+    rows = predict(calibration, fleets, 64)
+    assert [r["fleet"] for r in rows] == ["1x1", "1x2"]
+    for row in rows:
+        assert row["predicted_tokens_per_s"] > 0
+        assert row["error"] == pytest.approx(row["predicted_tokens_per_s"] / row["tokens_per_s"] - 1, abs=1e-3)
