@@ -102,19 +102,19 @@ def test_the_cli_writes_the_documented_fields(tmp_path, capsys):
     assert "tok/s" in capsys.readouterr().out
 
 
-def test_the_fleet_check_fits_acceptance_and_overhead_from_one_session_then_predicts_each_fleet():
-    """specgrove_apps.fleet_runs' arithmetic: a geometric acceptance vector with the calibration
-    run's mean accepted tokens per round, its round time beyond the simulated one as overhead,
-    and each fleet's prediction against its measurement."""
+def test_the_fleet_check_fits_the_reference_fleet_then_predicts_the_others():
+    """specgrove_apps.fleet_runs' arithmetic: the reference (1×1) run's chain length, acceptance
+    rate and overhead per round fed to the simulator reproduce it; the other fleets are predicted
+    and their error is prediction / measurement − 1."""
     from specgrove_apps.fleet_runs import acceptance_from, predict
 
-    calibration = {"wall_s": 2.0, "rounds": 20, "accepted_tokens": 30, "draft_pass_ms": 5.0, "sessions": 1}
-    a = acceptance_from(calibration, 4)[0]
-    assert sum(a ** j for j in range(1, 5)) == pytest.approx(1.5, abs=1e-3)
-    fleets = [{"fleet": "1x1", "sessions": 8, "tokens_per_s": 100.0}, {"fleet": "1x2", "sessions": 8,
-                                                                        "tokens_per_s": 150.0}]
-    rows = predict(calibration, fleets, 64)
-    assert [r["fleet"] for r in rows] == ["1x1", "1x2"]
+    reference = {"fleet": "1x1", "sessions": 8, "wall_s": 6.0, "rounds": 200, "draft_tokens": 400,
+                 "accepted_tokens": 200, "draft_pass_ms": 5.0, "tokens_per_s": 100.0}
+    assert acceptance_from(reference, 2) == (0.5, 0.5)
+    other = {"fleet": "1x2", "sessions": 8, "tokens_per_s": 150.0, "rounds": 200, "draft_tokens": 400,
+             "accepted_tokens": 200}
+    rows = predict(reference, [reference, other], 64)
+    assert [r["fleet"] for r in rows] == ["1x1", "1x2"] and rows[0]["reference"] and not rows[1]["reference"]
     for row in rows:
         assert row["predicted_tokens_per_s"] > 0
         assert row["error"] == pytest.approx(row["predicted_tokens_per_s"] / row["tokens_per_s"] - 1, abs=1e-3)
