@@ -32,6 +32,7 @@ import grpc
 
 from orchestrator.round_planner import PRIOR_VERIFY_RATIO
 from orchestrator.tree_sizing import CostProfile
+from specgrove.errors import Unavailable
 from specgrove.tls import TlsConfig, open_channel
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 
@@ -168,7 +169,7 @@ class Workers:
         """The verifier a session gets the most tokens per second on (see the module docstring)."""
         pool = list(self.verifiers)
         if not pool:
-            raise LookupError(f"no verifier behind {', '.join(self.verifier_pool.specs)}")
+            raise Unavailable(f"no verifier is reachable behind {', '.join(self.verifier_pool.specs)}")
         others = [v for v in pool if v != exclude]
         able = [v for v in others if self.live(v) and not self.load(v).draining and not self.load(v).full]
         if not able and exclude in pool and self.live(exclude) and not self.load(exclude).draining:

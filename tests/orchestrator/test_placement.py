@@ -4,6 +4,8 @@ skipped."""
 
 import time
 
+import pytest
+
 from orchestrator.placement import Pool, Workers, expand
 
 
@@ -79,3 +81,13 @@ def test_when_every_verifier_is_down_sessions_are_placed_anyway():
     for v in ("v1", "v2"):
         workers.mark_down(v)
     assert workers.place("s").drafter == "" and workers.place("s").verifier in ("v1", "v2")
+
+
+def test_a_name_with_no_worker_behind_it_is_unavailable_not_an_internal_error(tmp_path):
+    from specgrove.errors import Unavailable
+
+    empty = tmp_path / "none"
+    empty.write_text("")
+    workers = Workers((), (f"file:{empty}",), retry_s=60)
+    with pytest.raises(Unavailable, match="no verifier is reachable"):
+        workers.place("s")
