@@ -245,8 +245,7 @@ class Workers:
     def channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
             host = self.verifier_pool.hosts.get(address) or self.drafter_pool.hosts.get(address)
-            options = CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", host)] if host and self.tls else [])
-            self._channels[address] = open_channel(address, self.tls, options, aio=True)
+            self._channels[address] = open_channel(address, self.tls, CHANNEL_OPTIONS, aio=True, name=host)
         return self._channels[address]
 
     async def close(self) -> None:

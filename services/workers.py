@@ -136,10 +136,10 @@ class VerifierStubs:
         if self._verifiers is not None:  # the configured names, and every worker behind them now
             allow_verifier(address, {*self._verifiers.specs, *self._verifiers.addresses()})
         host = self._verifiers.hosts.get(address) if self._verifiers is not None else None
-        options = self._options + ([("grpc.ssl_target_name_override", host)] if host and self._tls else [])
         with self._lock:
             if address not in self._stubs:
-                self._stubs[address] = speculate_pb2_grpc.VerifierStub(open_channel(address, self._tls, options))
+                channel = open_channel(address, self._tls, self._options, name=host)
+                self._stubs[address] = speculate_pb2_grpc.VerifierStub(channel)
             return self._stubs[address]
 
     def port(self, address: str, timeout_s: float | None) -> "GrpcVerifier":

@@ -68,15 +68,18 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
                                         certificate_chain=_read(tls.cert))
 
 
-def open_channel(address: str, tls: TlsConfig | None, options: Sequence[tuple[str, object]] = (), aio: bool = False):
+def open_channel(address: str, tls: TlsConfig | None, options: Sequence[tuple[str, object]] = (), aio: bool = False,
+                 name: str | None = None):
     """A channel to ``address``: TLS when ``tls.ca`` is set, plaintext otherwise; ``aio`` for asyncio.
-    Message sizes default to ``Limits()``'s (both directions) unless ``options`` set them."""
+    Message sizes default to ``Limits()``'s (both directions) unless ``options`` set them.
+    ``name``: the host name ``address`` was resolved from (a pod behind a Service's name), which
+    its certificate carries; a configured ``tls.server_name`` comes first."""
     grpc_mod = grpc.aio if aio else grpc
     options = list({**dict(DEFAULT_LIMITS.grpc_options()), **dict(options)}.items())
     if tls is None or not tls.dials_tls:
         return grpc_mod.insecure_channel(address, options=options)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    if tls.server_name or name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name or name))
     return grpc_mod.secure_channel(address, channel_credentials(tls), options=options)
 
 
