@@ -23,8 +23,8 @@ import torch
 from drafter.tree_growth import Level
 from specgrove.compute import on_compute, on_compute_thread
 from specgrove.batch_leader import BatchLeader
+from specgrove.config import MAX_BATCH
 
-MAX_BATCH = 16  # sessions in one draft pass
 
 
 @dataclass(eq=False)

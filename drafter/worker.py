@@ -10,11 +10,12 @@ import time
 from collections import OrderedDict
 from typing import Callable, Iterator
 
-from drafter.batching import MAX_BATCH, LevelBatcher, Steps
+from drafter.batching import LevelBatcher, Steps
 from drafter.guess import Guess, GuessSelection, guess_steps
 from drafter.tree_growth import Level, ModelDrafter, one_hot_chain
 from specgrove.budget import DraftBudget
 from specgrove.compute import on_compute
+from specgrove.config import MAX_BATCH
 from specgrove.errors import StaleRound
 from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import for_session

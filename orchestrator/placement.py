@@ -32,6 +32,7 @@ import grpc
 
 from orchestrator.round_planner import PRIOR_VERIFY_RATIO
 from orchestrator.tree_sizing import CostProfile
+from specgrove.config import ROUND_TOKENS
 from specgrove.errors import Unavailable
 from specgrove.tls import TlsConfig, open_channel
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
@@ -41,7 +42,6 @@ CHANNEL_OPTIONS = [  # reconnect quickly to a restarted worker (gRPC's default b
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-ROUND_TOKENS = 5  # the tokens a session's round feeds a pass (a chain of 4 and its root)
 _CURVE = CostProfile(PRIOR_VERIFY_RATIO, 0.0)
 
 

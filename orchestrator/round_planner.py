@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from orchestrator.acceptance import AcceptanceStats
 from orchestrator.tree_sizing import CostProfile, Plan, plan_tree
 from orchestrator.sequoia import SequoiaTable, TreeShape, tree_value
+from specgrove.config import LOAD_MARGIN
 from specgrove.tree import VerifyResult
 
 # Verify cost of n tokens relative to 1 token: the runner's pass on the 2-core CPU
@@ -39,9 +40,6 @@ from specgrove.tree import VerifyResult
 PRIOR_VERIFY_RATIO = {1: 1.0, 2: 1.04, 4: 1.08, 8: 1.15, 16: 1.6, 32: 2.6, 64: 4.6, 128: 8.0}
 DEFAULT_PRIOR_ACCEPTANCE = [0.5, 0.15, 0.05]
 PROBE_SIZE, PROBE_DEPTH = 4, 3
-# Under load a chain must promise this much more than plain steps: in process on chat with 8
-# clients, chains the cost model rated only a few percent ahead lost to plain steps.
-LOAD_MARGIN = 1.15
 
 
 # The verify-cost curve is learned from the verifier's own passes (their sizes and times): on a

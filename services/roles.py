@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from specgrove.config import GUESS_COUNT
+from specgrove.config import GUESS_COUNT, MAX_BATCH
 from specgrove.limits import DEFAULT_LIMITS, Limits
 from specgrove.tls import TlsConfig
 
@@ -56,7 +56,7 @@ class VerifierOptions:
     tls: TlsConfig | None = None
     limits: Limits = DEFAULT_LIMITS
     max_kv_tokens: int | None = None
-    max_batch: int = 16
+    max_batch: int = MAX_BATCH
     drain_s: float = 30.0  # on SIGTERM: how long its sessions may take to move away or end
 
 
@@ -96,7 +96,7 @@ class DrafterOptions:
     verifiers: tuple[str, ...] = ()
     limits: Limits = DEFAULT_LIMITS
     link_delay_ms: float = 0.0
-    max_batch: int = 16
+    max_batch: int = MAX_BATCH
     min_pass_ms: float = 0.0
     guess_count: int = GUESS_COUNT
     guess_width: int | None = None

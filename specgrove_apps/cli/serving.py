@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, GUESS_COUNT
+from specgrove.config import DEFAULT_DRAFT, DEFAULT_TARGET, GUESS_COUNT, MAX_BATCH
 from specgrove.limits import Limits
 from specgrove_apps.cli.tls_flags import add_tls_flags, tls_environ, tls_from
 
@@ -165,7 +165,7 @@ def add_serve(sub) -> None:
                        help="orchestrator: how long a generation waits for a free slot")
     serve.add_argument("--max-kv-tokens", type=int, default=None,
                        help="verifier: KV budget in tokens over all sessions (least recently used evicted)")
-    serve.add_argument("--max-batch", type=int, default=16,
+    serve.add_argument("--max-batch", type=int, default=MAX_BATCH,
                        help="verifier: the most sessions' rounds verified in one forward pass; drafter: the most "
                        "sessions' tree levels drawn in one draft pass (1: no batching)")
     serve.add_argument("--drain-s", type=float, default=30.0,
