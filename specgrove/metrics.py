@@ -120,6 +120,18 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+def scrape(url: str, name: str, timeout: float = 10.0) -> list[tuple[dict[str, str], float]]:
+    """The samples called ``name`` that a ``/metrics`` endpoint serves: (labels, value) each."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
+
+
 def serve_metrics(registry: CollectorRegistry, host: str, port: int):
     """Serve ``/metrics`` on a thread of its own; returns (server, bound port)."""
     from prometheus_client import start_http_server

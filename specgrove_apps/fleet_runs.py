@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,9 +23,9 @@ COST_CURVE = Path(__file__).resolve().parent.parent / "docs" / "bench" / "cpu-co
 
 
 def _metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
-    return sum(values)
+    from specgrove.metrics import scrape
+
+    return sum(value for _, value in scrape(url, name, timeout=5))
 
 
 def run_fleet(drafters: int, verifiers: int, prompts: list[str], tokens: int, cache_dir, min_pass_ms: float = 0.0) -> dict:

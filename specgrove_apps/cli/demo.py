@@ -8,7 +8,6 @@ client, so the difference is that generation's rounds."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -83,15 +82,11 @@ def default_code_prompt() -> str:
 
 def scrape_rounds(metrics_url: str) -> Counter:
     """The orchestrator's rounds so far, by (plan reason, drafted)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from specgrove.metrics import scrape
 
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
     rounds = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == ROUNDS_SAMPLE:
-                rounds[(sample.labels["plan"], sample.labels["drafted"] == "true")] += int(sample.value)
+    for labels, value in scrape(metrics_url, ROUNDS_SAMPLE):
+        rounds[(labels["plan"], labels["drafted"] == "true")] += int(value)
     return rounds
 
 

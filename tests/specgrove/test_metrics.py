@@ -63,3 +63,18 @@ def test_the_grafana_dashboard_queries_only_exported_series():
                for name in re.findall(r"specgrove:[a-z_]+", target["expr"])}
     assert len(dashboard["panels"]) >= 10 and queried
     assert queried <= exported, queried - exported
+
+
+def test_scrape_reads_one_series_from_a_served_metrics_endpoint():
+    from specgrove.metrics import scrape, serve_metrics
+
+    m = OrchestratorMetrics()
+    m.record_round(num_drafted=4, num_accepted=2, num_emitted=3, plan="plan")
+    m.record_round(num_drafted=0, num_accepted=0, num_emitted=1, plan="load")
+    server, port = serve_metrics(m.registry, "127.0.0.1", 0)
+    try:
+        rounds = scrape(f"http://127.0.0.1:{port}/metrics", "specgrove:rounds_total")
+    finally:
+        server.shutdown()
+    assert sorted((labels["plan"], labels["drafted"], value) for labels, value in rounds) == [
+        ("load", "false", 1.0), ("plan", "true", 1.0)]
