@@ -108,6 +108,11 @@ class LevelBatcher:
         if passes:  # (an advance that only ends rounds runs no pass)
             self._pass_s += 0.2 * ((time.perf_counter() - t0) / passes - self._pass_s)
 
+    @property
+    def pass_ms(self) -> float:
+        """A draft pass lately (EWMA; 0 before the first)."""
+        return self._pass_s * 1000
+
     def _ran(self, batch: list[Steps]) -> None:
         """Holding the turn: the advance's rounds have their levels; who is expected back."""
         now = time.monotonic()

@@ -148,8 +148,10 @@ class DrafterRounds:
         return self.ports(order.verifier, min(timeouts) if timeouts else None)
 
     def _fresh(self, order: DraftOrder, time_remaining: float | None) -> RoundReport:
-        return draft_round(self.worker, order, self._port(order, time_remaining),
-                           self.guesser if order.guess else None)  # only guessers read rounds in progress
+        report = draft_round(self.worker, order, self._port(order, time_remaining),
+                             self.guesser if order.guess else None)  # only guessers read rounds in progress
+        self.worker.observe_link(order.verifier, report.timing)
+        return report
 
     def _next_round(self, order: DraftOrder, time_remaining: float | None) -> RoundReport:
         """A round run ahead: the verifier's verdict on the guess that matched this round's

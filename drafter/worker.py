@@ -20,7 +20,7 @@ from specgrove.errors import StaleRound
 from specgrove.run_ownership import ReleasedRuns
 from specgrove.grammar import for_session
 from specgrove.metrics import WorkerMetrics
-from specgrove.round import Round, RoundTiming
+from specgrove.round import RecentMin, Round, RoundTiming
 from specgrove.sampling import DRAFT_STREAM, round_generator
 from specgrove.tree import VerifyResult, depths_of
 
@@ -49,14 +49,22 @@ class DrafterWorker:
         self.batcher = LevelBatcher(max_batch, self.metrics, min_pass_ms)
         self.draining = False  # told to stop: orchestrators place no new sessions here
         self._last_round = float("-inf")
+        self._links: dict[str, RecentMin] = {}  # verifier -> a round's time on the way there and back
 
     def busy(self, quiet_s: float = 1.0) -> bool:
         """A round was drawn here in the last ``quiet_s`` (a draining drafter waits until none is)."""
         return time.monotonic() - self._last_round < quiet_s
 
     def load_report(self) -> dict:
-        """What orchestrators route by (``WorkerLoad``)."""
-        return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, "draining": self.draining}
+        """What orchestrators route by (``WorkerLoad``): sessions, its draft pass, its links."""
+        return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, "draining": self.draining,
+                "pass_ms": self.batcher.pass_ms,
+                "link_ms": {verifier: link.ms for verifier, link in list(self._links.items())}}
+
+    def observe_link(self, verifier: str, timing: RoundTiming) -> None:
+        """A round verified by ``verifier``: its time beyond the draft and verify passes (the link
+        both ways, and the verifier's queue, which the least of the recent rounds leaves out)."""
+        self._links.setdefault(verifier, RecentMin()).add(timing.round_ms - timing.draft_ms - timing.verify_ms)
 
     @property
     def needs_features(self) -> bool:

@@ -11,18 +11,29 @@ Each worker gets a channel of its own (one channel per Service would pin every s
 pod: gRPC keeps one HTTP/2 connection per channel).
 
 **Routing.** Every worker reports its load when polled (``Info``: sessions, rounds waiting, KV
-tokens against its budget, its pass time, draining). A new session goes to the verifier where it
-gets the most tokens per second: the smallest predicted pass time with it added,
-``pass_1 × ratio((n + 1) · ROUND_TOKENS)`` (pass_1: the verifier's own 1-token pass, ratio: the
-verify-cost curve the planner uses, n: the sessions it holds). Verifiers draining, down, full or
-past their KV budget take none while another can. A session keeps its verifier while it lives
-(the verifier holds its KV cache); it moves only when its verifier fails, drains, leaves the pool
-or is past its KV budget (``should_move``). Drafters: the one with the fewest sessions.
+tokens against its budget, its pass time, draining; a drafter also its link to each verifier it
+has sent rounds to), and each poll times this orchestrator's round trip to it. A new session goes
+to the drafter and verifier pair where its round is predicted shortest, so where it gets the most
+tokens per second (the draft and the acceptance are the same on every pair):
+
+    round = RTT(here, drafter) + link(drafter, verifier) + DRAFT_LEVELS · draft pass
+            + pass_1 × ratio((n + 1) · ROUND_TOKENS)
+
+(pass_1: the verifier's own 1-token pass, ratio: the verify-cost curve the planner uses, n: the
+sessions it holds; without drafters, RTT(here, verifier) + that pass). Round trips and links are
+the least of the recent ones (queueing only adds to them); a drafter that has not sent a round to
+a verifier yet is assumed as near to it as this orchestrator is. Pairs within ``NEAR`` of the best
+are equals, and the one with the fewest sessions wins (noise in the measurements must not pile
+sessions on one worker). Verifiers draining, down, full or past their KV budget take none while
+another can. A session keeps its verifier while it lives (the verifier holds its KV cache); it
+moves only when its verifier fails, drains, leaves the pool or is past its KV budget
+(``should_move``), to the verifier best for its drafter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -32,8 +43,9 @@ import grpc
 
 from orchestrator.round_planner import PRIOR_VERIFY_RATIO
 from orchestrator.tree_sizing import CostProfile
-from specgrove.config import ROUND_TOKENS
+from specgrove.config import MAX_BATCH, ROUND_TOKENS
 from specgrove.errors import Unavailable
+from specgrove.round import RecentMin
 from specgrove.tls import TlsConfig, open_channel
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 
@@ -43,6 +55,8 @@ CHANNEL_OPTIONS = [  # reconnect quickly to a restarted worker (gRPC's default b
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _CURVE = CostProfile(PRIOR_VERIFY_RATIO, 0.0)
+DRAFT_LEVELS = ROUND_TOKENS - 1  # the draft levels a new session's round is assumed to draw
+NEAR = (0.05, 1.0)  # pairs predicted within 5% + 1 ms of the best round are equals
 
 
 @dataclass
@@ -113,6 +127,8 @@ class WorkerState:
     draining: bool = False
     polled_at: float = float("-inf")
     placed: set[str] = field(default_factory=set)  # this orchestrator's sessions here
+    rtt: RecentMin = field(default_factory=RecentMin)  # this orchestrator's Info calls to it
+    links: dict[str, float] = field(default_factory=dict)  # drafters: verifier -> its link there (ms)
 
     @property
     def full(self) -> bool:
@@ -123,10 +139,18 @@ class WorkerState:
         """Its 1-token pass, from its recent passes (None: never measured)."""
         return self.pass_ms / _CURVE.verify_time(max(1.0, self.tokens_per_pass)) if self.pass_ms > 0 else None
 
+    @property
+    def held(self) -> int:
+        """Its sessions: as it reported them, or as placed here since, whichever is more."""
+        return max(self.sessions, len(self.placed))
+
     def predicted_ms(self, pass_1: float) -> float:
         """Its pass with one more session's round in it."""
-        n = max(self.sessions, len(self.placed)) + 1
-        return pass_1 * _CURVE.verify_time(n * ROUND_TOKENS)
+        return pass_1 * _CURVE.verify_time((self.held + 1) * ROUND_TOKENS)
+
+    def draft_ms(self) -> float:
+        """A drafter's levels of a round with one more session (one pass per MAX_BATCH sessions)."""
+        return DRAFT_LEVELS * self.pass_ms * math.ceil((self.held + 1) / MAX_BATCH)
 
 
 class Workers:
@@ -160,27 +184,53 @@ class Workers:
         """The pair a new session runs on (``prefer``: a resumed session's verifier, which may
         still hold its cache, when it can take it)."""
         drafters = [d for d in self.drafters if self.live(d) and not self.load(d).draining] or list(self.drafters)
-        drafter = min(drafters, key=lambda d: (len(self.load(d).placed), self.load(d).sessions, d), default="")
-        place = Placement(drafter, self.best_verifier(prefer=prefer))
+        verifiers = self._verifiers()
+        if prefer in verifiers:
+            verifiers = [prefer]
+        drafter, verifier = self._best([(d, v) for d in drafters or [""] for v in verifiers])
+        place = Placement(drafter, verifier)
         self.assign(session_id, place)
         return place
 
-    def best_verifier(self, prefer: str | None = None, exclude: str | None = None) -> str:
-        """The verifier a session gets the most tokens per second on (see the module docstring)."""
+    def best_verifier(self, prefer: str | None = None, exclude: str | None = None, drafter: str = "") -> str:
+        """The verifier a session of ``drafter`` gets the most tokens per second on (see the
+        module docstring); ``exclude``: the one it leaves, kept only when no other can take it."""
+        candidates = self._verifiers(exclude)
+        if prefer in candidates:
+            return prefer
+        return self._best([(drafter, v) for v in candidates])[1]
+
+    def _verifiers(self, exclude: str | None = None) -> list[str]:
+        """The verifiers that may take a session: live, not draining, not full, not ``exclude``;
+        failing those, ``exclude`` when it still can, else any live one, else any."""
         pool = list(self.verifiers)
         if not pool:
             raise Unavailable(f"no verifier is reachable behind {', '.join(self.verifier_pool.specs)}")
         others = [v for v in pool if v != exclude]
         able = [v for v in others if self.live(v) and not self.load(v).draining and not self.load(v).full]
         if not able and exclude in pool and self.live(exclude) and not self.load(exclude).draining:
-            return exclude  # nothing else can take the session: it stays
-        candidates = able or [v for v in others if self.live(v)] or others or pool
-        if prefer in candidates:
-            return prefer
-        known = [p for p in (self.load(v).pass_1_ms() for v in candidates) if p is not None]
+            return [exclude]  # nothing else can take the session: it stays
+        return able or [v for v in others if self.live(v)] or others or pool
+
+    def round_ms(self, drafter: str, verifier: str, unknown_pass_1: float = 1.0) -> float:
+        """A new session's round on this pair, predicted (module docstring); ``unknown_pass_1``:
+        the 1-token pass of a verifier that has not reported one."""
+        v = self.load(verifier)
+        verify = v.predicted_ms(v.pass_1_ms() or unknown_pass_1)
+        if not drafter:
+            return (v.rtt.ms or 0.0) + verify
+        d = self.load(drafter)
+        link = d.links.get(verifier, v.rtt.ms or 0.0)
+        return (d.rtt.ms or 0.0) + link + d.draft_ms() + verify
+
+    def _best(self, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+        """The pair with the shortest predicted round; among those near it, the fewest sessions."""
+        known = [p for p in (self.load(v).pass_1_ms() for _, v in pairs) if p is not None]
         unknown = min(known) if known else 1.0  # a verifier not measured yet is tried as the fastest known
-        return min(candidates, key=lambda v: (self.load(v).predicted_ms(self.load(v).pass_1_ms() or unknown),
-                                              len(self.load(v).placed), v))
+        cost = {pair: self.round_ms(*pair, unknown) for pair in pairs}
+        best = min(cost.values())
+        near = [pair for pair in pairs if cost[pair] <= best * (1 + NEAR[0]) + NEAR[1]]
+        return min(near, key=lambda p: (self.load(p[1]).held, self.load(p[0]).held if p[0] else 0, cost[p], p))
 
     def assign(self, session_id: str, place: Placement) -> None:
         for address in (place.drafter, place.verifier):
@@ -228,6 +278,7 @@ class Workers:
     async def _poll(self, address: str) -> None:
         stub_class = speculate_pb2_grpc.VerifierStub if address in self.verifier_pool.hosts else speculate_pb2_grpc.DrafterStub
         state = self.load(address)
+        first, t0 = state.polled_at == float("-inf"), time.perf_counter()
         try:
             info = await stub_class(self.channel(address)).Info(speculate_pb2.InfoRequest(), timeout=5.0,
                                                                  metadata=self.auth)
@@ -239,6 +290,9 @@ class Workers:
             state.sessions, state.max_sessions, state.waiting = load.sessions, load.max_sessions, load.waiting
             state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
             state.pass_ms, state.tokens_per_pass = load.pass_ms, load.tokens_per_pass or 1.0
+            state.links = dict(load.link_ms)
+            if not first:  # a verifier's first answer waits for its warm-up pass
+                state.rtt.add((time.perf_counter() - t0) * 1000)
         finally:
             state.polled_at = time.monotonic()
 

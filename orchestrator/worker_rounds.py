@@ -145,7 +145,7 @@ class WorkerRounds:
         draining one it leaves frees its cache at once (one that failed may come back: the session's
         run must not be refused there then)."""
         place, old = run.place, run.place.verifier
-        place.verifier = self.workers.best_verifier(exclude=old)
+        place.verifier = self.workers.best_verifier(exclude=old, drafter=place.drafter)
         if place.verifier == old:
             return
         self.workers.unassign(run.session.id, old)

@@ -7,6 +7,7 @@ orchestrator asks a drafter to do with it (``DraftOrder``), and what came of it 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -84,6 +85,21 @@ class Verdict(NamedTuple):
     verify_ms: float  # the pass the round rode in (shared with the other rounds in it)
     features: torch.Tensor | None  # the target's features from ``Round.features_from`` on, when asked
     pass_rows: int  # the tokens that pass fed (every round's in it, prefills included)
+
+
+class RecentMin:
+    """The least of the last ``size`` times measured on a path: the path's own time, without the
+    queueing that only ever adds to it (the filter TCP's BBR keeps its min-RTT with)."""
+
+    def __init__(self, size: int = 16):
+        self._times: deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._times.append(max(0.0, ms))
+
+    @property
+    def ms(self) -> float | None:
+        return min(self._times) if self._times else None
 
 
 @dataclass

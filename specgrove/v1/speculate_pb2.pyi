@@ -202,7 +202,14 @@ class WorkerInfo(_message.Message):
     def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., max_context: _Optional[int] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ...) -> None: ...
 
 class WorkerLoad(_message.Message):
-    __slots__ = ("sessions", "max_sessions", "waiting", "kv_tokens", "max_kv_tokens", "pass_ms", "tokens_per_pass", "draining")
+    __slots__ = ("sessions", "max_sessions", "waiting", "kv_tokens", "max_kv_tokens", "pass_ms", "tokens_per_pass", "draining", "link_ms")
+    class LinkMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +218,7 @@ class WorkerLoad(_message.Message):
     PASS_MS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_PASS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    LINK_MS_FIELD_NUMBER: _ClassVar[int]
     sessions: int
     max_sessions: int
     waiting: int
@@ -219,4 +227,5 @@ class WorkerLoad(_message.Message):
     pass_ms: float
     tokens_per_pass: float
     draining: bool
-    def __init__(self, sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., max_kv_tokens: _Optional[int] = ..., pass_ms: _Optional[float] = ..., tokens_per_pass: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    link_ms: _containers.ScalarMap[str, float]
+    def __init__(self, sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., max_kv_tokens: _Optional[int] = ..., pass_ms: _Optional[float] = ..., tokens_per_pass: _Optional[float] = ..., draining: _Optional[bool] = ..., link_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...

@@ -91,3 +91,57 @@ def test_a_name_with_no_worker_behind_it_is_unavailable_not_an_internal_error(tm
     workers = Workers((), (f"file:{empty}",), retry_s=60)
     with pytest.raises(Unavailable, match="no verifier is reachable"):
         workers.place("s")
+
+
+def round_trips(workers: Workers, **rtt_ms: float) -> None:
+    for address, ms in rtt_ms.items():
+        for jitter in (0.0, 40.0, 7.0):  # queueing only adds: the least is the path's own
+            workers.load(address).rtt.add(ms + jitter)
+
+
+def test_a_far_verifier_gets_new_sessions_only_once_the_near_one_is_loaded_past_it():
+    workers = Workers((), ("near", "far"), retry_s=60)
+    measured(workers, near=20.0, far=20.0)
+    round_trips(workers, near=0.5, far=60.0)
+    assert [p.verifier for p in sessions(workers, 8)] == ["near"] * 8
+    assert workers.round_ms("", "far", 20.0) == pytest.approx(60.0 + workers.load("far").predicted_ms(20.0))  # the least
+    workers.load("near").sessions = 200
+    assert workers.place("late").verifier == "far"
+
+
+def test_each_drafter_is_paired_with_the_verifier_it_is_near():
+    """Two zones: each drafter reports a short link to the verifier beside it and a long one to
+    the other; sessions go to a drafter and the verifier in its zone, both zones used."""
+    workers = Workers(("d-east", "d-west"), ("v-east", "v-west"), retry_s=60)
+    measured(workers, **{"v-east": 20.0, "v-west": 20.0, "d-east": 3.0, "d-west": 3.0})
+    workers.load("d-east").links = {"v-east": 1.0, "v-west": 80.0}
+    workers.load("d-west").links = {"v-east": 80.0, "v-west": 1.0}
+    placed = sessions(workers, 8)
+    assert sorted((p.drafter, p.verifier) for p in placed) == [("d-east", "v-east")] * 4 + [("d-west", "v-west")] * 4
+    # a session leaving its verifier goes to the one best for its drafter
+    workers.load("v-west").draining = True
+    assert workers.best_verifier(exclude="v-west", drafter="d-west") == "v-east"
+    workers.load("v-west").draining = False
+    workers.load("v-east").draining = True
+    assert workers.best_verifier(exclude="v-east", drafter="d-east") == "v-west"
+
+
+def test_a_drafter_not_linked_to_a_verifier_yet_is_assumed_as_near_as_the_orchestrator_is():
+    workers = Workers(("d1",), ("v1", "v2"), retry_s=60)
+    measured(workers, v1=20.0, v2=20.0)
+    round_trips(workers, v1=1.0, v2=30.0)
+    workers.load("d1").links = {"v1": 2.0}  # it has sent rounds to v1 only
+    assert workers.round_ms("d1", "v2", 20.0) == pytest.approx(30.0 + workers.load("v2").predicted_ms(20.0))
+    assert workers.place("s").verifier == "v1"
+
+
+def test_recent_min_is_the_least_of_the_last_times():
+    from specgrove.round import RecentMin
+
+    times = RecentMin(size=3)
+    assert times.ms is None
+    for ms in (9.0, 2.0, 5.0, 7.0):
+        times.add(ms)
+    assert times.ms == 2.0
+    times.add(6.0)  # 2.0 left the window
+    assert times.ms == 5.0

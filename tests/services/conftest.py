@@ -55,7 +55,8 @@ class InProcessStack:
                  link_delay_ms: float = 0.0, draft_timeout_ms: int = 15000, auth_token: str | None = None,
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, draft_min_pass_ms: float = 0.0,
                  guess_count: int = GUESS_COUNT, guess_width: int | None = None, redis_retry_s: float = 10.0,
-                 verifier_pass_ms: tuple[float, ...] | None = None, name_verifiers=tuple, **pipeline_options):
+                 verifier_pass_ms: tuple[float, ...] | None = None, verifier_link_ms: tuple[float, ...] | None = None,
+                 name_verifiers=tuple, **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
         ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).
@@ -63,7 +64,8 @@ class InProcessStack:
         (specgrove.compute), so a drafter's cold first round (a grammar's first masks) can queue
         behind the verifier's, which separate processes never do; on a loaded CI core that
         passed 5 s. verifier_pass_ms: each verifier's own min_pass_ms; name_verifiers(addresses):
-        the verifiers as the orchestrator names them (default: each address)."""
+        the verifiers as the orchestrator names them (default: each address); verifier_link_ms:
+        each verifier's own delay of the drafters' messages to it (default ``link_delay_ms``)."""
         from drafter.guess import GuessSelection
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
@@ -75,7 +77,8 @@ class InProcessStack:
         for i in range(verifiers):
             worker = VerifierWorker(target, min_pass_ms=verifier_pass_ms[i] if verifier_pass_ms else min_pass_ms)
             server, vport = create_verifier_server("127.0.0.1:0", worker, auth_token=auth_token,
-                                                   link_delay_ms=link_delay_ms, tls=tls)
+                                                   link_delay_ms=verifier_link_ms[i] if verifier_link_ms else link_delay_ms,
+                                                   tls=tls)
             server.start()
             self.verifier_workers.append(worker)
             self.verifiers.append(server)

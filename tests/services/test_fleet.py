@@ -86,6 +86,28 @@ def test_a_slowed_verifier_gets_few_sessions(tiny_target, tiny_draft, redis_serv
         stack.stop()
 
 
+def test_sessions_go_to_the_verifier_their_drafter_is_near(tiny_target, tiny_draft, redis_server):
+    """The drafter's messages reach one verifier 150 ms late (a far zone): once the drafter has
+    measured its link to both (the first sessions spread before any round was sent), new sessions
+    go to the near one, and every token is still the plain greedy one."""
+    expected = expected_outputs(tiny_target)
+    stack = InProcessStack(tiny_target, ModelDrafter(tiny_draft), redis_server.url, verifiers=2, min_pass_ms=30,
+                           verifier_link_ms=(0.0, 150.0), name_verifiers=one_name, poll_s=0.2)
+    near, far = stack.pipeline.workers.verifiers
+    try:
+        assert generate_all(stack) == expected
+        links = stack.drafter_worker.load_report()["link_ms"]
+        assert links[far] >= 150.0 > links[near], links  # measured by the drafter on its rounds
+        time.sleep(0.5)  # the orchestrator polls the drafter's links
+        placed = [orchestrator_count(stack, "sessions_placed", v) for v in (near, far)]
+        assert generate_all(stack) == expected
+        near_now, far_now = (orchestrator_count(stack, "sessions_placed", v) - n for v, n in zip((near, far), placed))
+        assert near_now / (near_now + far_now) >= 0.75, (near_now, far_now)
+        check_affinity(stack)
+    finally:
+        stack.stop()
+
+
 def test_a_verifier_added_mid_run_takes_new_sessions_and_one_drained_loses_no_token(
         tiny_target, tiny_draft, redis_server, tmp_path):
     expected = expected_outputs(tiny_target)
