@@ -21,7 +21,9 @@ What is modelled:
   predicted pass with the session added, as placement.py's load-aware routing). Called once, when
   each session starts; a session never moves.
 - **A round** (a chain of K draft tokens; K fixed, or picked once per run by expected tokens per
-  ms as the round planner's ``_chain_length`` does, with S/M rows per pass): the orchestrator's
+  ms as the round planner's ``_chain_length`` does, with S/M rows per pass, or drawn for each
+  round from a measured mix, ``chain_mix``, as a draft-length policy like AdaEDL spreads it,
+  K = 0 a plain step): the orchestrator's
   per-round overhead (every round, the first too), then the hops of ``LinkStats``' path, each
   ``link_ms`` one way: orchestrator → drafter, K draft levels, drafter → verifier, the verify pass, verifier →
   drafter → orchestrator (4 hops); a plain step (K = 0, or no drafters) goes orchestrator →
@@ -38,14 +40,24 @@ What is modelled:
   were (depths past the vector: 0); a round emits the accepted tokens + 1. Sampled with a seeded
   RNG, or the expected value (fractional tokens) with ``expected``.
 - **Heterogeneous fleets**: per-worker slowdown factors multiply that worker's pass costs.
+- **A shared host** (``SimConfig.host_slowdown``): every worker on one machine, as a loopback
+  fleet is. Passes computing at once share it: with k of them under way each progresses at
+  1 / slowdown(k) of its own speed (processor sharing with the measured slowdown of k passes at
+  once, which on a small CPU is far worse than k: each process's threads spin against the
+  others'). Every pass counts alike, so a small draft pass beside a verify pass is taken for a
+  second verify pass (checked on loopback: it predicts two oversubscribed verifiers within 11%,
+  and under-predicts a drafter and a verifier that overlap). ``FleetProfile.min_verify_ms``: a
+  verify pass lasts at least this long, the rest a wait that computes nothing (an emulated
+  GPU-bound verifier).
 
 What it leaves out: draft-ahead and guessed draft-ahead (a drafter idles while its sessions
 verify); trees (chains only); the planner adapting K round by round, its probes, and acceptance
 that varies by prompt or position; the drafter's own prefill; KV-cache capacity, eviction and
 re-prefill; the orchestrator as a contended resource (its overhead is a pure delay) and Redis;
-link bandwidth and jitter; GPU contention between pods on one node; worker failures and moves;
+link bandwidth and jitter; worker failures and moves;
 arrivals (open-loop load) other than the closed loop above; the verifier's sampling and
-structured-output masks (only the pass cost counts). Unmeasured GPUs are modelled by scaling the
+structured-output masks (only the pass cost counts); on a shared host, the orchestrator's and the
+transport's own CPU time (the overhead is a delay that takes no core). Unmeasured GPUs are modelled by scaling the
 measured curve by HBM bandwidth (decode passes are memory-bound): launch-bound passes (small
 models, eager mode) are far flatter than that — measure the overlay's GPUs where possible.
 """
@@ -98,6 +110,10 @@ class FleetProfile:
     overhead_ms: float = 0.0  # the orchestrator's own time per round
     max_batch: int = MAX_BATCH
     max_draft_batch: int = MAX_DRAFT_BATCH
+    min_verify_ms: float = 0.0  # a verify pass lasts at least this long (the rest computes nothing)
+    # (K, share of rounds): each round's chain length drawn from this measured mix (a draft-length
+    # policy's, such as AdaEDL's: K = 0 is a plain step); () : every round K (chain_length or chosen)
+    chain_mix: tuple[tuple[int, float], ...] = ()
     meta: dict = field(default_factory=dict)  # where the numbers came from (reference_bandwidth_gbs, ...)
 
     def verify_ms(self, rows: int, tokens: int) -> float:
@@ -106,6 +122,10 @@ class FleetProfile:
         if set(self.verify_table) == {1}:
             return _interp(self.verify_table[1], rows * tokens)
         return _interp({r: _interp(curve, tokens) for r, curve in self.verify_table.items()}, rows)
+
+    def pass_ms(self, rows: int, tokens: int) -> float:
+        """A verify pass as it lasts alone: its cost, or ``min_verify_ms`` when longer."""
+        return max(self.verify_ms(rows, tokens), self.min_verify_ms)
 
     def draft_ms(self, rows: int) -> float:
         return _interp(self.draft_table, rows)
@@ -124,11 +144,11 @@ class FleetProfile:
         ``_chain_length``, its load margin included); ``chain_length`` when pinned."""
         if self.chain_length is not None:
             return self.chain_length
-        best, best_rate = 0, 1.0 / (self.verify_ms(verify_rows, 1) + PLAIN_HOPS * self.link_ms + self.overhead_ms)
+        best, best_rate = 0, 1.0 / (self.pass_ms(verify_rows, 1) + PLAIN_HOPS * self.link_ms + self.overhead_ms)
         if verify_rows >= 1.5:
             best_rate *= LOAD_MARGIN
         for k in range(1, self.max_chain + 1):
-            ms = (self.verify_ms(verify_rows, k + 1) + k * self.draft_ms(draft_rows) + SPEC_HOPS * self.link_ms
+            ms = (self.pass_ms(verify_rows, k + 1) + k * self.draft_ms(draft_rows) + SPEC_HOPS * self.link_ms
                   + self.overhead_ms)
             if self.expected_tokens(k) / ms > best_rate:
                 best, best_rate = k, self.expected_tokens(k) / ms
@@ -153,6 +173,9 @@ class SimConfig:
     gather: bool = True
     verifier_slowdown: tuple[float, ...] = ()  # per verifier: its passes cost this many times the curve's
     drafter_slowdown: tuple[float, ...] = ()
+    # () : a device per worker; else every worker shares one host, and k passes computing at once
+    # each take host_slowdown[k - 1] times as long (past the table: its last step continued)
+    host_slowdown: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,6 +244,7 @@ class _Session:
     finish: float | None = None
     emitted: float = 0.0
     levels_left: int = 0
+    k: int = 0  # this round's chain length
 
 
 @dataclass
@@ -229,11 +253,57 @@ class _Worker:
     queue: list = field(default_factory=list)
     busy: bool = False
     busy_ms: float = 0.0
+    started: float = 0.0  # the pass under way began
     passes: int = 0
     rows: int = 0
     tokens: float = 0.0  # emitted through this worker (verifiers)
     out: set = field(default_factory=set)  # verifiers: last pass's sessions not back yet
     deadline: float | None = None  # verifiers: gathering until
+
+
+class _Host:
+    """Passes sharing one machine: with k under way, each progresses at 1 / slowdown(k) of its own
+    speed; the one closest to done ends first (an event at that time; ``version`` drops stale ones)."""
+
+    def __init__(self, fleet: "_Fleet", slowdown: tuple[float, ...]):
+        self.fleet, self.slowdown = fleet, slowdown
+        self.jobs: dict[int, list] = {}  # id -> [work left (ms at its own speed), event kind, arguments]
+        self.at_time, self.version, self.ids = 0.0, 0, 0
+
+    def factor(self, k: int) -> float:
+        table = self.slowdown
+        if k <= len(table):
+            return table[k - 1] if k > 0 else 1.0
+        step = table[-1] - table[-2] if len(table) > 1 else 0.0
+        return table[-1] + step * (k - len(table))
+
+    def start(self, work_ms: float, kind: str, *args) -> None:
+        self._advance()
+        self.ids += 1
+        self.jobs[self.ids] = [work_ms, kind, args]
+        self._schedule()
+
+    def tick(self, version: int) -> None:
+        if version != self.version:
+            return
+        self._advance()
+        done = [i for i, job in self.jobs.items() if job[0] <= 1e-9]
+        for i in done:
+            _, kind, args = self.jobs.pop(i)
+            self.fleet.at(0.0, kind, *args)
+        self._schedule()
+
+    def _advance(self) -> None:
+        rate = 1.0 / self.factor(len(self.jobs)) if self.jobs else 0.0
+        for job in self.jobs.values():
+            job[0] -= (self.fleet.now - self.at_time) * rate
+        self.at_time = self.fleet.now
+
+    def _schedule(self) -> None:
+        self.version += 1
+        if self.jobs:
+            left = min(job[0] for job in self.jobs.values())
+            self.fleet.at(max(0.0, left) * self.factor(len(self.jobs)), "host", self.version)
 
 
 class _Fleet:
@@ -249,12 +319,23 @@ class _Fleet:
         per_verifier = min(profile.max_batch, math.ceil(config.sessions / config.verifiers))
         per_drafter = min(profile.max_draft_batch, math.ceil(config.sessions / max(1, config.drafters)))
         self.k = profile.choose_chain(per_verifier, per_drafter) if config.drafters else 0
+        self.mix = profile.chain_mix if config.drafters else ()
+        self.k_rng = random.Random(config.seed + 1)  # the mix's draws, apart from acceptance's
         self.rng = random.Random(config.seed)
         self.heap: list = []
         self.order = 0
         self.now = 0.0
         self.sessions: list[_Session] = []
         self.rounds = self.accepted = 0.0
+        self.host = _Host(self, config.host_slowdown) if config.host_slowdown else None
+
+    def compute(self, ms: float, kind: str, *args) -> None:
+        """A pass of ``ms`` (its own cost) that ends with event ``kind``: on its worker's own device,
+        or on the shared host."""
+        if self.host is None:
+            self.at(ms, kind, *args)
+        else:
+            self.host.start(ms, kind, *args)
 
     def at(self, delay: float, kind: str, *args) -> None:
         self.order += 1
@@ -266,7 +347,8 @@ class _Fleet:
             self.at(0.0, "start")
         handlers = {"start": self.start, "draft": self.draft_arrive, "drafted": self.draft_done,
                     "verify": self.verify_arrive, "verified": self.pass_done, "verdict": self.verdict,
-                    "gather": self.try_pass, "draft_try": self.draft_pass}
+                    "gather": self.try_pass, "draft_try": self.draft_pass, "computed": self.computed,
+                    "host": lambda version: self.host.tick(version)}
         while self.heap:
             self.now, _, kind, args = heapq.heappop(self.heap)
             handlers[kind](*args)
@@ -289,8 +371,9 @@ class _Fleet:
 
     def begin_round(self, session: _Session) -> None:
         wait = self.p.overhead_ms
-        if self.k > 0:
-            session.levels_left = self.k
+        session.k = self.round_k()
+        if session.k > 0:
+            session.levels_left = session.k
             self.at(wait + self.p.link_ms, "draft", session.index)
         else:
             self.at(wait + self.p.link_ms, "verify", session.verifier, (session.index, 1, "plain"))
@@ -307,19 +390,19 @@ class _Fleet:
         if drafter.busy or not drafter.queue:
             return
         batch, drafter.queue = drafter.queue[:self.p.max_draft_batch], drafter.queue[self.p.max_draft_batch:]
-        ms = self.p.draft_ms(len(batch)) * drafter.slowdown
-        drafter.busy, drafter.busy_ms = True, drafter.busy_ms + ms
+        drafter.busy, drafter.started = True, self.now
         drafter.passes, drafter.rows = drafter.passes + 1, drafter.rows + len(batch)
-        self.at(ms, "drafted", d, batch)
+        self.compute(self.p.draft_ms(len(batch)) * drafter.slowdown, "drafted", d, batch)
 
     def draft_done(self, d: int, batch: list[int]) -> None:
+        self.drafters[d].busy_ms += self.now - self.drafters[d].started
         for index in batch:
             session = self.sessions[index]
             session.levels_left -= 1
             if session.levels_left > 0:
                 self.drafters[d].queue.append(index)
             else:
-                self.at(self.p.link_ms, "verify", session.verifier, (index, self.k + 1, "spec"))
+                self.at(self.p.link_ms, "verify", session.verifier, (index, session.k + 1, "spec"))
         self.drafters[d].busy = False
         if self.drafters[d].queue:
             self.draft_pass(d)
@@ -354,25 +437,39 @@ class _Fleet:
         for job in batch:
             verifier.queue.remove(job)
         ms = self.p.verify_ms(len(batch), max(job[1] for job in batch)) * verifier.slowdown
-        verifier.busy, verifier.deadline = True, None
-        verifier.busy_ms, verifier.passes, verifier.rows = verifier.busy_ms + ms, verifier.passes + 1, \
-            verifier.rows + len(batch)
-        self.at(ms, "verified", v, batch)
+        verifier.busy, verifier.deadline, verifier.started = True, None, self.now
+        verifier.passes, verifier.rows = verifier.passes + 1, verifier.rows + len(batch)
+        self.compute(ms, "computed", v, batch)
+
+    def computed(self, v: int, batch: list[tuple]) -> None:
+        """A verify pass computed: it ends now, or when its ``min_verify_ms`` is up."""
+        self.at(max(0.0, self.verifiers[v].started + self.p.min_verify_ms - self.now), "verified", v, batch)
 
     def pass_done(self, v: int, batch: list[tuple]) -> None:
         verifier = self.verifiers[v]
-        verifier.busy = False
+        verifier.busy, verifier.busy_ms = False, verifier.busy_ms + self.now - verifier.started
         verifier.out = {job[0] for job in batch}
         for job in batch:
             hops = SPEC_HOPS - 2 if job[2] == "spec" else PLAIN_HOPS - 1
             self.at(hops * self.p.link_ms, "verdict", job)
         self.try_pass(v)
 
-    def emitted(self, kind: str) -> float:
+    def round_k(self) -> int:
+        """This round's chain length: K, or a draw from the measured mix."""
+        if not self.mix:
+            return self.k
+        draw, total = self.k_rng.random() * sum(share for _, share in self.mix), 0.0
+        for k, share in self.mix:
+            total += share
+            if draw < total:
+                return k
+        return self.mix[-1][0]
+
+    def emitted(self, kind: str, k: int) -> float:
         if kind == "prefill":
             return 1.0
         self.rounds += 1
-        k = self.k if kind == "spec" else 0
+        k = k if kind == "spec" else 0
         if self.c.expected:
             accepted = self.p.expected_tokens(k) - 1.0
         else:
@@ -385,7 +482,7 @@ class _Fleet:
 
     def verdict(self, job: tuple) -> None:
         session = self.sessions[job[0]]
-        tokens = min(self.emitted(job[2]), self.c.tokens - session.emitted)
+        tokens = min(self.emitted(job[2], session.k), self.c.tokens - session.emitted)
         session.emitted += tokens
         self.verifiers[session.verifier].tokens += tokens
         if session.first_token is None:
@@ -407,7 +504,9 @@ class _Fleet:
         passes = sum(w.passes for w in self.verifiers)
         return {
             "drafters": len(self.drafters), "verifiers": len(self.verifiers), "sessions": self.c.sessions,
-            "total_sessions": len(self.sessions), "tokens_per_session": self.c.tokens, "chain_length": self.k,
+            "total_sessions": len(self.sessions), "tokens_per_session": self.c.tokens,
+            "chain_length": round(sum(k * share for k, share in self.mix) / sum(share for _, share in self.mix), 3)
+            if self.mix else self.k,
             "tokens_per_s": round(1000.0 * total / makespan, 3) if makespan else 0.0,
             "makespan_ms": round(makespan, 3),
             "ttft_ms": percentiles([s.first_token - s.start for s in self.sessions]),
@@ -433,11 +532,12 @@ RESULT_FIELDS = ("drafters", "verifiers", "sessions", "total_sessions", "tokens_
                  "verify_passes", "rows_per_pass", "tokens_per_round")
 
 
-def predict_small_fleets(profile: FleetProfile, sessions: int = 8, tokens: int = 128, seed: int = 0) -> dict:
+def predict_small_fleets(profile: FleetProfile, sessions: int = 8, tokens: int = 128, seed: int = 0,
+                         host_slowdown: tuple[float, ...] = ()) -> dict:
     """Predictions for 1×1, 2×1, 1×2 and 2×2 (drafters × verifiers) at ``sessions`` sessions: what
     real runs of those fleets are to be checked against."""
     return {f"{n}x{m}": simulate(profile, SimConfig(drafters=n, verifiers=m, sessions=sessions, tokens=tokens,
-                                                    seed=seed))
+                                                    seed=seed, host_slowdown=host_slowdown))
             for n, m in ((1, 1), (2, 1), (1, 2), (2, 2))}
 
 

@@ -68,7 +68,7 @@ def build_profile(args):
     if args.link_ms is not None:
         fields["link_ms"] = args.link_ms
     return FleetProfile(**fields, chain_length=args.chain, max_chain=args.max_chain, overhead_ms=args.overhead_ms,
-                        max_batch=args.max_batch)
+                        max_batch=args.max_batch, min_verify_ms=args.min_verify_ms)
 
 
 def _placement(name: str, profile):
@@ -108,10 +108,12 @@ def cmd_simulate(args) -> int:
     profile = build_profile(args)
     config = SimConfig(drafters=args.drafters, verifiers=args.verifiers, sessions=args.sessions, tokens=args.tokens,
                        total_sessions=args.total_sessions, prompt_tokens=args.prompt_tokens, seed=args.seed,
-                       expected=args.expected, verifier_slowdown=_numbers(args.verifier_slowdown))
+                       expected=args.expected, verifier_slowdown=_numbers(args.verifier_slowdown),
+                       host_slowdown=_numbers(args.host_slowdown))
     result = simulate(profile, config, _placement(args.placement, profile))
     report = {"config": asdict(config) | {"placement": args.placement}, "profile": profile_dict(profile),
-              "result": result, "small_fleets": predict_small_fleets(profile, tokens=args.tokens, seed=args.seed)}
+              "result": result, "small_fleets": predict_small_fleets(profile, tokens=args.tokens, seed=args.seed,
+                                                     host_slowdown=config.host_slowdown)}
     print(format_result(f"{args.drafters}x{args.verifiers}", result))
     print("small fleets at 8 sessions (drafters x verifiers):")
     for name, r in report["small_fleets"].items():
@@ -151,6 +153,11 @@ def add_parser(sub) -> None:
     sim.add_argument("--max-batch", type=positive_int, default=16, help="rounds in one verify pass")
     sim.add_argument("--placement", choices=["round-robin", "least-loaded", "predicted-pass"], default="round-robin")
     sim.add_argument("--verifier-slowdown", default="", help="per verifier: pass cost factors, e.g. '1,2'")
+    sim.add_argument("--host-slowdown", default="",
+                     help="every worker on one machine: k passes at once each take the k-th factor times as long, "
+                          "e.g. '1,1.2,1.6,2.7' (python -m specgrove_apps.host_probe measures it; default: a device each)")
+    sim.add_argument("--min-verify-ms", type=float, default=0.0,
+                     help="every verify pass lasts at least this long (the rest computes nothing)")
     sim.add_argument("--expected", action="store_true", help="expected tokens per round instead of sampled")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--sweep", action="store_true", help="recommend the drafter:verifier ratio per k8s overlay")

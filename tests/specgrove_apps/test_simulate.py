@@ -100,21 +100,66 @@ def test_the_cli_writes_the_documented_fields(tmp_path, capsys):
     assert report["profile"]["acceptance"] == [0.7, 0.5, 0.3]
     assert list(report["small_fleets"]) == ["1x1", "2x1", "1x2", "2x2"]
     assert "tok/s" in capsys.readouterr().out
+    shared = tmp_path / "shared.json"  # every worker on one machine, where two passes at once take 4× each
+    assert cli.main(["simulate", "--drafters", "2", "--verifiers", "2", "--sessions", "8", "--tokens", "32",
+                     "--cost-curve", "docs/bench/cpu-cost-runner.json", "--acceptance", "0.7,0.5,0.3",
+                     "--host-slowdown", "1,4,8,12", "--json", str(shared)]) == 0
+    on_one_host = json.loads(shared.read_text())
+    assert on_one_host["config"]["host_slowdown"] == [1.0, 4.0, 8.0, 12.0]
+    assert on_one_host["result"]["tokens_per_s"] < report["result"]["tokens_per_s"]
 
 
 def test_the_fleet_check_fits_the_reference_fleet_then_predicts_the_others():
-    """specgrove_apps.fleet_runs' arithmetic: the reference (1×1) run's chain length, acceptance
-    rate and overhead per round fed to the simulator reproduce it; the other fleets are predicted
-    and their error is prediction / measurement − 1."""
-    from specgrove_apps.fleet_runs import acceptance_from, predict
+    """specgrove_apps.fleet_runs' arithmetic: the reference (1×1) run's chain lengths, acceptance
+    and overhead per round fed to the simulator reproduce it; the other fleets are predicted and
+    their error is prediction / measurement − 1; a host where passes at once slow each other
+    predicts less for fleets with more workers."""
+    from specgrove_apps.fleet_runs import acceptance_from, chain_mix, predict, served_curve
 
-    reference = {"fleet": "1x1", "sessions": 8, "wall_s": 6.0, "rounds": 200, "draft_tokens": 400,
-                 "accepted_tokens": 200, "draft_pass_ms": 5.0, "tokens_per_s": 100.0}
-    assert acceptance_from(reference, 2) == (0.5, 0.5)
-    other = {"fleet": "1x2", "sessions": 8, "tokens_per_s": 150.0, "rounds": 200, "draft_tokens": 400,
-             "accepted_tokens": 200}
-    rows = predict(reference, [reference, other], 64)
+    # 8 sessions × 64 tokens in 6 s: 256 rounds, 192 of them drafted (576 draft tokens: chains of 3),
+    # accepting 1 token each; 64 plain
+    reference = {"fleet": "1x1", "sessions": 8, "wall_s": 6.0, "rounds": 320, "drafted_rounds": 192,
+                 "draft_tokens": 576, "accepted_tokens": 192, "draft_pass_ms": 5.0, "tokens_per_s": 512 / 6.0}
+    mix = chain_mix(reference)
+    assert mix == ((0, 0.4), (3, 0.6))
+    (a, b, c) = acceptance_from(reference, mix)  # a + a² + a³ = 1
+    assert a == b == c and a + a ** 2 + a ** 3 == pytest.approx(1.0, abs=1e-3)
+    assert chain_mix({**reference, "draft_tokens": 480}) == ((0, 0.4), (2, 0.3), (3, 0.3))  # 2.5 on average
+    other = {**reference, "fleet": "1x2", "tokens_per_s": 150.0}
+    curve = {1: {1: 20.0, 4: 24.0}, 4: {1: 30.0, 4: 40.0}}
+    rows = predict(reference, [reference, other], 64, curve)
     assert [r["fleet"] for r in rows] == ["1x1", "1x2"] and rows[0]["reference"] and not rows[1]["reference"]
+    assert abs(rows[0]["error"]) < 0.03  # the reference is fitted (up to the mix's draws)
     for row in rows:
         assert row["predicted_tokens_per_s"] > 0
         assert row["error"] == pytest.approx(row["predicted_tokens_per_s"] / row["tokens_per_s"] - 1, abs=1e-3)
+    shared = predict(reference, [reference, other], 64, curve, host_slowdown=(1.0, 3.0, 5.0))
+    assert shared[1]["predicted_tokens_per_s"] < rows[1]["predicted_tokens_per_s"]
+    # passes as served cost more than the runner's alone: the curve is scaled by the reference's
+    # measured mean pass over its simulated one
+    from specgrove_apps.simulate import SimConfig
+
+    how = dict(draft_table={1: 5.0}, acceptance=(0.5,) * 3, chain_mix=mix)
+    once, twice = (served_curve(curve, {**reference, "verify_pass_ms": ms}, SimConfig(1, 1, 8, 64, expected=True), how)
+                   for ms in (30.0, 60.0))
+    assert twice[4][4] == pytest.approx(2 * once[4][4]) and once[4][4] / curve[4][4] == pytest.approx(
+        once[1][1] / curve[1][1])
+    assert served_curve(curve, reference, None, how) == curve  # no pass measured: the runner's
+
+
+def test_passes_sharing_a_host_slow_each_other_by_the_measured_factor():
+    """Plain steps (no drafter), one session per verifier, passes of 10 ms and nothing else: alone
+    a verifier steps every 10 ms; two on a host where two passes at once each take 3× step every
+    30 ms each (2 tokens per 30 ms in all, less than one alone); a verifier floored at 50 ms (an
+    emulated GPU: the wait computes nothing) steps every 50 ms either way."""
+    def plain(verifiers: int = 1, **kw) -> SimConfig:
+        return SimConfig(drafters=0, verifiers=verifiers, sessions=verifiers, tokens=20, gather=False, **kw)
+
+    alone = simulate(flat(10.0), plain())
+    shared = simulate(flat(10.0), plain(verifiers=2, host_slowdown=(1.0, 3.0)))
+    floored = simulate(flat(10.0, min_verify_ms=50.0), plain(verifiers=2, host_slowdown=(1.0, 3.0)))
+    assert alone["makespan_ms"] == pytest.approx(20 * 10.0)
+    assert shared["makespan_ms"] == pytest.approx(20 * 30.0)
+    assert shared["tokens_per_s"] == pytest.approx(alone["tokens_per_s"] * 2 / 3, rel=1e-3)
+    assert floored["makespan_ms"] == pytest.approx(20 * 50.0)
+    assert shared["utilisation"]["verifier_mean"] == pytest.approx(1.0)
