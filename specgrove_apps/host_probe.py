@@ -19,18 +19,26 @@ import sys
 import time
 
 PREFIX = 64  # cached tokens per row
+SHAPE = "smollm2-135m"  # the target's (``tiny``: tests' dry runs)
 
 
-def _loop(rows: int, start_at: float, seconds: float) -> float:
+def _model(shape: str):
+    import torch
+
+    from specgrove_apps.calibrate import SHAPES
+    from specgrove_apps.gpu_check import DRY_SHAPES, random_model
+
+    torch.manual_seed(0)
+    return random_model({**SHAPES, **DRY_SHAPES}[shape], "cpu", torch.float32)
+
+
+def _loop(rows: int, start_at: float, seconds: float, shape: str = SHAPE) -> float:
     """The median ms of a 1-token pass over ``rows`` rows, run from ``start_at`` for ``seconds``."""
     import torch
 
     from specgrove.runner import LlamaRunner
-    from specgrove_apps.calibrate import SHAPES
-    from specgrove_apps.gpu_check import random_model
 
-    torch.manual_seed(0)
-    model = random_model(SHAPES["smollm2-135m"], "cpu", torch.float32)
+    model = _model(shape)
     runner = LlamaRunner(model)
     slots = runner.new_slots()
     slots.ensure(rows, 2 * (PREFIX + 8))
@@ -58,7 +66,7 @@ def _loop(rows: int, start_at: float, seconds: float) -> float:
 
 
 def host_slowdown(k_max: int, rows: int = 4, seconds: float = 5.0, load_s: float = 30.0,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, shape: str = SHAPE) -> dict:
     """{"slowdown": (1.0, s2, ...), "pass_ms": [median ms with k at once, per process]}: k = 1 .. k_max
     processes started together, each loading its model for at most ``load_s`` before the timing;
     ``threads``: each process's torch threads (default: torch's, all the cores)."""
@@ -66,7 +74,7 @@ def host_slowdown(k_max: int, rows: int = 4, seconds: float = 5.0, load_s: float
     for k in range(1, k_max + 1):
         start_at = time.time() + load_s
         procs = [subprocess.Popen([sys.executable, "-m", "specgrove_apps.host_probe", str(rows), str(start_at),
-                                   str(seconds)], stdout=subprocess.PIPE, text=True, env=thread_env(threads))
+                                   str(seconds), shape], stdout=subprocess.PIPE, text=True, env=thread_env(threads))
                  for _ in range(k)]
         medians.append([float(p.communicate()[0].split()[-1]) for p in procs])
     alone = medians[0][0]
@@ -85,23 +93,20 @@ def thread_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def cost_curve(rows: tuple[int, ...], tokens: tuple[int, ...], threads: int | None = None, repeats: int = 5) -> dict:
+def cost_curve(rows: tuple[int, ...], tokens: tuple[int, ...], threads: int | None = None, repeats: int = 5,
+               shape: str = SHAPE) -> dict:
     """{rows: {tokens: median ms}} of the target shape's verify pass in a process of its own with
     ``threads`` compute threads (as the fleet's workers run)."""
     command = [sys.executable, "-m", "specgrove_apps.host_probe", "curve", ",".join(map(str, rows)),
-               ",".join(map(str, tokens)), str(repeats)]
+               ",".join(map(str, tokens)), str(repeats), shape]
     out = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=thread_env(threads), check=True).stdout
     return {int(r): {int(t): ms for t, ms in curve.items()} for r, curve in json.loads(out.splitlines()[-1]).items()}
 
 
-def _curve(rows: tuple[int, ...], tokens: tuple[int, ...], repeats: int) -> dict:
-    import torch
+def _curve(rows: tuple[int, ...], tokens: tuple[int, ...], repeats: int, shape: str) -> dict:
+    from specgrove_apps.gpu_check import cost_curve as runner_curve
 
-    from specgrove_apps.calibrate import SHAPES
-    from specgrove_apps.gpu_check import cost_curve as runner_curve, random_model
-
-    torch.manual_seed(0)
-    model = random_model(SHAPES["smollm2-135m"], "cpu", torch.float32)
+    model = _model(shape)
     runner_curve(model, rows, tokens, PREFIX, 1)  # a first sweep touches the weights and grows the caches
     return runner_curve(model, rows, tokens, PREFIX, repeats)["passes_ms"]
 
@@ -112,6 +117,6 @@ if __name__ == "__main__":
         print(json.dumps(host_slowdown(int(sys.argv[2]), threads=threads or None)))
     elif sys.argv[1] == "curve":
         ints = lambda arg: tuple(int(x) for x in arg.split(","))  # noqa: E731
-        print(json.dumps(_curve(ints(sys.argv[2]), ints(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(_curve(ints(sys.argv[2]), ints(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
     else:
-        print(round(_loop(int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])), 3))
+        print(round(_loop(int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:5]), 3))

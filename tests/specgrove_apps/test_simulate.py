@@ -163,3 +163,15 @@ def test_passes_sharing_a_host_slow_each_other_by_the_measured_factor():
     assert shared["tokens_per_s"] == pytest.approx(alone["tokens_per_s"] * 2 / 3, rel=1e-3)
     assert floored["makespan_ms"] == pytest.approx(20 * 50.0)
     assert shared["utilisation"]["verifier_mean"] == pytest.approx(1.0)
+
+
+def test_the_host_probe_times_passes_alone_and_at_once_in_processes_of_their_own():
+    """specgrove_apps.host_probe's dry run (a tiny shape): the slowdown of k passes at once is 1 for
+    one, a positive factor for two, from each process's own median; the curve has every point."""
+    from specgrove_apps.host_probe import cost_curve, host_slowdown
+
+    probe = host_slowdown(2, rows=1, seconds=0.3, load_s=4.0, threads=1, shape="tiny")  # a late start only shortens the overlap
+    assert probe["slowdown"][0] == 1.0 and len(probe["slowdown"]) == 2 and probe["slowdown"][1] > 0
+    assert [len(per_process) for per_process in probe["pass_ms"]] == [1, 2]
+    curve = cost_curve((1, 2), (1, 3), threads=1, repeats=2, shape="tiny")
+    assert set(curve) == {1, 2} and all(set(c) == {1, 3} and min(c.values()) > 0 for c in curve.values())
