@@ -95,6 +95,14 @@ def expand(spec: str, resolve=resolve_host) -> list[tuple[str, str | None]]:
     return [(spec, None)] if spec else []
 
 
+def sessions_past_budget(kv_tokens: int, max_kv_tokens: int, sessions: int) -> int:
+    """How many sessions of average size must leave a verifier for its cache to fit its budget
+    (0: no budget, or within it)."""
+    if not max_kv_tokens or kv_tokens <= max_kv_tokens or not sessions:
+        return 0
+    return min(sessions, math.ceil((kv_tokens - max_kv_tokens) / (kv_tokens / sessions)))
+
+
 class Pool:
     """One role's workers, as its specs name them now (looked up again every ``resolve_s``)."""
 
@@ -127,6 +135,7 @@ class WorkerState:
     draining: bool = False
     polled_at: float = float("-inf")
     placed: set[str] = field(default_factory=set)  # this orchestrator's sessions here
+    over_budget: int = 0  # sessions to move off it to fit its KV budget (set at each poll)
     rtt: RecentMin = field(default_factory=RecentMin)  # this orchestrator's Info calls to it
     links: dict[str, float] = field(default_factory=dict)  # drafters: verifier -> its link there (ms)
 
@@ -243,8 +252,16 @@ class Workers:
                 self.load(address).placed.discard(session_id)
 
     def should_move(self, verifier: str) -> bool:
-        """A session leaves its verifier only when it failed, drains, or left the pool."""
-        return not self.live(verifier) or self.load(verifier).draining or verifier not in self.verifiers
+        """A session leaves its verifier only when it failed, drains, left the pool, or is past its
+        KV budget: then as many of its sessions as it takes to fit move, each claiming one move
+        (``WorkerState.over_budget``), so that they do not all leave at once."""
+        if not self.live(verifier) or self.load(verifier).draining or verifier not in self.verifiers:
+            return True
+        state = self.load(verifier)
+        if state.over_budget > 0:
+            state.over_budget -= 1
+            return True
+        return False
 
     # ------------------------------------------------------------------ liveness and load
 
@@ -291,6 +308,7 @@ class Workers:
             state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
             state.pass_ms, state.tokens_per_pass = load.pass_ms, load.tokens_per_pass or 1.0
             state.links = dict(load.link_ms)
+            state.over_budget = sessions_past_budget(load.kv_tokens, load.max_kv_tokens, load.sessions)
             if not first:  # a verifier's first answer waits for its warm-up pass
                 state.rtt.add((time.perf_counter() - t0) * 1000)
         finally:

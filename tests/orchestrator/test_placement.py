@@ -145,3 +145,16 @@ def test_recent_min_is_the_least_of_the_last_times():
     assert times.ms == 2.0
     times.add(6.0)  # 2.0 left the window
     assert times.ms == 5.0
+
+
+def test_a_verifier_past_its_kv_budget_sheds_just_enough_sessions():
+    from orchestrator.placement import sessions_past_budget
+
+    assert sessions_past_budget(1200, 1000, 4) == 1  # 300 tokens each: one leaving fits it
+    assert sessions_past_budget(2000, 1000, 4) == 2
+    assert sessions_past_budget(900, 1000, 4) == 0 and sessions_past_budget(5000, 0, 4) == 0
+    workers = Workers((), ("v1", "v2"), retry_s=60)
+    measured(workers, v1=20.0, v2=20.0)
+    workers.load("v1").over_budget = sessions_past_budget(1200, 1000, 4)
+    assert [workers.should_move("v1") for _ in range(3)] == [True, False, False]  # one session moves, not all
+    assert workers.best_verifier(exclude="v1") == "v2"
