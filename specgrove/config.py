@@ -64,6 +64,7 @@ SERVE_ENV_EXTRA = {  # read elsewhere at the edge, listed for the deployment tab
     "SPECGROVE_AUTH_TOKEN": "bearer token every gRPC call must carry (health and reflection excepted)",
     "SPECGROVE_LOG_LEVEL": "log level: DEBUG, INFO, WARNING (default), ERROR",
     "SPECGROVE_TRACE_FILE": "write spans as JSON lines to this file (benchmarks)",
+    "OMP_NUM_THREADS": "torch's compute threads (k8s: the worker's CPU limit; default every core it sees)",
     **dict(TLS_ENV.values()),
     **{variable: f"limit {name} (specgrove.limits.Limits; flag --{name.replace('_', '-')})"
        for name, variable in Limits.ENV.items()},

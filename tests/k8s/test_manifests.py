@@ -155,6 +155,12 @@ def test_workers_are_found_through_headless_services_and_drain_on_scale_down(ove
             # NOT_SERVING on grpc.health.v1 while draining must take the pod out of the endpoints
             assert pod["containers"][0]["readinessProbe"]["grpc"]["port"] == port
             assert "replicas" not in deployment["spec"], "the ScaledObject owns the replica count"
+    for role in WORKERS:  # torch's threads follow the pod's CPU limit, not the node's cores
+        (deployment,) = [d for d in deployments.values() if _role(d) == role]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        (threads,) = [e for e in container["env"] if e["name"] == "OMP_NUM_THREADS"]
+        assert threads["valueFrom"]["resourceFieldRef"] == {"containerName": container["name"],
+                                                            "resource": "limits.cpu", "divisor": "1"}, role
     budgets = of_kind(docs, "PodDisruptionBudget")
     for role in WORKERS:
         (deployment,) = [d for d in deployments.values() if _role(d) == role]
