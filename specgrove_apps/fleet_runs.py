@@ -17,8 +17,8 @@ It then predicts the other fleets. ``--threads`` (default 1) limits each worker'
 as a pod's CPU limit does: with torch's default (every core in every process), passes computing at
 once on a small CPU slow each other several times over. ``--chain K`` asks every request for chains
 of K (AdaEDL still ends some early: the measured mix of lengths feeds the simulator; default: the
-served default, whose goodput planner adapts K round by round, which the simulator leaves out). ``--min-pass-ms`` makes every verifier pass last at least that long, as a
-GPU-bound one does.
+served default, whose goodput planner adapts K round by round, which the simulator leaves out).
+``--min-pass-ms`` makes every verifier pass last at least that long, as a GPU-bound one does.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-pass-ms", type=float, default=0.0,
                         help="every verifier pass lasts at least this long (GPU-bound verifiers, emulated)")
     parser.add_argument("--threads", type=int, default=1, help="each worker's compute threads (0: torch's default)")
-    parser.add_argument("--chain", type=int, default=None, help="chains of K, AdaEDL ending some early (default: the served planner's)")
+    parser.add_argument("--chain", type=int, default=None,
+                        help="chains of K, AdaEDL ending some early (default: the served planner's)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--from", dest="source", default=None,
                         help="predict again from the measurements of an earlier --out (no runs)")

@@ -170,7 +170,8 @@ def test_the_host_probe_times_passes_alone_and_at_once_in_processes_of_their_own
     one, a positive factor for two, from each process's own median; the curve has every point."""
     from specgrove_apps.host_probe import cost_curve, host_slowdown
 
-    probe = host_slowdown(2, rows=1, seconds=0.3, load_s=4.0, threads=1, shape="tiny")  # a late start only shortens the overlap
+    # a process that starts late only shortens the overlap
+    probe = host_slowdown(2, rows=1, seconds=0.3, load_s=4.0, threads=1, shape="tiny")
     assert probe["slowdown"][0] == 1.0 and len(probe["slowdown"]) == 2 and probe["slowdown"][1] > 0
     assert [len(per_process) for per_process in probe["pass_ms"]] == [1, 2]
     curve = cost_curve((1, 2), (1, 3), threads=1, repeats=2, shape="tiny")
