@@ -75,7 +75,36 @@ def _record_failure(method: str, current, exc: BaseException) -> tuple[grpc.Stat
     return code, message
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+# A handler's kinds: (its attribute, whether requests stream, whether responses do, its factory)
+_HANDLER_KINDS = (
+    ("unary_unary", False, False, grpc.unary_unary_rpc_method_handler),
+    ("stream_unary", True, False, grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", False, True, grpc.unary_stream_rpc_method_handler),
+    ("stream_stream", True, True, grpc.stream_stream_rpc_method_handler),
+)
+
+
+class _Wrapping:
+    """What both interceptors share: a handler rebuilt around its behaviour wrapped by the
+    subclass's ``_unary`` or ``_streaming`` (sync or async), and the server span."""
+
+    role: str
+    streaming_requests = True  # the asyncio server (the orchestrator) serves none
+
+    def _wrapped(self, handler, method: str):
+        kind, streams_in, streams_out, make = next((k for k in _HANDLER_KINDS if getattr(handler, k[0])),
+                                                   _HANDLER_KINDS[-1])
+        if streams_in and not self.streaming_requests:
+            raise NotImplementedError(f"{method}: streaming requests are not used by the orchestrator")
+        wrap = self._streaming if streams_out else self._unary
+        return make(wrap(method, decoding(handler, getattr(handler, kind), streams_in)),
+                    request_deserializer=None, response_serializer=handler.response_serializer)
+
+    def _span(self, method: str, context):
+        return server_span(self.role, method, context.invocation_metadata())
+
+
+class ServerInterceptor(_Wrapping, grpc.ServerInterceptor):
     """Sync servers (drafter, verifier)."""
 
     def __init__(self, role: str, auth_token: str | None = None):
@@ -86,27 +115,12 @@ class ServerInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or details.method.startswith(UNCHECKED_PREFIXES):
             return handler
-        method = details.method
-        kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, decoding(handler, handler.unary_unary, False)), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, decoding(handler, handler.stream_unary, True)), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, decoding(handler, handler.unary_stream, False)), **kw)
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, decoding(handler, handler.stream_stream, True)), **kw)
+        return self._wrapped(handler, details.method)
 
     def _guard(self, method: str, context) -> None:
         """Abort with UNAUTHENTICATED unless the call carries the bearer token."""
         if not _authorised(context.invocation_metadata(), self.auth_token, method):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-    def _span(self, method: str, context):
-        return server_span(self.role, method, context.invocation_metadata())
 
     def _unary(self, method: str, behavior):
         """``behavior`` (one response) guarded, in its span, its exceptions mapped to a status."""
@@ -145,9 +159,11 @@ def client_key(metadata, peer: str) -> str:
     return f"peer:{host}"
 
 
-class AioServerInterceptor(grpc.aio.ServerInterceptor):
+class AioServerInterceptor(_Wrapping, grpc.aio.ServerInterceptor):
     """The asyncio server (orchestrator). max_streams: concurrent server-streaming calls
     (Generate) per client (``client_key``); more get RESOURCE_EXHAUSTED before any work."""
+
+    streaming_requests = False
 
     def __init__(self, role: str, auth_token: str | None = None, max_streams: int | None = None):
         self.role = role
@@ -159,23 +175,12 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(UNCHECKED_PREFIXES):
             return handler
-        method = details.method
-        kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, decoding(handler, handler.unary_unary, False)), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, decoding(handler, handler.unary_stream, False)), **kw)
-        raise NotImplementedError(f"{method}: streaming requests are not used by the orchestrator")
+        return self._wrapped(handler, details.method)
 
     async def _guard(self, method: str, context) -> None:
         """Abort with UNAUTHENTICATED unless the call carries the bearer token."""
         if not _authorised(context.invocation_metadata(), self.auth_token, method):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-    def _span(self, method: str, context):
-        return server_span(self.role, method, context.invocation_metadata())
 
     async def _open_stream(self, context) -> str:
         """Count one more stream open from the call's client (returned), or abort with

@@ -21,6 +21,7 @@ from specgrove.errors import InvalidArgument, StaleRound
 from specgrove.limits import DEFAULT_LIMITS, Limits
 from specgrove.round import Round, RoundTiming, Verdict
 from specgrove.tls import open_channel
+from specgrove.tree import TokenTree
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
 from verifier.worker import VerifierWorker, empty_tree
 
@@ -56,9 +57,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
             if not message.HasField("level"):
                 raise InvalidArgument("tree", "only one header per stream")
             levels.append(message.level)
-        checked = codec.tree_levels_from_pb(levels, self.worker.model.vocab_size)  # InvalidArgument / OutOfRange
-        tree = tree_from_levels([Level(*parts) for parts in checked])
-        return self._verify(first.header, tree)
+        return self._verify(first.header, self._tree(levels))
 
     def Decode(self, request, context):
         return self._verify(request, empty_tree())
@@ -73,11 +72,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         """Guessed draft-ahead: hold the guessed next rounds until the verdict they guess is in;
         verify the one that matches at once, or answer ``missed``."""
         r = codec.round_from_pb(request.round)
-        vocab = self.worker.model.vocab_size
-        guesses = []
-        for guess in request.guesses:
-            checked = codec.tree_levels_from_pb(guess.levels, vocab)  # InvalidArgument / OutOfRange
-            guesses.append((list(guess.emitted), tree_from_levels([Level(*parts) for parts in checked])))
+        guesses = [(list(guess.emitted), self._tree(guess.levels)) for guess in request.guesses]
         timeouts = [t for t in (request.timeout_ms / 1000 if request.timeout_ms else None, context.time_remaining())
                     if t is not None]
         with telemetry.tracer().start_as_current_span("verify guessed round") as span:
@@ -92,6 +87,11 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         reply = self._reply(guesses[index][1], verdict, features_from if r.features_from is not None else None)
         reply.guess = index + 1
         return reply
+
+    def _tree(self, levels) -> TokenTree:
+        """A tree from its levels' messages, checked (InvalidArgument / OutOfRange)."""
+        checked = codec.tree_levels_from_pb(levels, self.worker.model.vocab_size)
+        return tree_from_levels([Level(*parts) for parts in checked])
 
     def _verify(self, header, tree):
         r = codec.round_from_pb(header)

@@ -97,7 +97,7 @@ class VerifierWorker:
         if self._pass_s == 0.0:
             self.warm_up()
         return {"sessions": len(self._sessions), "max_sessions": self.max_sessions, "waiting": len(self._waiting),
-                "kv_tokens": sum(len(s.state.tokens) for s in list(self._sessions.values())),
+                "kv_tokens": self._kv_tokens(),
                 "max_kv_tokens": self.max_kv_tokens or 0, "pass_ms": self._pass_s * 1000,
                 "tokens_per_pass": self._tokens_per_pass, "draining": self.draining}
 
@@ -367,7 +367,7 @@ class VerifierWorker:
     def _evict(self, keep: set[str]) -> int:
         """Drop least recently used sessions until the cached tokens fit the budget (never those
         in ``keep``); the tokens cached afterwards."""
-        total = sum(len(s.state.tokens) for s in self._sessions.values())
+        total = self._kv_tokens()
         if self.max_kv_tokens is None:
             return total
         for session_id in list(self._sessions):
@@ -383,9 +383,11 @@ class VerifierWorker:
 
     def _record_cache(self, tokens: int | None = None) -> None:
         """tokens: those cached now, when the caller just counted them."""
-        if tokens is None:
-            tokens = sum(len(s.state.tokens) for s in self._sessions.values())
-        self.metrics.record_cache(len(self._sessions), tokens)
+        self.metrics.record_cache(len(self._sessions), self._kv_tokens() if tokens is None else tokens)
+
+    def _kv_tokens(self) -> int:
+        """The tokens cached over every session."""
+        return sum(len(s.state.tokens) for s in list(self._sessions.values()))
 
 
 _EMPTY = TokenTree(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
