@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class VerifierPort(Protocol):
-    """How a drafter reaches its verifier."""
+    """How a drafter reaches its verifier. ``in_process``: by a direct call (it takes no guesses:
+    drawing them would hold up its own passes)."""
+
+    in_process: bool
 
     def features(self, round: Round, start: int, timing: RoundTiming) -> tuple[int, torch.Tensor]:
         """The target's features of round.context[start:−1]: (start, [n, H])."""
@@ -127,6 +130,7 @@ class DrafterRounds:
         """The order's round. One run ahead for exactly this order is not drawn again: its report
         is returned (waiting for it if it is still on its way)."""
         arrived = time.perf_counter()
+        order = self._guessable(order, time_remaining)
         if order.ahead and order.guess:
             self.guesser.start(order, self._port(order, time_remaining), time_remaining)  # unless under way
         else:  # no permission to run the next round ahead: guesses assumed for it are cancelled
@@ -147,10 +151,19 @@ class DrafterRounds:
         timeouts = [t for t in (order.verify_timeout_s, time_remaining) if t is not None]
         return self.ports(order.verifier, min(timeouts) if timeouts else None)
 
+    def _guessable(self, order: DraftOrder, time_remaining: float | None) -> DraftOrder:
+        """The order, without its permission to guess where its verifier takes no guesses (one in
+        this process: drawing them would hold up its passes)."""
+        if order.guess and self._port(order, time_remaining).in_process:
+            return replace(order, guess=False)
+        return order
+
     def _fresh(self, order: DraftOrder, time_remaining: float | None) -> RoundReport:
-        report = draft_round(self.worker, order, self._port(order, time_remaining),
-                             self.guesser if order.guess else None)  # only guessers read rounds in progress
+        port = self._port(order, time_remaining)
+        # only guessers read rounds in progress
+        report = draft_round(self.worker, order, port, self.guesser if order.guess else None)
         self.worker.observe_link(order.verifier, report.timing)
+        self.worker.metrics.verified_rounds.labels(path="in_process" if port.in_process else "grpc").inc()
         return report
 
     def _next_round(self, order: DraftOrder, time_remaining: float | None) -> RoundReport:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from drafter.round import draft_round
-from drafter.tree_growth import tree_from_levels
 from drafter.worker import DrafterWorker
 from orchestrator.acceptance import AcceptanceStats
+from orchestrator.local_verifier import LocalVerifier
 from orchestrator.round_planner import DEFAULT_PRIOR_ACCEPTANCE, LinkStats
 from orchestrator.rounds import RoundPlan, SessionRounds, Speculation, check_request, planner_for
 from orchestrator.sequoia import TreeShape
@@ -27,10 +27,11 @@ from specgrove.errors import InvalidArgument
 from specgrove.models import CausalLM
 from specgrove.output import GenerationOutput
 from specgrove.proposal import Drafter
-from specgrove.round import DraftOrder, Round, RoundReport, RoundTiming, Verdict
+from specgrove.round import DraftOrder, Round, RoundReport, RoundTiming
 from specgrove.sampling import SamplingParams, make_generator
 from specgrove.tree import VerifyResult
 from verifier.worker import VerifierWorker, empty_tree
+
 
 @dataclass
 class RoundStats:
@@ -156,7 +157,7 @@ class SpeculativeEngine:
         """Validate before any model work; raise InvalidArgument / OutOfRange."""
         check_request(prompt_ids, params, self.speculation, self.target.vocab_size, self.target.max_positions)
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         """Validate now (raising before any model work), then return the generation to iterate."""
         self.check_request(prompt_ids, params)
         _, seed = make_generator(params.seed)
@@ -211,21 +212,6 @@ class SpeculativeEngine:
         for _ in generation:
             pass
         return generation.result
-
-
-class LocalVerifier:
-    """The verifier worker called directly, as a drafter's round sees it (``VerifierPort``)."""
-
-    def __init__(self, worker: VerifierWorker):
-        self.worker = worker
-
-    def features(self, r: Round, start: int, timing: RoundTiming):
-        return start, self.worker.prefix_features(r.session_id, list(r.context), start, r.run)
-
-    def verify(self, r: Round, levels, timing: RoundTiming) -> Verdict:
-        verdict = self.worker.verify(r, tree_from_levels(list(levels)))  # every level, then one pass
-        timing.sessions, timing.pass_tokens = self.worker.load
-        return verdict
 
 
 class Generation:

@@ -127,8 +127,9 @@ class Pipeline:
         s, spec = run.session, run.speculation
         trace_request(s, spec, self.text.name)
         place = await self.rounds.place(run)
-        link = self.links.setdefault((place.drafter, place.verifier),
-                                     LinkStats(verify_ratio=dict(self.config.verify_ratio or {}) or LinkStats().verify_ratio))
+        link = self.links.setdefault((place.drafter, place.verifier), LinkStats(
+            verify_ratio=dict(self.config.verify_ratio or {}) or LinkStats().verify_ratio,
+            min_rows=self.workers.load(place.verifier).min_pass_rows))
         core = SessionRounds(spec, output, planner_for(spec, link, self.acceptance), self._policy(s, spec), s.step)
         started, first_at, first_step = time.perf_counter(), None, s.step + 1
         cancelled = await self.store.cancelled(s.id)
@@ -167,13 +168,16 @@ class Pipeline:
         yield self._completion(s, output, finish, n)
 
     def _ahead_room(self, core: SessionRounds, plan: RoundPlan) -> int:
-        """What the drafter may run ahead: 0 (nothing) unless the planner drafts this round as
-        its plan (not a probe or a measurement at K = 0: the round run ahead is always taken, so
-        a probe would cost two rounds); else the tokens the session may still emit, this round's
-        included. (The drafter runs the next round only when this one leaves some to draft; one
-        that ends on EOS or a stop string wastes it.)"""
-        drafts_by_plan = plan.shape is not None and plan.shape.size and plan.reason in ("plan", "fixed")
-        if not self.config.draft_ahead or not drafts_by_plan:
+        """What a worker may run ahead: the drafter the next drafted round, the verifier the next
+        plain step. 0 (nothing) unless this round is the planner's plan (drafted or plain), not a
+        probe or a measurement, nor a plain step before a probe (the round run ahead is always
+        taken: a probe would cost two rounds, or be lost); else the tokens the session may still
+        emit, this round's included. (A round run ahead past the session's end is wasted.)"""
+        if plan.shape is not None and plan.shape.size:
+            by_plan = plan.reason in ("plan", "fixed")
+        else:
+            by_plan = plan.reason in ("plan", "load", "ar") and not core.planner.probes_next()
+        if not self.config.draft_ahead or not by_plan:
             return 0
         return core.output.max_new_tokens - len(core.output.token_ids)
 

@@ -22,7 +22,8 @@ tokens per second (the draft and the acceptance are the same on every pair):
 (pass_1: the verifier's own 1-token pass, ratio: the verify-cost curve the planner uses, n: the
 sessions it holds; without drafters, RTT(here, verifier) + that pass). Round trips and links are
 the least of the recent ones (queueing only adds to them); a drafter that has not sent a round to
-a verifier yet is assumed as near to it as this orchestrator is. Pairs within ``NEAR`` of the best
+a verifier yet is assumed as near to it as this orchestrator is, and one in the verifier's own
+process (``serve worker``: the same ``WorkerInfo.instance``) at no distance. Pairs within ``NEAR`` of the best
 are equals, and the one with the fewest sessions wins (noise in the measurements must not pile
 sessions on one worker). Verifiers draining, down, full or past their KV budget take none while
 another can. A session keeps its verifier while it lives (the verifier holds its KV cache); it
@@ -130,8 +131,11 @@ class WorkerState:
     waiting: int = 0
     kv_tokens: int = 0
     max_kv_tokens: int = 0
-    pass_ms: float = 0.0
+    pass_ms: float = 0.0  # a verifier's pass
     tokens_per_pass: float = 1.0
+    draft_pass_ms: float = 0.0  # a drafter's level pass
+    min_pass_rows: int = 1  # a verifier feeds passes of 2 .. this − 1 tokens as this many
+    instance: str = ""  # the worker process: a drafter and a verifier sharing one verify in process
     draining: bool = False
     polled_at: float = float("-inf")
     placed: set[str] = field(default_factory=set)  # this orchestrator's sessions here
@@ -159,7 +163,7 @@ class WorkerState:
 
     def draft_ms(self) -> float:
         """A drafter's levels of a round with one more session (one pass per MAX_BATCH sessions)."""
-        return DRAFT_LEVELS * self.pass_ms * math.ceil((self.held + 1) / MAX_BATCH)
+        return DRAFT_LEVELS * self.draft_pass_ms * math.ceil((self.held + 1) / MAX_BATCH)
 
 
 class Workers:
@@ -229,7 +233,7 @@ class Workers:
         if not drafter:
             return (v.rtt.ms or 0.0) + verify
         d = self.load(drafter)
-        link = d.links.get(verifier, v.rtt.ms or 0.0)
+        link = 0.0 if d.instance and d.instance == v.instance else d.links.get(verifier, v.rtt.ms or 0.0)
         return (d.rtt.ms or 0.0) + link + d.draft_ms() + verify
 
     def _best(self, pairs: list[tuple[str, str]]) -> tuple[str, str]:
@@ -293,26 +297,39 @@ class Workers:
             await asyncio.shield(self._polling)
 
     async def _poll(self, address: str) -> None:
-        stub_class = speculate_pb2_grpc.VerifierStub if address in self.verifier_pool.hosts else speculate_pb2_grpc.DrafterStub
+        """Ask the worker at ``address`` for its load: as a verifier, as a drafter, or as both
+        (``serve worker``: one process, one state; its verifier's sessions and KV, its
+        drafter's draft pass and links)."""
         state = self.load(address)
-        first, t0 = state.polled_at == float("-inf"), time.perf_counter()
+        first = state.polled_at == float("-inf")
         try:
-            info = await stub_class(self.channel(address)).Info(speculate_pb2.InfoRequest(), timeout=5.0,
-                                                                 metadata=self.auth)
+            if address in self.verifier_pool.hosts:
+                await self._ask(address, speculate_pb2_grpc.VerifierStub, first, verifier=True)
+            if address in self.drafter_pool.hosts:
+                await self._ask(address, speculate_pb2_grpc.DrafterStub, first, verifier=False)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 self.mark_down(address)
-        else:
-            load = info.load
-            state.sessions, state.max_sessions, state.waiting = load.sessions, load.max_sessions, load.waiting
-            state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
-            state.pass_ms, state.tokens_per_pass = load.pass_ms, load.tokens_per_pass or 1.0
-            state.links = dict(load.link_ms)
-            state.over_budget = sessions_past_budget(load.kv_tokens, load.max_kv_tokens, load.sessions)
-            if not first:  # a verifier's first answer waits for its warm-up pass
-                state.rtt.add((time.perf_counter() - t0) * 1000)
         finally:
             state.polled_at = time.monotonic()
+
+    async def _ask(self, address: str, stub_class, first: bool, verifier: bool) -> None:
+        state, t0 = self.load(address), time.perf_counter()
+        info = await stub_class(self.channel(address)).Info(speculate_pb2.InfoRequest(), timeout=5.0,
+                                                             metadata=self.auth)
+        if not first:  # a verifier's first answer waits for its warm-up pass
+            state.rtt.add((time.perf_counter() - t0) * 1000)
+        load, state.instance = info.load, info.instance
+        if not verifier:
+            state.draft_pass_ms, state.links = load.pass_ms, dict(load.link_ms)
+            if address in self.verifier_pool.hosts:  # the verifier's answer holds the rest
+                return
+        state.sessions, state.max_sessions, state.waiting = load.sessions, load.max_sessions, load.waiting
+        state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
+        if verifier:
+            state.pass_ms, state.tokens_per_pass = load.pass_ms, load.tokens_per_pass or 1.0
+            state.min_pass_rows = info.min_pass_rows or 1
+            state.over_budget = sessions_past_budget(load.kv_tokens, load.max_kv_tokens, load.sessions)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:

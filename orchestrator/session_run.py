@@ -32,6 +32,7 @@ class SessionRun:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this run's lease token
     place: Placement | None = None  # the workers its rounds ran on (their caches are freed at the end)
     ahead: tuple[str, DraftOrder] | None = None  # (drafter, order): that drafter runs the next round ahead
+    step_ahead: str = ""  # the verifier running the next plain step ahead (verifier/ahead.py)
 
 
 class RunLease:

@@ -53,18 +53,23 @@ class WorkerRounds:
 
     async def round(self, run: SessionRun, plan: RoundPlan, r: Round, ahead: int = 0) -> tuple[RoundReport, float]:
         """(the round's report, the orchestrator's wait for it in ms). Falls back to K = 0 when the
-        drafter fails. ahead: when > 0, the drafter may run the next round as soon as it holds this
-        one's verdict (``DraftOrder.ahead_room``); a round run ahead is always collected (a plain
-        step planned in its place comes a round later)."""
+        drafter fails. ahead: when > 0, the worker may run the next round as soon as it holds this
+        one's verdict: the drafter a drafted round (``DraftOrder.ahead_room``), the verifier a
+        plain step (``Decode``'s ``ahead_room``). A round run ahead is always collected (a round
+        planned otherwise in its place comes a round later)."""
         place = run.place
         await self.workers.refresh()  # the workers' load, polled in the background now and then
         if self.workers.should_move(place.verifier):
             self._move(run, "its verifier drains or left the pool")
         ran_ahead = self._ran_ahead(run, r)
+        step_ahead, run.step_ahead = run.step_ahead, ""
+        plain = plan.shape is None or not plan.shape.size
+        if step_ahead and step_ahead == place.verifier:  # collected as the plain step it ran as
+            return await self._plain(run, r, ahead if plain else 0)
         if place.drafter and not self.workers.live(place.drafter):  # move if one is live
             place.drafter = self.workers.next_live(self.workers.drafters, place.drafter)
         order = None
-        if plan.shape is not None and plan.shape.size:
+        if not plain:
             order = DraftOrder(r, plan.shape.parents, plan.budget, place.verifier, self.config.verify_timeout_ms / 1000,
                                ahead > 0, ahead, self.config.guess_ahead and ahead > 0)
         elif ran_ahead is not None and ran_ahead[0] == place.drafter:  # collected under the plan it ran with
@@ -75,7 +80,7 @@ class WorkerRounds:
                 if order.ahead:
                     run.ahead = (place.drafter, order)
                 return drafted
-        return await self._plain(run, r)
+        return await self._plain(run, r, ahead if order is None else 0)
 
     @staticmethod
     def _ran_ahead(run: SessionRun, r: Round) -> tuple[str, DraftOrder] | None:
@@ -112,13 +117,14 @@ class WorkerRounds:
             "specgrove.draft_ms": timing.draft_ms, "specgrove.verify_ms": timing.verify_ms})
         return report, waited_ms
 
-    async def _plain(self, run: SessionRun, r: Round) -> tuple[RoundReport, float]:
-        """A K = 0 step on the verifier. A failing verifier is marked down and the step moves to
-        the next one (which re-prefills from the context); the lease is renewed while retrying."""
+    async def _plain(self, run: SessionRun, r: Round, ahead: int = 0) -> tuple[RoundReport, float]:
+        """A K = 0 step on the verifier (``ahead`` > 0: it may run the next one ahead, within that
+        many tokens left to emit). A failing verifier is marked down and the step moves to the
+        next one (which re-prefills from the context); the lease is renewed while retrying."""
         place = run.place
         error, attempt = None, 0
         give_up = time.monotonic() + self.config.verifier_retry_s
-        request = codec.round_to_pb(r)
+        request = codec.round_to_pb(r, ahead)
         while time.monotonic() < give_up:
             stub = speculate_pb2_grpc.VerifierStub(self.workers.channel(place.verifier))
             t0 = time.perf_counter()
@@ -135,7 +141,13 @@ class WorkerRounds:
                 await self.lease.renew(run)
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt // max(1, len(self.workers.verifiers)))))
                 continue
-            return codec.report_from_pb(reply), (time.perf_counter() - t0) * 1000
+            waited_ms = (time.perf_counter() - t0) * 1000
+            report = codec.report_from_pb(reply)
+            run.step_ahead = place.verifier if ahead else ""
+            if report.timing.ahead:
+                telemetry.trace.get_current_span().set_attributes({"specgrove.ahead": True,
+                                                                   "specgrove.overlap_ms": report.timing.overlap_ms})
+            return report, waited_ms
         last = f"{error.code().name}: {error.details()}" if error else "no attempt"
         raise Unavailable(f"no verifier answered for {self.config.verifier_retry_s:.0f}s ({last}); "
                           f"resume session {r.session_id} later")

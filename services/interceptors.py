@@ -59,6 +59,12 @@ def _authorised(metadata, token: str | None, method: str) -> bool:
     return dict(metadata or ()).get("authorization") == f"Bearer {token}"
 
 
+def service_role(method: str) -> str:
+    """'/specgrove.v1.Drafter/Draft' -> 'drafter': the role a method belongs to (a server
+    holding both workers names each call's span by its own service)."""
+    return method.lstrip("/").split("/", 1)[0].rsplit(".", 1)[-1].lower()
+
+
 def server_span(role: str, method: str, metadata):
     """The server span of a call, child of the caller's span (trace context from the metadata)."""
     return telemetry.tracer().start_as_current_span(
@@ -101,13 +107,13 @@ class _Wrapping:
                     request_deserializer=None, response_serializer=handler.response_serializer)
 
     def _span(self, method: str, context):
-        return server_span(self.role, method, context.invocation_metadata())
+        return server_span(self.role or service_role(method), method, context.invocation_metadata())
 
 
 class ServerInterceptor(_Wrapping, grpc.ServerInterceptor):
-    """Sync servers (drafter, verifier)."""
+    """Sync servers (drafter, verifier, both: role None names each span by its service)."""
 
-    def __init__(self, role: str, auth_token: str | None = None):
+    def __init__(self, role: str | None, auth_token: str | None = None):
         self.role = role
         self.auth_token = auth_token
 

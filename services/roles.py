@@ -126,6 +126,42 @@ def serve_drafter(options: DrafterOptions, cache_dir: Path) -> None:
     drain(server, worker, o.drain_s)
 
 
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What ``specgrove serve worker`` serves: a drafter and a verifier in one process, on one
+    port. The verifier's options are ``verifier``'s (its host, port, TLS, limits and drain are
+    the worker's); the drafter's are its draft and batching."""
+
+    verifier: VerifierOptions
+    draft: str
+    draft_max_batch: int = MAX_BATCH
+
+
+def serve_worker(options: WorkerOptions, cache_dir: Path) -> None:
+    from drafter.factory import make_drafter
+    from drafter.worker import DrafterWorker
+    from services.server import Workers, create_worker_server, drain
+    from specgrove.metrics import registry_by_role
+    from specgrove.models import load_model, load_text_codec
+    from verifier.worker import VerifierWorker
+
+    o = options.verifier
+    verifier = VerifierWorker(load_model(o.target, cache_dir), min_pass_ms=o.min_pass_ms,
+                              max_kv_tokens=o.max_kv_tokens, max_batch=o.max_batch)
+    text = load_text_codec(o.target, cache_dir)
+    draft, model = make_drafter(options.draft, text, cache_dir)
+    drafter = DrafterWorker(draft, text=text, max_batch=options.draft_max_batch)
+    server, bound = create_worker_server(f"{o.host}:{o.port}", verifier, drafter, model, o.auth_token, tls=o.tls,
+                                         limits=o.limits, link_delay_ms=o.link_delay_ms)
+    _metrics_port(registry_by_role(drafter=drafter.metrics.registry, verifier=verifier.metrics.registry), o.host,
+                  o.metrics_port)
+    server.start()
+    print(f"worker serving {o.target} (verifier) and {options.draft} (drafter) on {o.host}:{bound}{_secured(o.tls)}",
+          flush=True)
+    _wait_for_signal()
+    drain(server, Workers(drafter, verifier), o.drain_s)
+
+
 @dataclass
 class OrchestratorOptions:
     host: str = "127.0.0.1"
@@ -368,6 +404,11 @@ class _StackCommands:
         return self._role("verifier", name, "--target", self.target, "--link-delay-ms", str(self.link_delay_ms),
                           "--metrics-port", str(self.ports[f"{name}_metrics"]), *extra)
 
+    def worker(self, name: str, draft: str, extra: tuple[str, ...]) -> list[str]:
+        return self._role("worker", name, "--target", self.target, "--draft", draft,
+                          "--link-delay-ms", str(self.link_delay_ms),
+                          "--metrics-port", str(self.ports[f"{name}_metrics"]), *extra)
+
     def drafter(self, name: str, draft: str, guess_count: int, guess_width: int | None) -> list[str]:
         width = ("--guess-width", str(guess_width)) if guess_width is not None else ()
         return self._role("drafter", name, "--draft", draft, "--target", self.target,
@@ -403,7 +444,7 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
                 guess_count: int = GUESS_COUNT, guess_width: int | None = None, env: dict[str, str] | None = None,
                 http_port: int | None = None, redis_dir: Path | None = None,
                 prefixes: dict[str, tuple[str, ...]] | None = None, verifiers: int = 1, drafters: int = 1,
-                second_orchestrator: tuple[str, ...] | None = None) -> Stack:
+                second_orchestrator: tuple[str, ...] | None = None, colocated: bool = False) -> Stack:
     """http_port: the orchestrator's OpenAI-compatible HTTP API (0 = a free port, None = none). The
     workers serve /metrics on free ports (``stack.ports``: verifier_metrics, drafter_metrics).
     redis_dir: the local Redis's append-only data (kept across runs; default a fresh directory).
@@ -415,13 +456,24 @@ def start_stack(port: int, target: str, draft: str, cache_dir: Path, redis_url: 
     verifiers / drafters: how many of each (roles ``verifier``, ``verifier2``, ...; every
     orchestrator and drafter is given them all). second_orchestrator: start ``orchestrator2`` too,
     on the same workers and Redis, with these extra arguments (e.g. ``("--guess-ahead",)``): a
-    session resumes on either."""
+    session resumes on either.
+    colocated: ``verifiers`` workers (``serve worker``: ``worker``, ``worker2``, ...), each a
+    drafter and a verifier in one process, named as both to the orchestrators (``drafters`` and
+    the guess options are unused: a worker's drafter takes no guesses on its own verifier)."""
     redis, redis_url = _stack_redis(redis_url, redis_dir)
-    verifier_names, drafter_names = _role_names("verifier", verifiers), _role_names("drafter", drafters)
-    ports = _stack_ports(port, (*verifier_names, *drafter_names), http_port, second_orchestrator is not None)
+    if colocated:
+        verifier_names = drafter_names = _role_names("worker", verifiers)
+        workers = verifier_names
+    else:
+        verifier_names, drafter_names = _role_names("verifier", verifiers), _role_names("drafter", drafters)
+        workers = (*verifier_names, *drafter_names)
+    ports = _stack_ports(port, workers, http_port, second_orchestrator is not None)
     build = _StackCommands(cache_dir, target, link_delay_ms, ports, prefixes or {}, verifier_names, drafter_names)
-    commands = {name: build.verifier(name, extra_verifier) for name in verifier_names}
-    commands.update({name: build.drafter(name, draft, guess_count, guess_width) for name in drafter_names})
+    if colocated:
+        commands = {name: build.worker(name, draft, extra_verifier) for name in workers}
+    else:
+        commands = {name: build.verifier(name, extra_verifier) for name in verifier_names}
+        commands.update({name: build.drafter(name, draft, guess_count, guess_width) for name in drafter_names})
     http = ("--http-port", str(ports["http"])) if "http" in ports else ()
     commands["orchestrator"] = build.orchestrator("orchestrator", redis_url, mode, draft_len,
                                                   (*http, *extra_orchestrator))

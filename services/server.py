@@ -1,5 +1,5 @@
-"""Servers of the three roles: ``create_*_server(addr, ...) -> (server, port)`` (tests bind port 0),
-each with the error/tracing/auth interceptor, ``grpc.health.v1`` and server reflection."""
+"""Servers of the three roles, and of a drafter and verifier in one process:
+``create_*_server(addr, ...) -> (server, port)`` (tests bind port 0), each with the error/tracing/auth interceptor, ``grpc.health.v1`` and server reflection."""
 
 from __future__ import annotations
 
@@ -126,14 +126,56 @@ def create_drafter_server(addr: str, worker, model=None, auth_token: str | None 
     return server, add_port(server, addr, tls)
 
 
+def create_worker_server(addr: str, verifier, drafter, model=None, auth_token: str | None = None, threads: int = 16,
+                         tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS, link_delay_ms: float = 0.0):
+    """A drafter and a verifier in one process (``serve worker``): both services on one port; the
+    drafter verifies on its own verifier by a direct call (``VerifierStubs``'s local), and on
+    any other verifier a Draft request names over gRPC. link_delay_ms: the orchestrator→drafter
+    link's one-way latency, emulated (see LinkDelay)."""
+    from services.workers import DrafterServicer, VerifierServicer, VerifierStubs, new_instance
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         interceptors=[LinkDelay(link_delay_ms, ("/Draft",)), ServerInterceptor(None, auth_token)],
+                         options=limits.grpc_options())
+    instance = new_instance()
+    stubs = VerifierStubs(tls, auth_token, limits=limits, local=(instance, verifier))
+    speculate_pb2_grpc.add_VerifierServicer_to_server(VerifierServicer(verifier, instance), server)
+    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(drafter, stubs, model, instance), server)
+    names = [speculate_pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("Verifier", "Drafter")]
+    status = _health(server, names, aio=False)
+    for name in names:
+        status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.specgrove_health = (status, *names)
+    return server, add_port(server, addr, tls)
+
+
+class Workers:
+    """The drafter and the verifier of one process, drained together (``drain``)."""
+
+    def __init__(self, *workers):
+        self.workers = workers
+
+    @property
+    def draining(self) -> bool:
+        return any(worker.draining for worker in self.workers)
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        for worker in self.workers:
+            worker.draining = value
+
+    def busy(self) -> bool:
+        return any(worker.busy() for worker in self.workers)
+
+
 def drain(server, worker, drain_s: float, grace_s: float = 2.0) -> None:
     """Stop a worker without losing a round: report NOT_SERVING (a Kubernetes readiness probe
     takes the pod out of its Service) and ``draining`` in the load orchestrators poll, so they
     place no new sessions here and move theirs at their next round; wait (up to ``drain_s``) until
     no session is left (``worker.busy()``); then stop, letting calls in flight end."""
     worker.draining = True
-    status, name = server.specgrove_health
-    for service in ("", name):
+    status, *names = server.specgrove_health
+    for service in ("", *names):
         status.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     deadline = time.monotonic() + drain_s
     while worker.busy() and time.monotonic() < deadline:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import replace
 
+import grpc
 from opentelemetry import context as otel_context
 
 from drafter.guess import GuessAsk
 from drafter.round import DrafterRounds
 from drafter.tree_growth import Level, tree_from_levels
 from drafter.worker import DrafterWorker
+from orchestrator.local_verifier import LocalVerifier
 from services.auth import allow_verifier
 from specgrove import codec, telemetry
 from specgrove.errors import InvalidArgument, StaleRound
@@ -23,6 +26,7 @@ from specgrove.round import Round, RoundTiming, Verdict
 from specgrove.tls import open_channel
 from specgrove.tree import TokenTree
 from specgrove.v1 import speculate_pb2, speculate_pb2_grpc
+from verifier.ahead import StepsAhead
 from verifier.worker import VerifierWorker, empty_tree
 
 
@@ -37,15 +41,24 @@ class _QuietStaleRounds(logging.Filter):
 
 logging.getLogger("grpc._channel").addFilter(_QuietStaleRounds())
 
+INFO_TIMEOUT_S = 2.0  # a drafter asking whether a verifier address is its own process's
 
-def worker_info(role: str, model) -> speculate_pb2.WorkerInfo:
+
+def new_instance() -> str:
+    """A worker's id (``WorkerInfo.instance``): one per server, shared by the two services of
+    ``serve worker``."""
+    return uuid.uuid4().hex
+
+
+def worker_info(role: str, model, instance: str = "") -> speculate_pb2.WorkerInfo:
     return speculate_pb2.WorkerInfo(role=role, model=model.name, vocab_size=model.vocab_size,
-                                    vocab_hash=model.vocab_hash, max_context=model.max_positions)
+                                    vocab_hash=model.vocab_hash, max_context=model.max_positions, instance=instance)
 
 
 class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
-    def __init__(self, worker: VerifierWorker):
-        self.worker = worker
+    def __init__(self, worker: VerifierWorker, instance: str = ""):
+        self.worker, self.instance = worker, instance or new_instance()
+        self.steps = StepsAhead(worker)
 
     def Verify(self, request_iterator, context):
         messages = iter(request_iterator)
@@ -60,7 +73,13 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         return self._verify(first.header, self._tree(levels))
 
     def Decode(self, request, context):
-        return self._verify(request, empty_tree())
+        """A plain step; with ``ahead_room``, the next one is run at once (verifier/ahead.py)."""
+        r = codec.round_from_pb(request)
+        with telemetry.tracer().start_as_current_span("verify pass"):
+            stepped = self.steps.decode(r, request.ahead_room)
+        reply = self._reply(empty_tree(), stepped.verdict, r.features_from)
+        reply.timing.ahead, reply.timing.overlap_ms = stepped.ahead, stepped.overlap_ms
+        return reply
 
     def Features(self, request, context):
         start = request.features_from if request.HasField("features_from") else 0
@@ -109,21 +128,28 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
         return reply
 
     def Release(self, request, context):
+        self.steps.drop(request.session_id)
         self.worker.release(request.session_id, request.run)
         return speculate_pb2.ReleaseReply()
 
     def Info(self, request, context):
-        info = worker_info("verifier", self.worker.model)
+        info = worker_info("verifier", self.worker.model, self.instance)
+        info.min_pass_rows = getattr(self.worker.model, "min_pass_rows", 1)
         info.load.CopyFrom(speculate_pb2.WorkerLoad(**self.worker.load_report()))
         return info
 
 
 class VerifierStubs:
     """A drafter's way to its verifiers: one channel each (TLS when configured), the bearer token
-    sent on every call, and the only verifiers it may stream to (empty: any)."""
+    sent on every call, and the only verifiers it may stream to (empty: any).
+
+    local: ``(instance, verifier worker)`` of a verifier served in this process (``serve worker``).
+    An address whose verifier answers ``Info`` with that instance is reached by a direct call
+    (``LocalVerifier``): no hop, no copy of the tree or the features. Whatever name reaches it
+    (loopback, a pod's IP, a Service), the answer tells."""
 
     def __init__(self, tls=None, auth_token: str | None = None, verifiers=(), channel_options=None,
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, local: tuple[str, VerifierWorker] | None = None):
         from orchestrator.placement import CHANNEL_OPTIONS, Pool
 
         self._tls, self._verifiers = tls, Pool(tuple(verifiers)) if verifiers else None
@@ -131,6 +157,8 @@ class VerifierStubs:
         self._options = [*(channel_options or CHANNEL_OPTIONS), *limits.grpc_options()]
         self._stubs: dict[str, speculate_pb2_grpc.VerifierStub] = {}
         self._lock = threading.Lock()
+        self._instance, self._local = (local[0], LocalVerifier(local[1])) if local else ("", None)
+        self._here: dict[str, bool] = {}  # address -> whether it reaches the verifier in this process
 
     def stub(self, address: str) -> speculate_pb2_grpc.VerifierStub:
         if self._verifiers is not None:  # the configured names, and every worker behind them now
@@ -142,12 +170,30 @@ class VerifierStubs:
                 self._stubs[address] = speculate_pb2_grpc.VerifierStub(channel)
             return self._stubs[address]
 
-    def port(self, address: str, timeout_s: float | None) -> "GrpcVerifier":
-        return GrpcVerifier(self.stub(address), self.auth, timeout_s)
+    def port(self, address: str, timeout_s: float | None):
+        """The verifier at ``address`` (``drafter.round.VerifierPort``)."""
+        stub = self.stub(address)
+        if self._local is not None and self._reaches_local(address, stub):
+            return self._local
+        return GrpcVerifier(stub, self.auth, timeout_s)
+
+    def _reaches_local(self, address: str, stub) -> bool:
+        """Whether ``address`` is this process's verifier: asked once (``Info``), then remembered.
+        A failed question is asked again next time (the round itself reports the failure)."""
+        here = self._here.get(address)
+        if here is None:
+            try:
+                info = stub.Info(speculate_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S, metadata=self.auth)
+            except grpc.RpcError:
+                return False
+            here = self._here[address] = info.instance == self._instance
+        return here
 
 
 class GrpcVerifier:
     """The verifier over gRPC, as a drafter's round sees it (``drafter.round.VerifierPort``)."""
+
+    in_process = False
 
     def __init__(self, stub: speculate_pb2_grpc.VerifierStub, auth: list, timeout_s: float | None):
         self.stub, self.auth, self.timeout_s = stub, auth, timeout_s
@@ -215,8 +261,8 @@ class GrpcGuessCall:
 
 
 class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
-    def __init__(self, worker: DrafterWorker, stubs: VerifierStubs, model=None):
-        self.worker, self.model = worker, model
+    def __init__(self, worker: DrafterWorker, stubs: VerifierStubs, model=None, instance: str = ""):
+        self.worker, self.model, self.instance = worker, model, instance or new_instance()
         self.rounds = DrafterRounds(worker, stubs.port)
 
     def Draft(self, request, context):
@@ -234,8 +280,9 @@ class DrafterServicer(speculate_pb2_grpc.DrafterServicer):
 
     def Info(self, request, context):
         if self.model is None:  # the n-gram drafter has no model: report what it can
-            info = speculate_pb2.WorkerInfo(role="drafter", model=self.worker.name, vocab_size=self.worker.vocab_size)
+            info = speculate_pb2.WorkerInfo(role="drafter", model=self.worker.name, vocab_size=self.worker.vocab_size,
+                                            instance=self.instance)
         else:
-            info = worker_info("drafter", self.model)
+            info = worker_info("drafter", self.model, self.instance)
         info.load.CopyFrom(speculate_pb2.WorkerLoad(**self.worker.load_report()))
         return info

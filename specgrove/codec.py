@@ -143,9 +143,11 @@ def result_from_pb(pb: speculate_pb2.RoundReply) -> VerifyResult:
                         list(pb.accepted_rank), list(pb.num_children))
 
 
-def round_to_pb(r: Round) -> speculate_pb2.RoundContext:
+def round_to_pb(r: Round, ahead_room: int = 0) -> speculate_pb2.RoundContext:
+    """ahead_room: a plain step's (Decode): the verifier may run the next step ahead."""
     pb = speculate_pb2.RoundContext(session_id=r.session_id, step=r.step, context=pack_ids(r.context),
-                                    sampling=params_to_pb(r.params), seed=r.seed, output_start=r.output_start, run=r.run)
+                                    sampling=params_to_pb(r.params), seed=r.seed, output_start=r.output_start, run=r.run,
+                                    ahead_room=ahead_room)
     if r.features_from is not None:
         pb.features_from = r.features_from
     return pb

@@ -91,6 +91,9 @@ class WorkerMetrics:
         if role == "verify":
             self.prefills = Counter(P + "verify_prefills", "session caches built from their context here (a new "
                                     "session, one moved here, or one evicted before)", registry=r)
+            self.ahead_steps = Counter(P + "verify_ahead_steps", "plain steps run ahead (verifier), by outcome: hit "
+                                       "(asked for as run), miss (asked otherwise, or failed), unused (never asked "
+                                       "for)", ["outcome"], registry=r)
         if role == "draft":
             self.ahead_rounds = Counter(P + "draft_ahead_rounds", "rounds run ahead (drafter), by outcome: hit (asked "
                                         "for as drawn), miss (asked otherwise, or failed), unused (never asked "
@@ -99,6 +102,9 @@ class WorkerMetrics:
                                           "verified, by outcome: hit (the verdict was a guess: the verifier ran it at "
                                           "once), miss (it was not), late (the verdict came before the guesses)",
                                           ["outcome"], registry=r)
+            self.verified_rounds = Counter(P + "draft_verified_rounds", "rounds drawn here and verified, by how the "
+                                           "verifier was reached: in_process (``serve worker``: its own) or grpc",
+                                           ["path"], registry=r)
 
     def record_pass(self, tokens: int, seconds: float, batch: int | None = 1) -> None:
         """A round served; batch: the sessions in its pass (None: counted where the passes run, as
@@ -138,3 +144,31 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int):
 
     server, _ = start_http_server(port, addr=host, registry=registry)
     return server, server.server_address[1]
+
+
+class _ByRole:
+    """Several roles' registries as one: each sample labelled ``role`` with its registry's name,
+    families of one name merged (both workers have ``kv_cache_tokens``, say)."""
+
+    def __init__(self, registries: dict[str, CollectorRegistry]):
+        self.registries = registries
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+
+        merged: dict[str, Metric] = {}
+        for role, registry in self.registries.items():
+            for family in registry.collect():
+                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                            family.unit))
+                for s in family.samples:
+                    out.add_sample(s.name, {**s.labels, "role": role}, s.value, s.timestamp, s.exemplar)
+        yield from merged.values()
+
+
+def registry_by_role(**registries: CollectorRegistry) -> CollectorRegistry:
+    """One registry serving ``registries``' metrics, labelled ``role=<keyword>`` (``serve worker``:
+    the drafter's and the verifier's on one /metrics)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_ByRole(registries))
+    return registry

@@ -173,6 +173,7 @@ class BenchConfig:
     grpc_tree_budgets: tuple[int, ...] = ()  # grpc-tree-mM modes (pinned size)
     grpc_serial: bool = False  # every gRPC mode also without draft-ahead (-serial: rounds drawn when asked)
     grpc_guess: bool = False  # every gRPC mode also with guessed draft-ahead (-guess)
+    grpc_split: bool = False  # every gRPC mode also on separate drafter and verifier processes (-split)
     link_delays: tuple[float, ...] = (0.0,)  # a remote drafter's one-way link latency (ms), one deployment each
     min_pass_ms: float = 0.0  # the deployments' verifier passes last at least this long (a GPU-bound target)
     drafter_nice: int = 0  # the deployments' drafter runs at this niceness (a drafter that never slows the verifier)
@@ -194,7 +195,7 @@ class BenchConfig:
         every += [f"chain-{p}" for p in self.stop_policies]
         every += [f"tree-m{m}" for m in self.tree_budgets] + (["tree-auto"] if self.tree_auto else [])
         every += grpc_mode_names(self.grpc_chain_lens, self.grpc_tree, self.grpc_tree_budgets, self.link_delays,
-                                 self.grpc_chain_auto, self.grpc_serial, self.grpc_guess)
+                                 self.grpc_chain_auto, self.grpc_serial, self.grpc_guess, self.grpc_split)
         unknown = set(self.modes) - set(every)
         if unknown:
             raise InvalidArgument("modes", f"unknown modes {sorted(unknown)}; available: {', '.join(every)}")
@@ -287,12 +288,15 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
         record["link_delay_ms"], record["draft_ahead"] = delay, ahead != "serial"
         record["guess_ahead"] = ahead == "guess"
         record["round_split"] = round_split(stacks.trace_file(delay, ahead), ids)
-        base = name.removesuffix("-guess")
-        serial = by_mode.get(base + "-serial")
-        if ahead != "serial" and serial and serial["output_throughput"]:
-            record["throughput_vs_serial"] = round(record["output_throughput"] / serial["output_throughput"], 4)
-        if ahead == "guess" and by_mode.get(base, {}).get("output_throughput"):
-            record["throughput_vs_ahead"] = round(record["output_throughput"] / by_mode[base]["output_throughput"], 4)
+        base = name.removesuffix("-" + ahead) if ahead != "ahead" else name
+        record["colocated"] = ahead == "ahead"
+        ratios = {"split": {"serial": "throughput_vs_serial"}, "guess": {"serial": "throughput_vs_serial",
+                                                                         "split": "throughput_vs_ahead"},
+                  "ahead": {"split": "throughput_vs_split"}}[ahead] if ahead != "serial" else {}
+        for variant, key in ratios.items():  # the same speculation on another deployment of this run
+            other = by_mode.get(f"{base}-{variant}")
+            if other and other["output_throughput"]:
+                record[key] = round(record["output_throughput"] / other["output_throughput"], 4)
         twin = by_mode.get(f"chain-k{spec['draft_len']}") if "draft_len" in spec else None  # grpc-chain-auto: none
         if twin and twin["output_throughput"]:
             record["throughput_vs_in_process"] = round(record["output_throughput"] / twin["output_throughput"], 4)

@@ -25,9 +25,11 @@ from specgrove_apps.bench_metrics import Sample
 
 def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple[int, ...],
                     delays: tuple[float, ...], chain_auto: bool = False, serial: bool = False,
-                    guess: bool = False) -> list[str]:
-    """serial: every mode also on a deployment without draft-ahead (``-serial``); guess: also on
-    one with guessed draft-ahead (``-guess``); each right after it."""
+                    guess: bool = False, split: bool = False) -> list[str]:
+    """Every mode runs on the default deployment (``serve worker``: the drafter and the verifier in
+    one process) and, each right after it: split, on separate drafter and verifier processes
+    (``-split``); serial, on those without draft-ahead (``-serial``); guess, on those with
+    guessed draft-ahead (``-guess``)."""
     names = []
     for delay in delays:
         suffix = f"-d{delay:g}" if delay else ""
@@ -36,11 +38,14 @@ def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple
         modes += [f"grpc-tree{suffix}"] if tree else []
         modes += [f"grpc-tree-m{m}{suffix}" for m in tree_budgets]
         names += [n for mode in modes
-                  for n in [mode, *([mode + "-guess"] if guess else []), *([mode + "-serial"] if serial else [])]]
+                  for n in [mode, *([mode + "-split"] if split else []), *([mode + "-guess"] if guess else []),
+                            *([mode + "-serial"] if serial else [])]]
     return names
 
 
-VARIANTS = ("ahead", "serial", "guess")  # draft-ahead (the default), none, guessed
+# The deployments: one worker process (the default), and separate drafter and verifier processes
+# with draft-ahead, without it, and with guessed draft-ahead
+VARIANTS = ("ahead", "split", "serial", "guess")
 
 
 def parse_mode(name: str) -> tuple[dict, float, str]:
@@ -146,8 +151,8 @@ class GrpcStacks:
                  guess_count: int = GUESS_COUNT, guess_width: int | None = None):
         """min_pass_ms: the verifier's passes last at least this long (a GPU-bound target);
         drafter_nice / drafter_idle: the drafter runs at that niceness / in the idle scheduling
-        class; split_cores: the verifier alone on the last core, the drafter and the orchestrator
-        on the others, one torch thread each (``start_stack``'s prefixes); guess_count /
+        class; split_cores: the verifier (or the worker) alone on the last core, the drafter and the
+        orchestrator on the others, one torch thread each (``start_stack``'s prefixes); guess_count /
         guess_width: the guessing deployments' drafter's --guess-count / --guess-width."""
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
         self.min_pass_ms, self.split_cores = min_pass_ms, split_cores
@@ -162,6 +167,7 @@ class GrpcStacks:
                              "orchestrator": ("taskset", "-c", rest)}
         self.prefixes["drafter"] += (("chrt", "--idle", "0") if drafter_idle else ()) + (
             ("nice", "-n", str(drafter_nice)) if drafter_nice else ())
+        self.prefixes["worker"] = self.prefixes["verifier"]  # the default deployment's one worker process
         self.stacks: dict[tuple[float, bool], object] = {}
 
     @staticmethod
@@ -181,8 +187,9 @@ class GrpcStacks:
             logs.mkdir(exist_ok=True)
             self.stacks[delay, ahead] = start_stack(
                 0, self.target, self.draft, self.cache_dir, link_delay_ms=delay, log_dir=logs,
-                extra_orchestrator=("--stop-policy", "static", *{"ahead": (), "serial": ("--no-draft-ahead",),
-                                                                 "guess": ("--guess-ahead",)}[ahead]),
+                extra_orchestrator=("--stop-policy", "static", *{"serial": ("--no-draft-ahead",),
+                                                                 "guess": ("--guess-ahead",)}.get(ahead, ())),
+                colocated=ahead == "ahead",
                 extra_verifier=("--min-pass-ms", str(self.min_pass_ms)),
                 guess_count=self.guess_count, guess_width=self.guess_width, prefixes=self.prefixes,
                 env={**os.environ, "SPECGROVE_TRACE_FILE": str(self.trace_file(delay, ahead)),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specgrove.v1 import generate_pb2 as specgrove_dot_v1_dot_generate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspecgrove/v1/speculate.proto\x12\x0cspecgrove.v1\x1a\x1bspecgrove/v1/generate.proto\"\xd0\x01\n\x0cRoundContext\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x1a\n\rfeatures_from\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0coutput_start\x18\x07 \x01(\r\x12\x0b\n\x03run\x18\x08 \x01(\tB\x10\n\x0e_features_from\"8\n\x0c\x46\x65\x61tureBlock\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x66p16\x18\x03 \x01(\x0c\"\xb5\x01\n\tDraftPlan\x12\x15\n\rshape_parents\x18\x01 \x03(\x05\x12\x0f\n\x07max_len\x18\x02 \x01(\r\x12\x12\n\x05gamma\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03lam\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\npass_costs\x18\x07 \x03(\x02\x42\x08\n\x06_gammaB\x06\n\x04_lamB\x11\n\x0f_min_confidenceJ\x04\x08\x06\x10\x07\"\xbf\x01\n\x0c\x44raftRequest\x12)\n\x05round\x18\x01 \x01(\x0b\x32\x1a.specgrove.v1.RoundContext\x12%\n\x04plan\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.DraftPlan\x12\x10\n\x08verifier\x18\x03 \x01(\t\x12\x19\n\x11verify_timeout_ms\x18\x04 \x01(\r\x12\r\n\x05\x61head\x18\x05 \x01(\x08\x12\x12\n\nahead_room\x18\x06 \x01(\r\x12\r\n\x05guess\x18\x07 \x01(\x08\"m\n\tTreeLevel\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x0e\n\x06q_rows\x18\x03 \x03(\r\x12\x0f\n\x07q_width\x18\x04 \x01(\r\x12\r\n\x05q_ids\x18\x05 \x03(\x05\x12\x0f\n\x07q_probs\x18\x06 \x03(\x02\"H\n\x0cGuessedRound\x12\x0f\n\x07\x65mitted\x18\x01 \x03(\x05\x12\'\n\x06levels\x18\x02 \x03(\x0b\x32\x17.specgrove.v1.TreeLevel\"\x89\x01\n\x0cGuessRequest\x12)\n\x05round\x18\x01 \x01(\x0b\x32\x1a.specgrove.v1.RoundContext\x12+\n\x07guesses\x18\x02 \x03(\x0b\x32\x1a.specgrove.v1.GuessedRound\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\r\n\x05\x63hain\x18\x04 \x03(\x05\"m\n\x0bTreeMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.specgrove.v1.RoundContextH\x00\x12(\n\x05level\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.TreeLevelH\x00\x42\x06\n\x04part\"\xe9\x01\n\x06Timing\x12\x10\n\x08\x64raft_ms\x18\x01 \x01(\x01\x12\x11\n\tverify_ms\x18\x02 \x01(\x01\x12\x10\n\x08round_ms\x18\x03 \x01(\x01\x12\x12\n\ntree_bytes\x18\x04 \x01(\x04\x12\x15\n\rfeature_bytes\x18\x05 \x01(\x04\x12\x10\n\x08sessions\x18\x06 \x01(\r\x12\x13\n\x0bpass_tokens\x18\x07 \x01(\x01\x12\x11\n\tpass_rows\x18\x08 \x01(\r\x12\r\n\x05\x61head\x18\t \x01(\x08\x12\x12\n\noverlap_ms\x18\n \x01(\x01\x12\x0f\n\x07guessed\x18\x0b \x01(\x08\x12\x0f\n\x07guesses\x18\x0c \x01(\r\"\x98\x02\n\nRoundReply\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x01 \x03(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x02 \x03(\x05\x12\x12\n\nnext_token\x18\x03 \x01(\x05\x12\x15\n\raccepted_rank\x18\x04 \x03(\x05\x12\x14\n\x0cnum_children\x18\x05 \x03(\x05\x12\x11\n\ttree_size\x18\x06 \x01(\r\x12\x12\n\ntree_depth\x18\x07 \x01(\r\x12$\n\x06timing\x18\x08 \x01(\x0b\x32\x14.specgrove.v1.Timing\x12,\n\x08\x66\x65\x61tures\x18\t \x01(\x0b\x32\x1a.specgrove.v1.FeatureBlock\x12\x0e\n\x06missed\x18\n \x01(\x08\x12\r\n\x05guess\x18\x0b \x01(\r\"1\n\x0eReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03run\x18\x02 \x01(\t\"\x0e\n\x0cReleaseReply\"\r\n\x0bInfoRequest\"\x8e\x01\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x12\n\nvocab_hash\x18\x04 \x01(\t\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12&\n\x04load\x18\x06 \x01(\x0b\x32\x18.specgrove.v1.WorkerLoad\"\x91\x02\n\nWorkerLoad\x12\x10\n\x08sessions\x18\x01 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x11\n\tkv_tokens\x18\x04 \x01(\x04\x12\x15\n\rmax_kv_tokens\x18\x05 \x01(\x04\x12\x0f\n\x07pass_ms\x18\x06 \x01(\x01\x12\x17\n\x0ftokens_per_pass\x18\x07 \x01(\x01\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x35\n\x07link_ms\x18\t \x03(\x0b\x32$.specgrove.v1.WorkerLoad.LinkMsEntry\x1a-\n\x0bLinkMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xca\x01\n\x07\x44rafter\x12=\n\x05\x44raft\x12\x1a.specgrove.v1.DraftRequest\x1a\x18.specgrove.v1.RoundReply\x12\x43\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1a.specgrove.v1.ReleaseReply\x12;\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x18.specgrove.v1.WorkerInfo2\x90\x03\n\x08Verifier\x12?\n\x06Verify\x12\x19.specgrove.v1.TreeMessage\x1a\x18.specgrove.v1.RoundReply(\x01\x12>\n\x06\x44\x65\x63ode\x12\x1a.specgrove.v1.RoundContext\x1a\x18.specgrove.v1.RoundReply\x12\x42\n\x08\x46\x65\x61tures\x12\x1a.specgrove.v1.RoundContext\x1a\x1a.specgrove.v1.FeatureBlock\x12=\n\x05Guess\x12\x1a.specgrove.v1.GuessRequest\x1a\x18.specgrove.v1.RoundReply\x12\x43\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1a.specgrove.v1.ReleaseReply\x12;\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x18.specgrove.v1.WorkerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspecgrove/v1/speculate.proto\x12\x0cspecgrove.v1\x1a\x1bspecgrove/v1/generate.proto\"\xe4\x01\n\x0cRoundContext\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x1a\n\rfeatures_from\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0coutput_start\x18\x07 \x01(\r\x12\x0b\n\x03run\x18\x08 \x01(\t\x12\x12\n\nahead_room\x18\t \x01(\rB\x10\n\x0e_features_from\"8\n\x0c\x46\x65\x61tureBlock\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x66p16\x18\x03 \x01(\x0c\"\xb5\x01\n\tDraftPlan\x12\x15\n\rshape_parents\x18\x01 \x03(\x05\x12\x0f\n\x07max_len\x18\x02 \x01(\r\x12\x12\n\x05gamma\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03lam\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\npass_costs\x18\x07 \x03(\x02\x42\x08\n\x06_gammaB\x06\n\x04_lamB\x11\n\x0f_min_confidenceJ\x04\x08\x06\x10\x07\"\xbf\x01\n\x0c\x44raftRequest\x12)\n\x05round\x18\x01 \x01(\x0b\x32\x1a.specgrove.v1.RoundContext\x12%\n\x04plan\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.DraftPlan\x12\x10\n\x08verifier\x18\x03 \x01(\t\x12\x19\n\x11verify_timeout_ms\x18\x04 \x01(\r\x12\r\n\x05\x61head\x18\x05 \x01(\x08\x12\x12\n\nahead_room\x18\x06 \x01(\r\x12\r\n\x05guess\x18\x07 \x01(\x08\"m\n\tTreeLevel\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x0e\n\x06q_rows\x18\x03 \x03(\r\x12\x0f\n\x07q_width\x18\x04 \x01(\r\x12\r\n\x05q_ids\x18\x05 \x03(\x05\x12\x0f\n\x07q_probs\x18\x06 \x03(\x02\"H\n\x0cGuessedRound\x12\x0f\n\x07\x65mitted\x18\x01 \x03(\x05\x12\'\n\x06levels\x18\x02 \x03(\x0b\x32\x17.specgrove.v1.TreeLevel\"\x89\x01\n\x0cGuessRequest\x12)\n\x05round\x18\x01 \x01(\x0b\x32\x1a.specgrove.v1.RoundContext\x12+\n\x07guesses\x18\x02 \x03(\x0b\x32\x1a.specgrove.v1.GuessedRound\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\r\n\x05\x63hain\x18\x04 \x03(\x05\"m\n\x0bTreeMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.specgrove.v1.RoundContextH\x00\x12(\n\x05level\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.TreeLevelH\x00\x42\x06\n\x04part\"\xe9\x01\n\x06Timing\x12\x10\n\x08\x64raft_ms\x18\x01 \x01(\x01\x12\x11\n\tverify_ms\x18\x02 \x01(\x01\x12\x10\n\x08round_ms\x18\x03 \x01(\x01\x12\x12\n\ntree_bytes\x18\x04 \x01(\x04\x12\x15\n\rfeature_bytes\x18\x05 \x01(\x04\x12\x10\n\x08sessions\x18\x06 \x01(\r\x12\x13\n\x0bpass_tokens\x18\x07 \x01(\x01\x12\x11\n\tpass_rows\x18\x08 \x01(\r\x12\r\n\x05\x61head\x18\t \x01(\x08\x12\x12\n\noverlap_ms\x18\n \x01(\x01\x12\x0f\n\x07guessed\x18\x0b \x01(\x08\x12\x0f\n\x07guesses\x18\x0c \x01(\r\"\x98\x02\n\nRoundReply\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x01 \x03(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x02 \x03(\x05\x12\x12\n\nnext_token\x18\x03 \x01(\x05\x12\x15\n\raccepted_rank\x18\x04 \x03(\x05\x12\x14\n\x0cnum_children\x18\x05 \x03(\x05\x12\x11\n\ttree_size\x18\x06 \x01(\r\x12\x12\n\ntree_depth\x18\x07 \x01(\r\x12$\n\x06timing\x18\x08 \x01(\x0b\x32\x14.specgrove.v1.Timing\x12,\n\x08\x66\x65\x61tures\x18\t \x01(\x0b\x32\x1a.specgrove.v1.FeatureBlock\x12\x0e\n\x06missed\x18\n \x01(\x08\x12\r\n\x05guess\x18\x0b \x01(\r\"1\n\x0eReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03run\x18\x02 \x01(\t\"\x0e\n\x0cReleaseReply\"\r\n\x0bInfoRequest\"\xb7\x01\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x12\n\nvocab_hash\x18\x04 \x01(\t\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12&\n\x04load\x18\x06 \x01(\x0b\x32\x18.specgrove.v1.WorkerLoad\x12\x10\n\x08instance\x18\x07 \x01(\t\x12\x15\n\rmin_pass_rows\x18\x08 \x01(\r\"\x91\x02\n\nWorkerLoad\x12\x10\n\x08sessions\x18\x01 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x11\n\tkv_tokens\x18\x04 \x01(\x04\x12\x15\n\rmax_kv_tokens\x18\x05 \x01(\x04\x12\x0f\n\x07pass_ms\x18\x06 \x01(\x01\x12\x17\n\x0ftokens_per_pass\x18\x07 \x01(\x01\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x35\n\x07link_ms\x18\t \x03(\x0b\x32$.specgrove.v1.WorkerLoad.LinkMsEntry\x1a-\n\x0bLinkMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xca\x01\n\x07\x44rafter\x12=\n\x05\x44raft\x12\x1a.specgrove.v1.DraftRequest\x1a\x18.specgrove.v1.RoundReply\x12\x43\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1a.specgrove.v1.ReleaseReply\x12;\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x18.specgrove.v1.WorkerInfo2\x90\x03\n\x08Verifier\x12?\n\x06Verify\x12\x19.specgrove.v1.TreeMessage\x1a\x18.specgrove.v1.RoundReply(\x01\x12>\n\x06\x44\x65\x63ode\x12\x1a.specgrove.v1.RoundContext\x1a\x18.specgrove.v1.RoundReply\x12\x42\n\x08\x46\x65\x61tures\x12\x1a.specgrove.v1.RoundContext\x1a\x1a.specgrove.v1.FeatureBlock\x12=\n\x05Guess\x12\x1a.specgrove.v1.GuessRequest\x1a\x18.specgrove.v1.RoundReply\x12\x43\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1a.specgrove.v1.ReleaseReply\x12;\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x18.specgrove.v1.WorkerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,39 +35,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERLOAD_LINKMSENTRY']._loaded_options = None
   _globals['_WORKERLOAD_LINKMSENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDCONTEXT']._serialized_start=76
-  _globals['_ROUNDCONTEXT']._serialized_end=284
-  _globals['_FEATUREBLOCK']._serialized_start=286
-  _globals['_FEATUREBLOCK']._serialized_end=342
-  _globals['_DRAFTPLAN']._serialized_start=345
-  _globals['_DRAFTPLAN']._serialized_end=526
-  _globals['_DRAFTREQUEST']._serialized_start=529
-  _globals['_DRAFTREQUEST']._serialized_end=720
-  _globals['_TREELEVEL']._serialized_start=722
-  _globals['_TREELEVEL']._serialized_end=831
-  _globals['_GUESSEDROUND']._serialized_start=833
-  _globals['_GUESSEDROUND']._serialized_end=905
-  _globals['_GUESSREQUEST']._serialized_start=908
-  _globals['_GUESSREQUEST']._serialized_end=1045
-  _globals['_TREEMESSAGE']._serialized_start=1047
-  _globals['_TREEMESSAGE']._serialized_end=1156
-  _globals['_TIMING']._serialized_start=1159
-  _globals['_TIMING']._serialized_end=1392
-  _globals['_ROUNDREPLY']._serialized_start=1395
-  _globals['_ROUNDREPLY']._serialized_end=1675
-  _globals['_RELEASEREQUEST']._serialized_start=1677
-  _globals['_RELEASEREQUEST']._serialized_end=1726
-  _globals['_RELEASEREPLY']._serialized_start=1728
-  _globals['_RELEASEREPLY']._serialized_end=1742
-  _globals['_INFOREQUEST']._serialized_start=1744
-  _globals['_INFOREQUEST']._serialized_end=1757
-  _globals['_WORKERINFO']._serialized_start=1760
-  _globals['_WORKERINFO']._serialized_end=1902
-  _globals['_WORKERLOAD']._serialized_start=1905
-  _globals['_WORKERLOAD']._serialized_end=2178
-  _globals['_WORKERLOAD_LINKMSENTRY']._serialized_start=2133
-  _globals['_WORKERLOAD_LINKMSENTRY']._serialized_end=2178
-  _globals['_DRAFTER']._serialized_start=2181
-  _globals['_DRAFTER']._serialized_end=2383
-  _globals['_VERIFIER']._serialized_start=2386
-  _globals['_VERIFIER']._serialized_end=2786
+  _globals['_ROUNDCONTEXT']._serialized_end=304
+  _globals['_FEATUREBLOCK']._serialized_start=306
+  _globals['_FEATUREBLOCK']._serialized_end=362
+  _globals['_DRAFTPLAN']._serialized_start=365
+  _globals['_DRAFTPLAN']._serialized_end=546
+  _globals['_DRAFTREQUEST']._serialized_start=549
+  _globals['_DRAFTREQUEST']._serialized_end=740
+  _globals['_TREELEVEL']._serialized_start=742
+  _globals['_TREELEVEL']._serialized_end=851
+  _globals['_GUESSEDROUND']._serialized_start=853
+  _globals['_GUESSEDROUND']._serialized_end=925
+  _globals['_GUESSREQUEST']._serialized_start=928
+  _globals['_GUESSREQUEST']._serialized_end=1065
+  _globals['_TREEMESSAGE']._serialized_start=1067
+  _globals['_TREEMESSAGE']._serialized_end=1176
+  _globals['_TIMING']._serialized_start=1179
+  _globals['_TIMING']._serialized_end=1412
+  _globals['_ROUNDREPLY']._serialized_start=1415
+  _globals['_ROUNDREPLY']._serialized_end=1695
+  _globals['_RELEASEREQUEST']._serialized_start=1697
+  _globals['_RELEASEREQUEST']._serialized_end=1746
+  _globals['_RELEASEREPLY']._serialized_start=1748
+  _globals['_RELEASEREPLY']._serialized_end=1762
+  _globals['_INFOREQUEST']._serialized_start=1764
+  _globals['_INFOREQUEST']._serialized_end=1777
+  _globals['_WORKERINFO']._serialized_start=1780
+  _globals['_WORKERINFO']._serialized_end=1963
+  _globals['_WORKERLOAD']._serialized_start=1966
+  _globals['_WORKERLOAD']._serialized_end=2239
+  _globals['_WORKERLOAD_LINKMSENTRY']._serialized_start=2194
+  _globals['_WORKERLOAD_LINKMSENTRY']._serialized_end=2239
+  _globals['_DRAFTER']._serialized_start=2242
+  _globals['_DRAFTER']._serialized_end=2444
+  _globals['_VERIFIER']._serialized_start=2447
+  _globals['_VERIFIER']._serialized_end=2847
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RoundContext(_message.Message):
-    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from", "output_start", "run")
+    __slots__ = ("session_id", "step", "context", "sampling", "seed", "features_from", "output_start", "run", "ahead_room")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class RoundContext(_message.Message):
     FEATURES_FROM_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_START_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_ROOM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     context: bytes
@@ -25,7 +26,8 @@ class RoundContext(_message.Message):
     features_from: int
     output_start: int
     run: str
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ..., output_start: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
+    ahead_room: int
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., context: _Optional[bytes] = ..., sampling: _Optional[_Union[_generate_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., features_from: _Optional[int] = ..., output_start: _Optional[int] = ..., run: _Optional[str] = ..., ahead_room: _Optional[int] = ...) -> None: ...
 
 class FeatureBlock(_message.Message):
     __slots__ = ("start", "dim", "fp16")
@@ -186,20 +188,24 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "vocab_size", "vocab_hash", "max_context", "load")
+    __slots__ = ("role", "model", "vocab_size", "vocab_hash", "max_context", "load", "instance", "min_pass_rows")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_HASH_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_PASS_ROWS_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     vocab_size: int
     vocab_hash: str
     max_context: int
     load: WorkerLoad
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., max_context: _Optional[int] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ...) -> None: ...
+    instance: str
+    min_pass_rows: int
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., max_context: _Optional[int] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., instance: _Optional[str] = ..., min_pass_rows: _Optional[int] = ...) -> None: ...
 
 class WorkerLoad(_message.Message):
     __slots__ = ("sessions", "max_sessions", "waiting", "kv_tokens", "max_kv_tokens", "pass_ms", "tokens_per_pass", "draining", "link_ms")

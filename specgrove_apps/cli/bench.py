@@ -34,7 +34,7 @@ def cmd_bench(args) -> int:
         grpc_chain_lens=tuple(int(k) for k in args.grpc_chain_lens.split(",") if k),
         grpc_tree=args.grpc_tree,
         grpc_tree_budgets=tuple(int(m) for m in args.grpc_tree_budgets.split(",") if m),
-        grpc_serial=args.grpc_serial, grpc_guess=args.grpc_guess,
+        grpc_serial=args.grpc_serial, grpc_guess=args.grpc_guess, grpc_split=args.grpc_split,
         link_delays=tuple(float(d) for d in args.link_delays.split(",") if d) or (0.0,),
         min_pass_ms=args.min_pass_ms, drafter_nice=args.drafter_nice, drafter_idle=args.drafter_idle,
         split_cores=args.split_cores, guess_width=args.guess_width, guess_count=args.guess_count,
@@ -93,11 +93,15 @@ def _add_grpc_mode_flags(bench) -> None:
     bench.add_argument("--grpc-chain-auto", action="store_true",
                        help="a grpc-chain-auto mode: the served default chain (no K named; goodput picks K)")
     bench.add_argument("--grpc-tree-budgets", default="", help="comma-separated pinned sizes: grpc-tree-mM modes")
+    bench.add_argument("--grpc-split", action="store_true",
+                       help="every gRPC mode also with the drafter and the verifier in processes of their own (the "
+                            "default deployment runs both in one worker process; mode names end in -split)")
     bench.add_argument("--grpc-serial", action="store_true",
-                       help="every gRPC mode also on a deployment without draft-ahead (mode names end in -serial)")
+                       help="every gRPC mode also on separate drafter and verifier processes without draft-ahead "
+                            "(mode names end in -serial)")
     bench.add_argument("--grpc-guess", action="store_true",
-                       help="every gRPC mode also on a deployment with guessed draft-ahead (--guess-ahead; mode "
-                            "names end in -guess)")
+                       help="every gRPC mode also on separate drafter and verifier processes with guessed "
+                            "draft-ahead (--guess-ahead; mode names end in -guess)")
     bench.add_argument("--link-delays", default="0",
                        help="comma-separated one-way latencies (ms) of a remote drafter's links, for gRPC modes")
     bench.add_argument("--min-pass-ms", type=float, default=0.0,

@@ -114,9 +114,10 @@ def run_demo(args, workloads: list[Workload]) -> dict[str, list[Run]]:
     draft = args.draft or DEFAULT_DRAFT
     modes = ["ar", "chain"] + ([] if draft == "ngram" else ["tree"])  # trees need a draft model
     logs = Path(tempfile.mkdtemp(prefix="specgrove-demo-"))
-    print(f"starting redis, verifier ({args.target}), drafter ({draft}) and orchestrator on loopback "
+    print(f"starting redis, a worker (verifier {args.target}, drafter {draft}) and the orchestrator on loopback "
           f"(logs in {logs}) ...", flush=True)
-    stack = start_stack(0, args.target, draft, args.cache_dir, draft_len=args.draft_len, log_dir=logs, http_port=0)
+    stack = start_stack(0, args.target, draft, args.cache_dir, draft_len=args.draft_len, log_dir=logs, http_port=0,
+                        colocated=True)
     metrics_url = f"http://127.0.0.1:{stack.ports['http']}/metrics"
     results = {}
     try:

@@ -50,11 +50,14 @@ def cmd_serve(args) -> int:
     tls = tls_from(args)
     limits = limits_from(args)
     telemetry.setup(f"specgrove-{args.role}", dict(os.environ))
+    verifier = roles.VerifierOptions(
+        host=args.host, port=args.port, target=args.target, auth_token=token, link_delay_ms=args.link_delay_ms,
+        min_pass_ms=args.min_pass_ms, metrics_port=args.metrics_port, tls=tls, limits=limits,
+        max_kv_tokens=args.max_kv_tokens, max_batch=args.max_batch, drain_s=args.drain_s)
     if args.role == "verifier":
-        roles.serve_verifier(roles.VerifierOptions(
-            host=args.host, port=args.port, target=args.target, auth_token=token, link_delay_ms=args.link_delay_ms,
-            min_pass_ms=args.min_pass_ms, metrics_port=args.metrics_port, tls=tls, limits=limits,
-            max_kv_tokens=args.max_kv_tokens, max_batch=args.max_batch, drain_s=args.drain_s), args.cache_dir)
+        roles.serve_verifier(verifier, args.cache_dir)
+    elif args.role == "worker":
+        roles.serve_worker(roles.WorkerOptions(verifier, args.draft or DEFAULT_DRAFT, args.max_batch), args.cache_dir)
     elif args.role == "drafter":
         roles.serve_drafter(roles.DrafterOptions(
             host=args.host, port=args.port, draft=args.draft or DEFAULT_DRAFT, target=args.target, auth_token=token,
@@ -98,6 +101,7 @@ def cmd_up(args) -> int:
             ray_stack.stop()
         return 0
 
+    colocated = not (args.split_workers or args.guess_ahead)  # guesses pay only on a drafter of its own
     stack = roles.start_stack(args.port, args.target, args.draft or DEFAULT_DRAFT, args.cache_dir,
                               redis_url=os.environ.get("REDIS_URL") or None, mode=args.mode,
                               draft_len=args.draft_len, link_delay_ms=args.link_delay_ms,
@@ -105,17 +109,21 @@ def cmd_up(args) -> int:
                               extra_orchestrator=(() if args.draft_ahead else ("--no-draft-ahead",))
                               + (("--guess-ahead",) if args.guess_ahead else ()),
                               guess_count=args.guess_count, guess_width=args.guess_width,
-                              redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))})
+                              redis_dir=args.cache_dir / "redis", env={**os.environ, **tls_environ(tls_from(args))},
+                              colocated=colocated)
     p = stack.ports
-    print(f"specgrove up: orchestrator gRPC on {stack.address} (drafter :{p['drafter']}, verifier :{p['verifier']}, "
+    workers = (f"worker :{p['worker']}, drafter and verifier in one process" if colocated
+               else f"drafter :{p['drafter']}, verifier :{p['verifier']}")
+    print(f"specgrove up: orchestrator gRPC on {stack.address} ({workers}, "
           f"redis {'REDIS_URL' if os.environ.get('REDIS_URL') else stack.redis.url + ', append-only in ' + stack.redis.dir}"
           "); Ctrl-C stops everything",
           flush=True)
     if "http" in p:
         url = f"{'https' if stack.tls.serves_tls else 'http'}://127.0.0.1:{p['http']}"
         print(f"  OpenAI-compatible API: {url}/v1 (orchestrator metrics: {url}/metrics)", flush=True)
-    print(f"  worker metrics: verifier http://127.0.0.1:{p['verifier_metrics']}/metrics, "
-          f"drafter http://127.0.0.1:{p['drafter_metrics']}/metrics", flush=True)
+    names = ("worker",) if colocated else ("verifier", "drafter")
+    print("  worker metrics: " + ", ".join(f"{name} http://127.0.0.1:{p[name + '_metrics']}/metrics" for name in names),
+          flush=True)
     try:
         roles._wait_for_signal()
     finally:
@@ -127,7 +135,9 @@ def cmd_up(args) -> int:
 def add_serve(sub) -> None:
     """The serve subcommand and its flags."""
     serve = sub.add_parser("serve", help="run one role of the distributed pipeline (gRPC)")
-    serve.add_argument("role", choices=["orchestrator", "drafter", "verifier"])
+    serve.add_argument("role", choices=["orchestrator", "drafter", "verifier", "worker"],
+                       help="worker: a drafter and a verifier in one process (name it as both to the orchestrator; "
+                            "the draft verifies without a hop)")
     serve.add_argument("--host", default=None, help="default $SPECGROVE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default $SPECGROVE_PORT or 50051")
     serve.add_argument("--target", default=None, help="verifier: the model; orchestrator: its tokenizer")
@@ -163,6 +173,18 @@ def add_serve(sub) -> None:
                        help="orchestrator: concurrent generations; more wait in a queue, then RESOURCE_EXHAUSTED")
     serve.add_argument("--queue-timeout-s", type=float, default=2.0,
                        help="orchestrator: how long a generation waits for a free slot")
+    serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
+    serve.add_argument("--http-port", type=int, default=None,
+                       help="orchestrator: serve the OpenAI-compatible API and /metrics on this port (0 = any)")
+    _add_worker_flags(serve)
+    add_tls_flags(serve, server=True)
+    add_limit_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+
+def _add_worker_flags(serve) -> None:
+    """serve's flags for the drafter and the verifier: their batches, KV budget, drain, and the
+    links and passes a benchmark emulates."""
     serve.add_argument("--max-kv-tokens", type=int, default=None,
                        help="verifier: KV budget in tokens over all sessions (least recently used evicted)")
     serve.add_argument("--max-batch", type=int, default=MAX_BATCH,
@@ -171,30 +193,31 @@ def add_serve(sub) -> None:
     serve.add_argument("--drain-s", type=float, default=30.0,
                        help="verifier and drafter: on SIGTERM, report NOT_SERVING and draining, and wait up to this "
                        "long for the orchestrators to move their sessions away before stopping")
-    serve.add_argument("--profile", default=None, help="orchestrator: calibration profile (verify-cost curve)")
     serve.add_argument("--link-delay-ms", type=float, default=0.0,
                        help="verifier and drafter: emulate a remote drafter whose links have this one-way latency "
-                       "(each message and reply of Draft, Verify and Features travels it; not Decode)")
+                       "(each message and reply of Draft, Verify and Features travels it; not Decode; a worker: "
+                       "Draft only)")
     serve.add_argument("--min-pass-ms", type=float, default=0.0,
                        help="verifier and drafter: every pass lasts at least this long (emulates a model on a GPU, "
                        "whose pass costs about the same for one token as for dozens)")
-    serve.add_argument("--http-port", type=int, default=None,
-                       help="orchestrator: serve the OpenAI-compatible API and /metrics on this port (0 = any)")
     serve.add_argument("--metrics-port", type=int, default=None, help="drafter/verifier: serve /metrics on this port")
-    add_tls_flags(serve, server=True)
-    add_limit_flags(serve)
-    serve.set_defaults(func=cmd_serve)
 
 
 def add_up(sub) -> None:
     """The up subcommand and its flags."""
-    up = sub.add_parser("up", help="local Redis + verifier + drafter + orchestrator on loopback")
+    up = sub.add_parser("up", help="local Redis + a worker (drafter and verifier) + orchestrator on loopback")
     up.add_argument("--port", type=int, default=50051, help="the orchestrator's port")
     up.add_argument("--target", default=DEFAULT_TARGET)
     up.add_argument("--draft", default=None)
     up.add_argument("--mode", choices=["ar", "chain", "tree"], default="chain")
     up.add_argument("--draft-len", type=int, default=4)
-    up.add_argument("--link-delay-ms", type=float, default=0.0)
+    up.add_argument("--split-workers", action="store_true",
+                    help="run the drafter and the verifier as processes of their own, the drafter streaming each "
+                         "tree to the verifier over gRPC (as on separate machines; --guess-ahead implies it). "
+                         "Default: one worker process holding both (serve worker), which verifies without a hop")
+    up.add_argument("--link-delay-ms", type=float, default=0.0,
+                    help="emulate a remote drafter: each message of its links travels this long (with one worker "
+                         "process: the orchestrator's Draft calls)")
     up.add_argument("--no-draft-ahead", dest="draft_ahead", action="store_false",
                     help="the drafter draws each round only when asked (default: as soon as the last one's verdict is in)")
     up.add_argument("--guess-ahead", action="store_true",

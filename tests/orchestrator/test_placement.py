@@ -114,7 +114,8 @@ def test_each_drafter_is_paired_with_the_verifier_it_is_near():
     """Two zones: each drafter reports a short link to the verifier beside it and a long one to
     the other; sessions go to a drafter and the verifier in its zone, both zones used."""
     workers = Workers(("d-east", "d-west"), ("v-east", "v-west"), retry_s=60)
-    measured(workers, **{"v-east": 20.0, "v-west": 20.0, "d-east": 3.0, "d-west": 3.0})
+    measured(workers, **{"v-east": 20.0, "v-west": 20.0})
+    workers.load("d-east").draft_pass_ms = workers.load("d-west").draft_pass_ms = 3.0
     workers.load("d-east").links = {"v-east": 1.0, "v-west": 80.0}
     workers.load("d-west").links = {"v-east": 80.0, "v-west": 1.0}
     placed = sessions(workers, 8)
@@ -134,6 +135,23 @@ def test_a_drafter_not_linked_to_a_verifier_yet_is_assumed_as_near_as_the_orches
     workers.load("d1").links = {"v1": 2.0}  # it has sent rounds to v1 only
     assert workers.round_ms("d1", "v2", 20.0) == pytest.approx(30.0 + workers.load("v2").predicted_ms(20.0))
     assert workers.place("s").verifier == "v1"
+
+
+def test_a_drafter_is_paired_with_the_verifier_in_its_own_process():
+    """Two ``serve worker`` processes, each named as a drafter and a verifier: a session's drafter
+    verifies in process (no link), so it goes with its own verifier, both workers used; a worker
+    that has not said which process it is (no instance) is priced as any other pair."""
+    workers = Workers(("w1", "w2"), ("w1", "w2"), retry_s=60)
+    measured(workers, w1=20.0, w2=20.0)
+    round_trips(workers, w1=1.0, w2=1.0)
+    for address in ("w1", "w2"):
+        workers.load(address).draft_pass_ms = 3.0
+    assert workers.round_ms("w1", "w2", 20.0) == workers.round_ms("w1", "w1", 20.0)  # unknown: alike
+    workers.load("w1").instance, workers.load("w2").instance = "a", "b"
+    assert workers.round_ms("w1", "w2", 20.0) == pytest.approx(workers.round_ms("w1", "w1", 20.0) + 1.0)
+    placed = sessions(workers, 8)
+    assert all(p.drafter == p.verifier for p in placed)
+    assert sorted(p.verifier for p in placed) == ["w1"] * 4 + ["w2"] * 4
 
 
 def test_recent_min_is_the_least_of_the_last_times():

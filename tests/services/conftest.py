@@ -56,7 +56,7 @@ class InProcessStack:
                  min_pass_ms: float = 0.0, tls=None, verifiers: int = 1, drafters: int = 1, draft_min_pass_ms: float = 0.0,
                  guess_count: int = GUESS_COUNT, guess_width: int | None = None, redis_retry_s: float = 10.0,
                  verifier_pass_ms: tuple[float, ...] | None = None, verifier_link_ms: tuple[float, ...] | None = None,
-                 name_verifiers=tuple, **pipeline_options):
+                 name_verifiers=tuple, colocated: bool = False, **pipeline_options):
         """tls: one ``TlsConfig`` for every role (its servers, and its channels to the others);
         verifiers / drafters: how many servers of each (the first is ``verifier`` / ``verifier_worker``,
         ``drafter`` / ``drafter_worker``; all in ``verifiers`` / ``drafter_servers``, ``*_workers``).
@@ -65,20 +65,35 @@ class InProcessStack:
         behind the verifier's, which separate processes never do; on a loaded CI core that
         passed 5 s. verifier_pass_ms: each verifier's own min_pass_ms; name_verifiers(addresses):
         the verifiers as the orchestrator names them (default: each address); verifier_link_ms:
-        each verifier's own delay of the drafters' messages to it (default ``link_delay_ms``)."""
+        each verifier's own delay of the drafters' messages to it (default ``link_delay_ms``).
+        colocated: each verifier is a worker server (``serve worker``) holding a drafter too, named
+        to the orchestrator as its drafters (``drafters`` unused; ``drafter_workers`` are theirs)."""
         from drafter.guess import GuessSelection
         from drafter.worker import DrafterWorker
         from orchestrator.pipeline import Pipeline, PipelineConfig
         from orchestrator.session_store import SessionStore
-        from services.server import create_drafter_server, create_orchestrator_server, create_verifier_server
+        from services.server import (
+            create_drafter_server,
+            create_orchestrator_server,
+            create_verifier_server,
+            create_worker_server,
+        )
         from verifier.worker import VerifierWorker
 
         self.verifier_workers, self.verifiers, addresses = [], [], []
+        self.drafter_workers, self.drafter_servers, drafter_addresses = [], [], []
         for i in range(verifiers):
             worker = VerifierWorker(target, min_pass_ms=verifier_pass_ms[i] if verifier_pass_ms else min_pass_ms)
-            server, vport = create_verifier_server("127.0.0.1:0", worker, auth_token=auth_token,
-                                                   link_delay_ms=verifier_link_ms[i] if verifier_link_ms else link_delay_ms,
-                                                   tls=tls)
+            if colocated:
+                drafts = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms)
+                server, vport = create_worker_server("127.0.0.1:0", worker, drafts, auth_token=auth_token, tls=tls,
+                                                     link_delay_ms=link_delay_ms)
+                self.drafter_workers.append(drafts)
+                drafter_addresses.append(f"127.0.0.1:{vport}")
+            else:
+                server, vport = create_verifier_server(
+                    "127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
+                    link_delay_ms=verifier_link_ms[i] if verifier_link_ms else link_delay_ms)
             server.start()
             self.verifier_workers.append(worker)
             self.verifiers.append(server)
@@ -87,8 +102,7 @@ class InProcessStack:
         self.verifier_worker, self.verifier = self.verifier_workers[0], self.verifiers[0]
         self.verifier_address, self.drafter_address = addresses[0], None
         self.drafter = None
-        self.drafter_workers, self.drafter_servers, drafter_addresses = [], [], []
-        for _ in range(drafters if drafter is not None else 0):
+        for _ in range(drafters if drafter is not None and not colocated else 0):
             worker = DrafterWorker(drafter, min_pass_ms=draft_min_pass_ms,
                                    guesses=GuessSelection(guess_count, guess_width))
             server, dport = create_drafter_server("127.0.0.1:0", worker, auth_token=auth_token, tls=tls,
@@ -98,7 +112,7 @@ class InProcessStack:
             self.drafter_servers.append(server)
             drafter_addresses.append(f"127.0.0.1:{dport}")
         if drafter_addresses:
-            self.drafter_worker, self.drafter = self.drafter_workers[0], self.drafter_servers[0]
+            self.drafter_worker, self.drafter = self.drafter_workers[0], (self.drafter_servers or self.verifiers)[0]
             self.drafter_address = drafter_addresses[0]
         drafters = tuple(drafter_addresses)
         self.loop = LoopThread()

@@ -76,6 +76,28 @@ def test_seeded_sampling_gives_the_same_tokens_in_process_and_served(mode, tiny_
     assert drafted > 0
 
 
+@pytest.mark.parametrize("colocated", [False, True])
+def test_plain_steps_run_ahead_emit_the_engines_sampled_tokens(colocated, tiny_target, redis_server):
+    """Plain decoding served: the verifier runs each next step while the orchestrator commits this
+    one (verifier/ahead.py). With the same seed its tokens are the in-process engine's (T = 1),
+    and the orchestrator took steps run ahead."""
+    ids = tiny_target.encode(PROMPT)
+    engine = SpeculativeEngine(tiny_target)
+    stack = InProcessStack(tiny_target, ModelDrafter(tiny_target), redis_server.url, mode="ar", colocated=colocated)
+    try:
+        client, steps = Client(stack.address), 0
+        for seed in range(3):
+            local = engine.generate(ids, SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_new_tokens=30))
+            served = client.generate(token_ids=ids, temperature=1.0, top_p=0.9, seed=seed, max_new_tokens=30)
+            assert served.token_ids == local.token_ids and served.usage["num_draft_tokens"] == 0
+            steps += served.usage["rounds"]
+    finally:
+        stack.stop()
+    hits = stack.verifier_worker.metrics.registry.get_sample_value("specgrove:verify_ahead_steps_total",
+                                                                   {"outcome": "hit"}) or 0
+    assert steps > 3 * 5 and hits >= steps - 3 * 2  # all but a request's first step or two
+
+
 @pytest.mark.parametrize("spec", [{"mode": "chain", "draft_len": 3}, {"mode": "tree", "tree_budget": 6, "tree_depth": 3}])
 def test_a_seeded_sampled_request_is_reproducible_over_the_pipeline(spec, tiny_target, reference, redis_server):
     """Each round draws from generators keyed by (seed, step), so the same speculation choices

@@ -1,9 +1,10 @@
 """Speculative sampling served over gRPC is distributed exactly as the target's own sampling,
 well past the first round: the same statistical tests as tests/orchestrator/test_exactness.py,
 through real loopback gRPC servers (orchestrator, drafter, verifier, run in this process as the
-pipeline tests run them) and a real redis-server. What this adds over the engine: per-round
-generators keyed by (seed, step) on two workers, the protobuf codec of trees, q and results, the
-verifier's tree path for chains, and the round planner.
+pipeline tests run them; or one worker holding the drafter and the verifier) and a real
+redis-server. What this adds over the engine: per-round generators keyed by (seed, step) on two
+workers, the protobuf codec of trees, q and results, the verifier's tree path for chains, and the
+round planner.
 
 N seeded requests of 5 tokens per case; the joint of tokens 1–2 and the marginal of token 5
 pass Pearson's chi-square against the exact target distribution (p > 1e-3), the joint fails
@@ -49,6 +50,11 @@ def serve(models, redis_url: str, case: str, speculation: dict, n: int, **pipeli
     registry = stack.pipeline.metrics.registry
     hits = registry.get_sample_value("specgrove:spec_decode_ahead_rounds_total", {"outcome": "hit"}) or 0
     assert hits >= n // 5, f"{hits} rounds run ahead were used"
+    paths = {path: stack.drafter_worker.metrics.registry.get_sample_value(
+        "specgrove:draft_verified_rounds_total", {"path": path}) or 0 for path in ("in_process", "grpc")}
+    drafted = sum(1 for done in completions for c in done.chunks if c.stats.num_drafted)
+    assert paths["in_process" if pipeline.get("colocated") else "grpc"] >= drafted // 2 > 0, paths
+    assert paths["grpc" if pipeline.get("colocated") else "in_process"] == 0, paths
     rounds = [[(c.stats.num_drafted, c.stats.num_accepted, len(c.token_ids), c.stats.tree_depth) for c in done.chunks]
               for done in completions]
     return [done.token_ids for done in completions], rounds, results
@@ -73,6 +79,15 @@ def test_served_chains_are_exact_after_rejections_mid_chain(models, redis_server
     chains = chain_rounds(rounds)
     assert sum(r.rejected_mid_chain for r in chains) >= N // 10
     assert not any(r.stopped_early for r in chains)  # a static policy drafts every token it may
+    ex.assert_exact(outputs, *ex.exact_pair(*models, case), models[0].vocab_size, MAX_TV)
+
+
+def test_chains_served_by_one_worker_are_exact_after_rejections_mid_chain(models, redis_server):
+    """``serve worker`` (the default deployment): the drafter verifies on the verifier in its own
+    process by a direct call."""
+    case = "T1-k6-p0.9"
+    outputs, rounds, _ = serve(models, redis_server.url, case, CHAIN, N, stop_policy="static", colocated=True)
+    assert sum(r.rejected_mid_chain for r in chain_rounds(rounds)) >= N // 10
     ex.assert_exact(outputs, *ex.exact_pair(*models, case), models[0].vocab_size, MAX_TV)
 
 

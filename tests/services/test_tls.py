@@ -108,9 +108,11 @@ def test_a_key_without_its_certificate_or_mtls_without_a_server_certificate_is_r
     assert flags == TlsConfig(ca="flag-ca.pem", server_name="n")  # a flag wins over its variable
 
 
-def test_specgrove_up_serves_mtls_and_requires_the_token(long_dir, tmp_path, pki):
+@pytest.mark.parametrize("layout", [(), ("--split-workers",)])
+def test_specgrove_up_serves_mtls_and_requires_the_token(layout, long_dir, tmp_path, pki):
     """`specgrove up --tls-*` with SPECGROVE_AUTH_TOKEN: every role process reads SPECGROVE_TLS_*
-    (what k8s passes) and the token; the drafter streams to its one verifier over mTLS."""
+    (what k8s passes) and the token; the worker's drafter asks its own address over mTLS whether it
+    is its verifier; with --split-workers the drafter streams to its one verifier over mTLS."""
     import os
     import signal
     import subprocess
@@ -121,7 +123,7 @@ def test_specgrove_up_serves_mtls_and_requires_the_token(long_dir, tmp_path, pki
     port = free_port()
     command = [sys.executable, "-m", "specgrove_apps.cli", "--cache-dir", str(tmp_path / "cache"), "up",
                "--port", str(port), "--target", str(long_dir), "--draft", str(long_dir), "--http-port", "-1",
-               "--tls-cert", pki.cert, "--tls-key", pki.key, "--tls-ca", pki.ca, "--tls-client-ca", pki.ca]
+               "--tls-cert", pki.cert, "--tls-key", pki.key, "--tls-ca", pki.ca, "--tls-client-ca", pki.ca, *layout]
     up = subprocess.Popen(command, env={**os.environ, "SPECGROVE_AUTH_TOKEN": "s3cret"}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     printed = ""

@@ -76,7 +76,7 @@ def test_unknown_mode_is_refused():
         BenchConfig(modes=("warp-speed",)).mode_names()
 
 
-def test_grpc_mode_names_carry_the_speculation_the_link_delay_and_draft_ahead():
+def test_grpc_mode_names_carry_the_speculation_the_link_delay_and_the_deployment():
     from specgrove_apps.bench_grpc import grpc_mode_names, parse_mode
 
     names = grpc_mode_names((4,), True, (8,), (0.0, 20.0), chain_auto=True, serial=True)
@@ -86,8 +86,9 @@ def test_grpc_mode_names_carry_the_speculation_the_link_delay_and_draft_ahead():
     assert parse_mode("grpc-chain-k4-d5") == ({"mode": "chain", "draft_len": 4}, 5.0, "ahead")
     assert parse_mode("grpc-chain-k4-d20-guess") == ({"mode": "chain", "draft_len": 4}, 20.0, "guess")
     assert parse_mode("grpc-chain-auto") == ({"mode": "chain"}, 0.0, "ahead")
-    assert grpc_mode_names((4,), False, (), (20.0,), serial=True, guess=True) == [
-        "grpc-chain-k4-d20", "grpc-chain-k4-d20-guess", "grpc-chain-k4-d20-serial"]
+    assert grpc_mode_names((4,), False, (), (20.0,), serial=True, guess=True, split=True) == [
+        "grpc-chain-k4-d20", "grpc-chain-k4-d20-split", "grpc-chain-k4-d20-guess", "grpc-chain-k4-d20-serial"]
+    assert parse_mode("grpc-chain-auto-split") == ({"mode": "chain"}, 0.0, "split")
     assert BenchConfig(grpc_chain_lens=(4,), grpc_serial=True, draft_lens=(4,)).mode_names()[-2:] == [
         "grpc-chain-k4", "grpc-chain-k4-serial"]
 
@@ -127,11 +128,12 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     # greedy: every mode emits exactly the target's own greedy tokens
     assert all(r["greedy_matches_ar"] == 1.0 for r in report["results"])
     assert by_mode["chain-k4"]["spec_decode_acceptance_length"] >= 1.0
-    # the same chain through the local deployment (processes, gRPC, Redis), split from its traces
+    # the same chain through the local deployment (processes, gRPC, Redis), split from its traces;
+    # the default deployment's drafter verifies on the verifier in its own process: no tree on a wire
     grpc_mode = by_mode["grpc-chain-k4"]
-    assert grpc_mode["throughput_vs_in_process"] > 0
+    assert grpc_mode["throughput_vs_in_process"] > 0 and grpc_mode["colocated"] is True
     split = grpc_mode["round_split"]
-    assert split["rounds"] > 0 and split["median_tree_bytes"] > 0
+    assert split["rounds"] > 0 and split["median_tree_bytes"] == 0
     assert split["median_verify_ms"] > 0 and split["median_round_ms"] >= split["median_verify_ms"]
     assert split["median_tree_size"] >= 1 and split["median_tree_depth"] >= 1 and 0 < split["speculative_share"] <= 1
     assert 1 <= split["mean_tokens_per_round"] <= 5  # a round of K = 4 emits 1 .. 5 tokens
@@ -180,7 +182,7 @@ def test_a_load_record_says_what_its_rounds_drafted():
 
 
 def test_split_cores_put_the_verifier_alone_on_its_own_core(tmp_path):
-    """bench --split-cores: the verifier on the last core, the drafter and the orchestrator on the
+    """bench --split-cores: the verifier (or the worker) on the last core, the drafter and the orchestrator on the
     others (a drafter's niceness still applies), in every deployment alike."""
     import os
 
@@ -198,4 +200,6 @@ def test_split_cores_put_the_verifier_alone_on_its_own_core(tmp_path):
     rest = ",".join(map(str, cores[:-1]))
     assert stacks.prefixes["orchestrator"] == ("taskset", "-c", rest)
     assert stacks.prefixes["drafter"] == ("taskset", "-c", rest, "nice", "-n", "19")
-    assert GrpcStacks("t", "d", tmp_path, tmp_path).prefixes == {"verifier": (), "drafter": (), "orchestrator": ()}
+    assert stacks.prefixes["worker"] == stacks.prefixes["verifier"]  # the default deployment's worker process
+    assert GrpcStacks("t", "d", tmp_path, tmp_path).prefixes == {"verifier": (), "drafter": (), "orchestrator": (),
+                                                                 "worker": ()}
