@@ -24,6 +24,7 @@ from orchestrator.session_store import Session, SessionStore
 from orchestrator.stop_policy import make_policy
 from orchestrator.worker_rounds import WorkerRounds
 from specgrove import telemetry
+from specgrove.config import STEPS_AHEAD
 from specgrove.errors import InvalidArgument
 from specgrove.generate import ChunkEvent, CompletionEvent, GenerateCall
 from specgrove.metrics import OrchestratorMetrics
@@ -169,14 +170,14 @@ class Pipeline:
 
     def _ahead_room(self, core: SessionRounds, plan: RoundPlan) -> int:
         """What a worker may run ahead: the drafter the next drafted round, the verifier the next
-        plain step. 0 (nothing) unless this round is the planner's plan (drafted or plain), not a
+        plain steps. 0 (nothing) unless this round is the planner's plan (drafted or plain), not a
         probe or a measurement, nor a plain step before a probe (the round run ahead is always
         taken: a probe would cost two rounds, or be lost); else the tokens the session may still
         emit, this round's included. (A round run ahead past the session's end is wasted.)"""
         if plan.shape is not None and plan.shape.size:
             by_plan = plan.reason in ("plan", "fixed")
         else:
-            by_plan = plan.reason in ("plan", "load", "ar") and not core.planner.probes_next()
+            by_plan = plan.reason in ("plan", "load", "ar") and not core.planner.probes_within(STEPS_AHEAD)
         if not self.config.draft_ahead or not by_plan:
             return 0
         return core.output.max_new_tokens - len(core.output.token_ids)

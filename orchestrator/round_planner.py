@@ -277,10 +277,10 @@ class RoundPlanner:
         self._probe_gap = min(2 * self._probe_gap, self.max_probe_every)
         return True
 
-    def probes_next(self) -> bool:
-        """Whether a next plain round would be a probe instead (a step run ahead in its place would
-        be collected first, and the probe lost)."""
-        return self._plain_rounds + 1 >= self._probe_gap * max(1, round(self.link.sessions))
+    def probes_within(self, rounds: int) -> bool:
+        """Whether one of the next ``rounds`` plain rounds would be a probe instead (a step run
+        ahead in its place would be collected first, and the probe lost)."""
+        return self._plain_rounds + rounds >= self._probe_gap * max(1, round(self.link.sessions))
 
     def _speculating(self) -> None:
         """Speculation pays again: the next stretch of plain rounds probes after probe_every."""

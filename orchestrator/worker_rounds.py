@@ -143,7 +143,7 @@ class WorkerRounds:
                 continue
             waited_ms = (time.perf_counter() - t0) * 1000
             report = codec.report_from_pb(reply)
-            run.step_ahead = place.verifier if ahead else ""
+            run.step_ahead = place.verifier if report.timing.steps_ahead else ""
             if report.timing.ahead:
                 telemetry.trace.get_current_span().set_attributes({"specgrove.ahead": True,
                                                                    "specgrove.overlap_ms": report.timing.overlap_ms})

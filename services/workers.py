@@ -79,6 +79,7 @@ class VerifierServicer(speculate_pb2_grpc.VerifierServicer):
             stepped = self.steps.decode(r, request.ahead_room)
         reply = self._reply(empty_tree(), stepped.verdict, r.features_from)
         reply.timing.ahead, reply.timing.overlap_ms = stepped.ahead, stepped.overlap_ms
+        reply.timing.steps_ahead = stepped.steps_ahead
         return reply
 
     def Features(self, request, context):

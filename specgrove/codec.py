@@ -172,7 +172,7 @@ def order_from_pb(pb: speculate_pb2.DraftRequest) -> DraftOrder:
 
 
 _TIMING_FIELDS = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens",
-                  "pass_rows", "ahead", "overlap_ms", "guessed", "guesses")
+                  "pass_rows", "ahead", "overlap_ms", "guessed", "guesses", "steps_ahead")
 
 
 def report_to_pb(report: RoundReport) -> speculate_pb2.RoundReply:

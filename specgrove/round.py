@@ -120,6 +120,7 @@ class RoundTiming:
     overlap_ms: float = 0.0  # how much of it ran before the orchestrator asked
     guessed: bool = False  # verified under a guess of the previous verdict
     guesses: int = 0
+    steps_ahead: int = 0  # a plain step's: the session's next plain steps the verifier has started
 
 
 @dataclass

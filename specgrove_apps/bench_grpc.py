@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from services.roles import CONTROL_NICE
 from specgrove.config import GUESS_COUNT
 from specgrove_apps.bench_metrics import Sample
 
@@ -157,14 +158,14 @@ class GrpcStacks:
         self.target, self.draft, self.cache_dir, self.work_dir = target, draft, cache_dir, work_dir
         self.min_pass_ms, self.split_cores = min_pass_ms, split_cores
         self.guess_count, self.guess_width = guess_count, guess_width
-        self.prefixes = {role: () for role in ("verifier", "drafter", "orchestrator")}
+        self.prefixes = {role: () for role in ("verifier", "drafter")}  # the orchestrator: start_stack's nice
         if split_cores:
             cores = sorted(os.sched_getaffinity(0))
             if len(cores) < 2:
                 raise ValueError("--split-cores needs at least 2 cores")
             rest = ",".join(str(core) for core in cores[:-1])
             self.prefixes = {"verifier": ("taskset", "-c", str(cores[-1])), "drafter": ("taskset", "-c", rest),
-                             "orchestrator": ("taskset", "-c", rest)}
+                             "orchestrator": (*CONTROL_NICE, "taskset", "-c", rest)}
         self.prefixes["drafter"] += (("chrt", "--idle", "0") if drafter_idle else ()) + (
             ("nice", "-n", str(drafter_nice)) if drafter_nice else ())
         self.prefixes["worker"] = self.prefixes["verifier"]  # the default deployment's one worker process

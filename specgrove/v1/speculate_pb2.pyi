@@ -118,7 +118,7 @@ class TreeMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[RoundContext, _Mapping]] = ..., level: _Optional[_Union[TreeLevel, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows", "ahead", "overlap_ms", "guessed", "guesses")
+    __slots__ = ("draft_ms", "verify_ms", "round_ms", "tree_bytes", "feature_bytes", "sessions", "pass_tokens", "pass_rows", "ahead", "overlap_ms", "guessed", "guesses", "steps_ahead")
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_MS_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class Timing(_message.Message):
     OVERLAP_MS_FIELD_NUMBER: _ClassVar[int]
     GUESSED_FIELD_NUMBER: _ClassVar[int]
     GUESSES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_AHEAD_FIELD_NUMBER: _ClassVar[int]
     draft_ms: float
     verify_ms: float
     round_ms: float
@@ -143,7 +144,8 @@ class Timing(_message.Message):
     overlap_ms: float
     guessed: bool
     guesses: int
-    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ..., ahead: _Optional[bool] = ..., overlap_ms: _Optional[float] = ..., guessed: _Optional[bool] = ..., guesses: _Optional[int] = ...) -> None: ...
+    steps_ahead: int
+    def __init__(self, draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., round_ms: _Optional[float] = ..., tree_bytes: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., pass_tokens: _Optional[float] = ..., pass_rows: _Optional[int] = ..., ahead: _Optional[bool] = ..., overlap_ms: _Optional[float] = ..., guessed: _Optional[bool] = ..., guesses: _Optional[int] = ..., steps_ahead: _Optional[int] = ...) -> None: ...
 
 class RoundReply(_message.Message):
     __slots__ = ("accepted_nodes", "accepted_tokens", "next_token", "accepted_rank", "num_children", "tree_size", "tree_depth", "timing", "features", "missed", "guess")

@@ -29,12 +29,15 @@ def passes(worker) -> float:
     return worker.metrics.registry.get_sample_value("specgrove:verify_passes_total")
 
 
-def test_a_session_moves_to_another_verifier_when_its_own_dies(tiny_target, tiny_draft, redis_server, expected):
+@pytest.mark.parametrize("colocated", [False, True])
+def test_a_session_moves_to_another_verifier_when_its_own_dies(colocated, tiny_target, tiny_draft, redis_server,
+                                                               expected):
+    """colocated: two workers (``serve worker``); the one that dies takes its drafter with it."""
     from drafter.tree_growth import ModelDrafter
 
     ids, reference = expected
     stack = InProcessStack(tiny_target, ModelDrafter(tiny_draft), redis_server.url, verifiers=2,
-                           drafter_retry_s=0.2)
+                           drafter_retry_s=0.2, colocated=colocated)
     try:
         tokens, killed, served_before = [], None, 0
         for response in Client(stack.address).stream(token_ids=ids, max_new_tokens=MAX_NEW):

@@ -198,8 +198,8 @@ def test_split_cores_put_the_verifier_alone_on_its_own_core(tmp_path):
     stacks = GrpcStacks("t", "d", tmp_path, tmp_path, split_cores=True, drafter_nice=19)
     assert stacks.prefixes["verifier"] == ("taskset", "-c", str(cores[-1]))
     rest = ",".join(map(str, cores[:-1]))
-    assert stacks.prefixes["orchestrator"] == ("taskset", "-c", rest)
+    assert stacks.prefixes["orchestrator"] == ("nice", "-n", "19", "taskset", "-c", rest)
     assert stacks.prefixes["drafter"] == ("taskset", "-c", rest, "nice", "-n", "19")
     assert stacks.prefixes["worker"] == stacks.prefixes["verifier"]  # the default deployment's worker process
-    assert GrpcStacks("t", "d", tmp_path, tmp_path).prefixes == {"verifier": (), "drafter": (), "orchestrator": (),
-                                                                 "worker": ()}
+    # the orchestrator's default (start_stack's nice) stands
+    assert GrpcStacks("t", "d", tmp_path, tmp_path).prefixes == {"verifier": (), "drafter": (), "worker": ()}
