@@ -153,6 +153,8 @@ def serve_worker(options: WorkerOptions, cache_dir: Path) -> None:
     drafter = DrafterWorker(draft, text=text, max_batch=options.draft_max_batch)
     server, bound = create_worker_server(f"{o.host}:{o.port}", verifier, drafter, model, o.auth_token, tls=o.tls,
                                          limits=o.limits, link_delay_ms=o.link_delay_ms)
+    if o.auth_token:  # as a drafter given no --verifier: the token goes to whichever verifier a request names
+        log.warning("worker: its drafter verifies on any verifier a Draft request names (its own in process)")
     _metrics_port(registry_by_role(drafter=drafter.metrics.registry, verifier=verifier.metrics.registry), o.host,
                   o.metrics_port)
     server.start()

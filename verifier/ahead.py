@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
@@ -67,7 +67,7 @@ class StepsAhead:
 
     def __init__(self, worker: VerifierWorker, depth: int = STEPS_AHEAD):
         self.worker, self.depth = worker, depth
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently asked first
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, worker.max_sessions), thread_name_prefix="step-ahead")
 
@@ -81,7 +81,10 @@ class StepsAhead:
             stepped = Stepped(self.worker.verify(r, empty_tree()))
         emitted = [*stepped.verdict.result.accepted_tokens, stepped.verdict.result.next_token]
         with self._lock:
-            session = self._sessions.setdefault(r.session_id, _Session())
+            session = self._sessions.pop(r.session_id, None) or _Session()
+            self._sessions[r.session_id] = session
+            while len(self._sessions) > self.worker.max_sessions:  # sessions never released (their
+                self._forget(*self._sessions.popitem(last=False))  # orchestrator died): the oldest go
             session.room = max(0, ahead_room - len(emitted))
             if not session.steps:
                 self._extend(session, r.following(emitted))
@@ -93,7 +96,9 @@ class StepsAhead:
     def drop(self, session_id: str) -> None:
         """The session ended here: forget its steps run ahead."""
         with self._lock:
-            session = self._sessions.pop(session_id, None)
+            self._forget(session_id, self._sessions.pop(session_id, None))
+
+    def _forget(self, session_id: str, session: _Session | None) -> None:
         for _ in session.steps if session is not None else ():
             self._count("unused")
 

@@ -76,3 +76,13 @@ def test_steps_run_ahead_stay_within_the_room_and_the_depth(tiny_target):
     third = ahead.decode(r, 1)
     assert third.ahead and third.steps_ahead == 0
     assert outcomes(worker) == {"hit": 2, "miss": 0, "unused": 0}
+
+
+def test_sessions_never_released_are_forgotten_past_the_workers_sessions(tiny_target):
+    """An orchestrator that died releases nothing: the least recently asked sessions' steps go."""
+    worker = VerifierWorker(tiny_target, max_sessions=2)
+    ahead = StepsAhead(worker)
+    for name in ("a", "b", "c"):
+        ahead.decode(Round(name, 1, tuple(tiny_target.encode("my name is")), PARAMS, 7, 3), 100)
+    assert list(ahead._sessions) == ["b", "c"]
+    assert outcomes(worker)["unused"] >= 1  # a's step under way
