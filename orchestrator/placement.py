@@ -320,16 +320,15 @@ class Workers:
         if not first:  # a verifier's first answer waits for its warm-up pass
             state.rtt.add((time.perf_counter() - t0) * 1000)
         load, state.instance = info.load, info.instance
-        if not verifier:
-            state.draft_pass_ms, state.links = load.pass_ms, dict(load.link_ms)
-            if address in self.verifier_pool.hosts:  # the verifier's answer holds the rest
-                return
-        state.sessions, state.max_sessions, state.waiting = load.sessions, load.max_sessions, load.waiting
-        state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
         if verifier:
             state.pass_ms, state.tokens_per_pass = load.pass_ms, load.tokens_per_pass or 1.0
             state.min_pass_rows = info.min_pass_rows or 1
             state.over_budget = sessions_past_budget(load.kv_tokens, load.max_kv_tokens, load.sessions)
+        else:
+            state.draft_pass_ms, state.links = load.pass_ms, dict(load.link_ms)
+        if verifier or address not in self.verifier_pool.hosts:  # a worker's verifier speaks for its sessions
+            state.sessions, state.max_sessions, state.waiting = load.sessions, load.max_sessions, load.waiting
+            state.kv_tokens, state.max_kv_tokens, state.draining = load.kv_tokens, load.max_kv_tokens, load.draining
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:

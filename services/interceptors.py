@@ -60,15 +60,17 @@ def _authorised(metadata, token: str | None, method: str) -> bool:
 
 
 def service_role(method: str) -> str:
-    """'/specgrove.v1.Drafter/Draft' -> 'drafter': the role a method belongs to (a server
-    holding both workers names each call's span by its own service)."""
+    """'/specgrove.v1.Drafter/Draft' -> 'drafter': the role a method belongs to, which names its
+    span (a worker's server holds two roles)."""
     return method.lstrip("/").split("/", 1)[0].rsplit(".", 1)[-1].lower()
 
 
-def server_span(role: str, method: str, metadata):
-    """The server span of a call, child of the caller's span (trace context from the metadata)."""
+def server_span(method: str, metadata):
+    """The server span of a call, "<role> <method>", child of the caller's span (trace context
+    from the metadata)."""
     return telemetry.tracer().start_as_current_span(
-        f"{role} {method.rsplit('/', 1)[-1]}", kind=SpanKind.SERVER, context=telemetry.extract_context(metadata),
+        f"{service_role(method)} {method.rsplit('/', 1)[-1]}", kind=SpanKind.SERVER,
+        context=telemetry.extract_context(metadata),
         attributes={"rpc.system": "grpc", "rpc.method": method},
     )
 
@@ -94,7 +96,6 @@ class _Wrapping:
     """What both interceptors share: a handler rebuilt around its behaviour wrapped by the
     subclass's ``_unary`` or ``_streaming`` (sync or async), and the server span."""
 
-    role: str
     streaming_requests = True  # the asyncio server (the orchestrator) serves none
 
     def _wrapped(self, handler, method: str):
@@ -107,14 +108,13 @@ class _Wrapping:
                     request_deserializer=None, response_serializer=handler.response_serializer)
 
     def _span(self, method: str, context):
-        return server_span(self.role or service_role(method), method, context.invocation_metadata())
+        return server_span(method, context.invocation_metadata())
 
 
 class ServerInterceptor(_Wrapping, grpc.ServerInterceptor):
-    """Sync servers (drafter, verifier, both: role None names each span by its service)."""
+    """Sync servers (drafter, verifier, or a worker holding both)."""
 
-    def __init__(self, role: str | None, auth_token: str | None = None):
-        self.role = role
+    def __init__(self, auth_token: str | None = None):
         self.auth_token = auth_token
 
     def intercept_service(self, continuation, details):
@@ -171,8 +171,7 @@ class AioServerInterceptor(_Wrapping, grpc.aio.ServerInterceptor):
 
     streaming_requests = False
 
-    def __init__(self, role: str, auth_token: str | None = None, max_streams: int | None = None):
-        self.role = role
+    def __init__(self, auth_token: str | None = None, max_streams: int | None = None):
         self.auth_token = auth_token
         self.max_streams = max_streams
         self._streams: dict[str, int] = {}  # client -> open streams (one event loop: no lock)

@@ -140,7 +140,7 @@ class WorkerOptions:
 def serve_worker(options: WorkerOptions, cache_dir: Path) -> None:
     from drafter.factory import make_drafter
     from drafter.worker import DrafterWorker
-    from services.server import Workers, create_worker_server, drain
+    from services.server import ProcessWorkers, create_worker_server, drain
     from specgrove.metrics import registry_by_role
     from specgrove.models import load_model, load_text_codec
     from verifier.worker import VerifierWorker
@@ -161,7 +161,7 @@ def serve_worker(options: WorkerOptions, cache_dir: Path) -> None:
     print(f"worker serving {o.target} (verifier) and {options.draft} (drafter) on {o.host}:{bound}{_secured(o.tls)}",
           flush=True)
     _wait_for_signal()
-    drain(server, Workers(drafter, verifier), o.drain_s)
+    drain(server, ProcessWorkers(drafter, verifier), o.drain_s)
 
 
 @dataclass

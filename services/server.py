@@ -1,5 +1,6 @@
 """Servers of the three roles, and of a drafter and verifier in one process:
-``create_*_server(addr, ...) -> (server, port)`` (tests bind port 0), each with the error/tracing/auth interceptor, ``grpc.health.v1`` and server reflection."""
+``create_*_server(addr, ...) -> (server, port)`` (tests bind port 0), each with the
+error/tracing/auth interceptor, ``grpc.health.v1`` and server reflection."""
 
 from __future__ import annotations
 
@@ -92,19 +93,32 @@ def _health(server, names: list[str], aio: bool):
     return servicer
 
 
+_ADD_SERVICER = {"Verifier": speculate_pb2_grpc.add_VerifierServicer_to_server,
+                 "Drafter": speculate_pb2_grpc.add_DrafterServicer_to_server}
+
+
+def _worker_server(addr: str, servicers: dict, link_delay: LinkDelay, auth_token: str | None, threads: int,
+                   tls: TlsConfig | None, limits: Limits):
+    """A sync server of ``servicers`` ({service name: servicer}), each reported SERVING by health
+    (``drain`` reports NOT_SERVING through ``server.specgrove_health``)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         interceptors=[link_delay, ServerInterceptor(auth_token)], options=limits.grpc_options())
+    for service, servicer in servicers.items():
+        _ADD_SERVICER[service](servicer, server)
+    names = [speculate_pb2.DESCRIPTOR.services_by_name[service].full_name for service in servicers]
+    status = _health(server, names, aio=False)
+    for name in names:
+        status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.specgrove_health = (status, *names)
+    return server, add_port(server, addr, tls)
+
+
 def create_verifier_server(addr: str, worker, auth_token: str | None = None, link_delay_ms: float = 0.0,
                            threads: int = 8, tls: TlsConfig | None = None, limits: Limits = DEFAULT_LIMITS):
     from services.workers import VerifierServicer
 
-    interceptors = [LinkDelay(link_delay_ms), ServerInterceptor("verifier", auth_token)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), interceptors=interceptors,
-                         options=limits.grpc_options())
-    speculate_pb2_grpc.add_VerifierServicer_to_server(VerifierServicer(worker), server)
-    name = speculate_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
-    status = _health(server, [name], aio=False)
-    status.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server.specgrove_health = (status, name)  # ``drain`` reports NOT_SERVING through it
-    return server, add_port(server, addr, tls)
+    return _worker_server(addr, {"Verifier": VerifierServicer(worker)}, LinkDelay(link_delay_ms), auth_token,
+                          threads, tls, limits)
 
 
 def create_drafter_server(addr: str, worker, model=None, auth_token: str | None = None, threads: int = 8,
@@ -114,16 +128,9 @@ def create_drafter_server(addr: str, worker, model=None, auth_token: str | None 
     the orchestrator→drafter link's one-way latency, emulated (see LinkDelay)."""
     from services.workers import DrafterServicer, VerifierStubs
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
-                         interceptors=[LinkDelay(link_delay_ms, ("/Draft",)), ServerInterceptor("drafter", auth_token)],
-                         options=limits.grpc_options())
     stubs = VerifierStubs(tls, auth_token, verifiers, limits=limits)
-    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(worker, stubs, model), server)
-    name = speculate_pb2.DESCRIPTOR.services_by_name["Drafter"].full_name
-    status = _health(server, [name], aio=False)
-    status.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server.specgrove_health = (status, name)  # ``drain`` reports NOT_SERVING through it
-    return server, add_port(server, addr, tls)
+    return _worker_server(addr, {"Drafter": DrafterServicer(worker, stubs, model)},
+                          LinkDelay(link_delay_ms, ("/Draft",)), auth_token, threads, tls, limits)
 
 
 def create_worker_server(addr: str, verifier, drafter, model=None, auth_token: str | None = None, threads: int = 16,
@@ -134,22 +141,14 @@ def create_worker_server(addr: str, verifier, drafter, model=None, auth_token: s
     link's one-way latency, emulated (see LinkDelay)."""
     from services.workers import DrafterServicer, VerifierServicer, VerifierStubs, new_instance
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
-                         interceptors=[LinkDelay(link_delay_ms, ("/Draft",)), ServerInterceptor(None, auth_token)],
-                         options=limits.grpc_options())
     instance = new_instance()
     stubs = VerifierStubs(tls, auth_token, limits=limits, local=(instance, verifier))
-    speculate_pb2_grpc.add_VerifierServicer_to_server(VerifierServicer(verifier, instance), server)
-    speculate_pb2_grpc.add_DrafterServicer_to_server(DrafterServicer(drafter, stubs, model, instance), server)
-    names = [speculate_pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("Verifier", "Drafter")]
-    status = _health(server, names, aio=False)
-    for name in names:
-        status.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server.specgrove_health = (status, *names)
-    return server, add_port(server, addr, tls)
+    servicers = {"Verifier": VerifierServicer(verifier, instance), "Drafter": DrafterServicer(drafter, stubs, model,
+                                                                                            instance)}
+    return _worker_server(addr, servicers, LinkDelay(link_delay_ms, ("/Draft",)), auth_token, threads, tls, limits)
 
 
-class Workers:
+class ProcessWorkers:
     """The drafter and the verifier of one process, drained together (``drain``)."""
 
     def __init__(self, *workers):
@@ -188,8 +187,7 @@ async def create_orchestrator_server(addr: str, pipeline, draft_name: str = "", 
     """An asyncio server; the caller awaits ``server.start()``."""
     from services.orchestrator import OrchestratorServicer
 
-    server = grpc.aio.server(interceptors=[AioServerInterceptor("orchestrator", auth_token,
-                                                                limits.max_streams_per_client)],
+    server = grpc.aio.server(interceptors=[AioServerInterceptor(auth_token, limits.max_streams_per_client)],
                              options=limits.grpc_options())
     generate_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(pipeline, draft_name, limits), server)
     name = generate_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name

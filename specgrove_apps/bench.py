@@ -23,7 +23,7 @@ from specgrove.config import GUESS_COUNT
 from specgrove.errors import InvalidArgument
 from specgrove.grammar import GrammarSpec
 from specgrove.sampling import SamplingParams
-from specgrove_apps.bench_grpc import GrpcStacks, grpc_mode_names, grpc_runner, parse_mode, round_split
+from specgrove_apps.bench_grpc import RATIOS, GrpcStacks, grpc_mode_names, grpc_runner, parse_mode, round_split
 from specgrove_apps.bench_metrics import Sample, add_ratios, greedy_agreement, summarise
 
 
@@ -290,10 +290,7 @@ def run_bench(config: BenchConfig, cache_dir, progress: bool = True) -> dict:
         record["round_split"] = round_split(stacks.trace_file(delay, ahead), ids)
         base = name.removesuffix("-" + ahead) if ahead != "ahead" else name
         record["colocated"] = ahead == "ahead"
-        ratios = {"split": {"serial": "throughput_vs_serial"}, "guess": {"serial": "throughput_vs_serial",
-                                                                         "split": "throughput_vs_ahead"},
-                  "ahead": {"split": "throughput_vs_split"}}[ahead] if ahead != "serial" else {}
-        for variant, key in ratios.items():  # the same speculation on another deployment of this run
+        for variant, key in RATIOS[ahead].items():
             other = by_mode.get(f"{base}-{variant}")
             if other and other["output_throughput"]:
                 record[key] = round(record["output_throughput"] / other["output_throughput"], 4)

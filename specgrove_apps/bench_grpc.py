@@ -47,6 +47,9 @@ def grpc_mode_names(chain_lens: tuple[int, ...], tree: bool, tree_budgets: tuple
 # The deployments: one worker process (the default), and separate drafter and verifier processes
 # with draft-ahead, without it, and with guessed draft-ahead
 VARIANTS = ("ahead", "split", "serial", "guess")
+# A record's ratios to the same speculation on another deployment of its run: {variant: key}
+RATIOS = {"ahead": {"split": "throughput_vs_split"}, "split": {"serial": "throughput_vs_serial"},
+          "guess": {"serial": "throughput_vs_serial", "split": "throughput_vs_ahead"}, "serial": {}}
 
 
 def parse_mode(name: str) -> tuple[dict, float, str]:

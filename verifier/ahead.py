@@ -135,20 +135,17 @@ class StepsAhead:
         with self._lock:
             session = self._sessions.get(r.session_id)
             head = session.steps.popleft() if session is not None and session.steps else None
-            rest = [] if head is None or head.round == r else [*session.steps]
-            if rest:
-                session.steps.clear()
         if head is None:
             return None
+        verdict = None
         if head.round != r:
-            for pending in [head, *rest]:
-                self._count("miss")
-                _wait(pending.future)
-            return None
-        try:
-            verdict = head.future.result()
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the step is verified afresh
-            log.info("step %d of session %s run ahead failed (%s); verifying it afresh", r.step, r.session_id, exc)
+            _wait(head.future)
+        else:
+            try:
+                verdict = head.future.result()
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the step is verified afresh
+                log.info("step %d of session %s run ahead failed (%s); verifying it afresh", r.step, r.session_id, exc)
+        if verdict is None:
             self._count("miss")
             self._drain(r.session_id)
             return None
@@ -156,7 +153,7 @@ class StepsAhead:
         return Stepped(verdict, True, max(0.0, (min(arrived, head.finished or arrived) - head.started) * 1000))
 
     def _drain(self, session_id: str) -> None:
-        """Wait for and drop the session's steps under way (a step before them failed)."""
+        """Wait for and drop the session's steps under way (a step before them missed)."""
         with self._lock:
             session = self._sessions.get(session_id)
             steps = [*session.steps] if session is not None else []
